@@ -1,0 +1,676 @@
+"""Data sources: one function turns ``--data`` into a torch Dataset of images.
+
+``load_images(spec, image_size, channels, split=...)`` accepts
+
+- a folder of images (searched recursively; png/jpg/jpeg/webp/bmp, any case). When every
+  image sits inside a first-level sub-folder and there are at least two of them, the
+  sub-folder names are the classes (as torchvision's ``ImageFolder``); otherwise there
+  are no classes. Hidden files and folders (``.name``) are ignored.
+- a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``):
+  the first ``datasets.Image`` column holds the images, the first ``ClassLabel`` column
+  (else an integer ``label``/``labels`` column) the classes. Its own ``train`` and
+  ``validation`` (or ``valid``/``val``/``test``) splits are used when present.
+- ``hf:owner/name``: a dataset on the Hugging Face hub, loaded with
+  ``datasets.load_dataset`` (needs a network, or ``HF_HUB_OFFLINE=1`` and a cached copy).
+  Without one it fails within a few seconds with a ValueError instead of hanging.
+- ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (classes "0".."9"), upsampled
+  bilinearly to ``image_size``.
+- ``photos``: random square crops of the photographs shipped inside scikit-image's
+  installed data folder (nothing is downloaded). A fixed set of photos
+  (``PHOTOS_HELD_OUT``) only ever feeds the validation split. No classes.
+
+Every item is ``{"image": FloatTensor[C, S, S] in [-1, 1], "label": int (-1 when there
+are no classes), "source": str}``. The model's ``channels`` decides the colour mode:
+``channels=3`` converts grey and palette images to RGB and composites transparent images
+(RGBA, LA, palette with transparency) on white; ``channels=1`` converts everything to
+8-bit grey ("L", the same white compositing first). Folder and saved-dataset images are
+resized so the shorter side is ``image_size`` (bicubic, antialiased) and center-cropped.
+
+Sources without a split of their own are split deterministically: the sources are sorted
+(so file-system order does not matter), ``torch.randperm(n, generator=seed)`` shuffles
+them, and the last ``round(n * val_fraction)`` are the validation split.
+
+Files that cannot be decoded are found when the source is built (a cheap decode:
+JPEGs at 1/8 scale), left out so ``len()`` is right and DataLoader workers never meet
+them, and reported: ``source.skipped`` lists ``(source, reason)`` pairs,
+``source.skip_report()`` gives one line, and a warning is logged. Decoding is lazy, per
+item, so memory does not grow with the size of the data set.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PHOTOS",
+    "PHOTOS_HELD_OUT",
+    "ImageSource",
+    "load_images",
+    "pil_to_model",
+    "resize_center_crop",
+    "split_indices",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SPLITS = ("train", "validation", "all")
+
+# Natural photographs that ship inside scikit-image's data folder (no pooch download).
+# Synthetic images (chessboards, logos, phantoms, silhouettes) and near-duplicates
+# (the right image of the motorcycle stereo pair) are left out.
+PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png",
+    "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
+    "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+)
+# Photos whose crops only ever appear in the validation split.
+PHOTOS_HELD_OUT = ("chelsea.png", "coins.png", "gravel.png", "rocket.jpg")
+
+_VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
+_HUB_TIMEOUT_S = 4.0
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL image to "RGB" (channels=3) or "L" (channels=1); transparency is
+    composited on white, 16/32-bit grey is scaled to 8 bits."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.max(initial=0) > 255:  # 16-bit values stored as 32-bit
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    target = "RGB" if channels == 3 else "L"
+    return img if img.mode == target else img.convert(target)
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bicubic, antialiased), then center-crop
+    to ``size × size``."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def pil_to_model(img: Image.Image) -> torch.Tensor:
+    """An 8-bit "L" or "RGB" PIL image → FloatTensor[C, H, W] in [-1, 1]."""
+    return pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (C, H, W)
+
+
+def _open(data: str | Path | bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+
+
+def _decode(data: str | Path | bytes, channels: int, min_size: int) -> Image.Image:
+    """Decode fully; JPEGs are DCT-scaled to the smallest size whose shorter side is
+    still ≥ ``min_size`` (a large speed-up for big photos, no visible loss)."""
+    with _open(data) as img:
+        img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
+        img.load()
+        return _to_mode(img, channels)
+
+
+def _check_decodes(data: str | Path | bytes) -> str | None:
+    """None when the file decodes, else a short reason. JPEGs are decoded at 1/8 scale,
+    which still reads (and checks) the whole entropy-coded stream."""
+    try:
+        with _open(data) as img:
+            img.draft(None, (1, 1))
+            img.load()
+        return None
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+        return f"{type(err).__name__}: {err}".splitlines()[0][:200]
+
+
+def _check_many(items: Sequence[Any], check: Callable[[Any], str | None]) -> list[str | None]:
+    """Run ``check`` over ``items`` in a few threads (PIL decodes without the GIL)."""
+    if len(items) < 64:
+        return [check(x) for x in items]
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check, items, chunksize=64))
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_indices(n: int, split: str, seed: int, val_fraction: float) -> list[int]:
+    """Deterministic train/validation split of ``n`` sorted items.
+
+    ``torch.randperm(n, generator=manual_seed(seed))``; the last ``round(n *
+    val_fraction)`` positions (at least one when ``val_fraction > 0`` and ``n ≥ 2``) are
+    validation. Indices come back sorted."""
+    if split == "all":
+        return list(range(n))
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = perm[n - n_val:] if split == "validation" else perm[: n - n_val]
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------- the Dataset
+
+
+class ImageSource(Dataset):
+    """A split of a data source as a torch Dataset.
+
+    ``source[i] = {"image": FloatTensor[C, S, S] in [-1, 1], "label": int, "source": str}``.
+
+    Attributes: ``spec`` (what was asked for), ``root`` (the folder, or None),
+    ``split``, ``image_size``, ``channels``, ``class_names`` (``[]`` when there are no
+    classes), ``skipped`` (``[(source, reason), ...]`` for files that could not be
+    decoded and are not in the dataset).
+
+    Subclasses implement ``__len__``, ``label_of``, ``source_of`` and ``load_pil`` (the
+    full-resolution image, already in the model's colour mode); ``image_at`` may be
+    overridden when resizing is not a plain resize + center crop.
+    """
+
+    def __init__(self, spec: str, image_size: int, channels: int, split: str,
+                 class_names: list[str], root: Path | None) -> None:
+        self.spec = spec
+        self.image_size = image_size
+        self.channels = channels
+        self.split = split
+        self.class_names = list(class_names)
+        self.root = root
+        self.skipped: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def label_of(self, index: int) -> int:
+        raise NotImplementedError
+
+    def source_of(self, index: int) -> str:
+        raise NotImplementedError
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        """The image at (at least) ``min_size`` on its shorter side where the format
+        allows a cheaper decode, in "RGB" or "L" per ``channels``."""
+        raise NotImplementedError
+
+    def image_at(self, index: int, size: int) -> torch.Tensor:
+        """Item ``index`` resized to ``size × size`` → FloatTensor[C, size, size] in [-1, 1]."""
+        return pil_to_model(resize_center_crop(self.load_pil(index, size), size))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        return {
+            "image": self.image_at(index, self.image_size),
+            "label": self.label_of(index),
+            "source": self.source_of(index),
+        }
+
+    def skip_report(self) -> str:
+        """One line: how many files were skipped and why (first few)."""
+        if not self.skipped:
+            return f"{self.spec}: no files skipped"
+        shown = "; ".join(f"{s} ({r})" for s, r in self.skipped[:3])
+        more = f"; … {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        return (f"{self.spec} ({self.split}): skipped {len(self.skipped)} file(s) that could "
+                f"not be decoded: {shown}{more}")
+
+    def __repr__(self) -> str:
+        classes = f", {len(self.class_names)} classes" if self.class_names else ""
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        return (f"{type(self).__name__}({self.spec!r}, split={self.split!r}, "
+                f"{len(self)} images, {self.channels}×{self.image_size}²{classes}{skipped})")
+
+    def _set_skipped(self, skipped: list[tuple[str, str]], total: int) -> None:
+        self.skipped = skipped
+        if skipped:
+            logger.warning(self.skip_report())
+        if skipped and len(skipped) == total:
+            first, reason = skipped[0]
+            raise ValueError(f"none of the {total} images of the {self.split} split of "
+                             f"{self.spec} could be decoded (e.g. {first}: {reason})")
+
+
+class _FolderSource(ImageSource):
+    def __init__(self, spec: str, root: Path, image_size: int, channels: int, split: str,
+                 seed: int, val_fraction: float, check: bool) -> None:
+        files = _scan_folder(root)
+        if not files:
+            exts = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+            raise ValueError(f"no images ({exts}) found under {root}")
+        tops = {f.split("/", 1)[0] for f in files}
+        nested = all("/" in f for f in files)
+        class_names = sorted(tops) if nested and len(tops) >= 2 else []
+        super().__init__(spec, image_size, channels, split, class_names, root)
+        chosen = [files[i] for i in split_indices(len(files), split, seed, val_fraction)]
+        _require_nonempty(chosen, split, spec, len(files), val_fraction)
+        skipped: list[tuple[str, str]] = []
+        if check:
+            reasons = _check_many([root / f for f in chosen], _check_decodes)
+            skipped = [(f, r) for f, r in zip(chosen, reasons) if r is not None]
+            chosen = [f for f, r in zip(chosen, reasons) if r is None]
+        self.files = chosen  # relative posix paths
+        class_index = {c: i for i, c in enumerate(class_names)}
+        self.labels = [class_index[f.split("/", 1)[0]] if class_names else -1 for f in chosen]
+        self._set_skipped(skipped, len(chosen) + len(skipped))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def label_of(self, index: int) -> int:
+        return self.labels[index]
+
+    def source_of(self, index: int) -> str:
+        return self.files[index]
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        assert self.root is not None
+        return _decode(self.root / self.files[index], self.channels, min_size)
+
+
+def _scan_folder(root: Path) -> list[str]:
+    """Image files under ``root`` (recursive, hidden entries skipped) as sorted relative
+    posix paths."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((rel / name).as_posix())
+    return sorted(found)
+
+
+class _HFSource(ImageSource):
+    """Rows of a ``datasets.Dataset`` with an ``Image`` column."""
+
+    def __init__(self, spec: str, root: Path | None, parts: list[tuple[str, Any, list[int]]],
+                 image_col: str, label_col: str | None, class_names: list[str],
+                 image_size: int, channels: int, split: str, check: bool) -> None:
+        import datasets
+
+        super().__init__(spec, image_size, channels, split, class_names, root)
+        # Images are decoded here (not by `datasets`) so errors and JPEG draft decoding
+        # behave like folders; raw = {"bytes": ..., "path": ...}.
+        self._parts: list[Any] = []
+        rows: list[tuple[int, int]] = []  # (part, row)
+        labels: list[int] = []
+        sources: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        for p, (name, ds, indices) in enumerate(parts):
+            raw = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
+            self._parts.append(raw)
+            part_labels = (ds.select_columns([label_col]).with_format("numpy")[:][label_col]
+                           if label_col else None)
+            good = [True] * len(indices)
+            if check:
+                good = []
+                for start in range(0, len(indices), 1024):
+                    chunk = indices[start:start + 1024]
+                    blobs = [_raw_payload(r) for r in raw.select(chunk)[image_col]]
+                    reasons = _check_many(blobs, lambda b: "no image data" if b is None else _check_decodes(b))
+                    for i, r in zip(chunk, reasons):
+                        good.append(r is None)
+                        if r is not None:
+                            skipped.append((f"{name}[{i}]", r))
+            for i, ok in zip(indices, good):
+                if ok:
+                    rows.append((p, i))
+                    labels.append(int(part_labels[i]) if part_labels is not None else -1)
+                    sources.append(f"{name}[{i}]")
+        self.rows = rows
+        self.labels = labels
+        self.sources = sources
+        self._image_col = image_col
+        self._set_skipped(skipped, len(rows) + len(skipped))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def label_of(self, index: int) -> int:
+        return self.labels[index]
+
+    def source_of(self, index: int) -> str:
+        return self.sources[index]
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        part, row = self.rows[index]
+        payload = _raw_payload(self._parts[part][row][self._image_col])
+        if payload is None:
+            raise ValueError(f"{self.sources[index]} holds no image data")
+        return _decode(payload, self.channels, min_size)
+
+
+def _raw_payload(raw: dict | None) -> bytes | str | None:
+    if not raw:
+        return None
+    return raw.get("bytes") or raw.get("path")
+
+
+class _DigitsSource(ImageSource):
+    """scikit-learn's handwritten digits: 8×8 values 0..16, upsampled bilinearly."""
+
+    def __init__(self, image_size: int, channels: int, split: str, seed: int,
+                 val_fraction: float) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        super().__init__("digits", image_size, channels, split, [str(d) for d in range(10)], None)
+        n = len(digits.images)  # 1797
+        self.indices = split_indices(n, split, seed, val_fraction)
+        _require_nonempty(self.indices, split, "digits", n, val_fraction)
+        self._images = torch.from_numpy(digits.images.astype(np.float32))  # (N, 8, 8) in 0..16
+        self._targets = digits.target.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def label_of(self, index: int) -> int:
+        return int(self._targets[self.indices[index]])
+
+    def source_of(self, index: int) -> str:
+        return f"index:{self.indices[index]}"
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        x = self._images[self.indices[index]].div(16).mul(255).round().byte().numpy()
+        return Image.fromarray(x, mode="L").convert("RGB" if self.channels == 3 else "L")
+
+    def image_at(self, index: int, size: int) -> torch.Tensor:
+        x = self._images[self.indices[index]][None] / 16  # (1, 8, 8) in [0, 1]
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        x = x * 2 - 1  # (1, S, S) in [-1, 1]
+        return x.repeat(self.channels, 1, 1)  # (C, S, S)
+
+
+class _PhotoSource(ImageSource):
+    """Deterministic random square crops of scikit-image's bundled photographs.
+
+    Crop ``j`` of photo ``p`` is drawn from a generator seeded by (seed, photo name, j):
+    a side between ``max(0.2·m, min(S, m))`` and ``m`` (``m`` = the photo's shorter side)
+    and a uniform position; it is then resized to ``S × S``."""
+
+    def __init__(self, image_size: int, channels: int, split: str, seed: int,
+                 crops_per_photo: int) -> None:
+        super().__init__("photos", image_size, channels, split, [], None)
+        folder = _skimage_data_dir()
+        present = [p for p in PHOTOS if (folder / p).is_file()]
+        held = [p for p in present if p in PHOTOS_HELD_OUT]
+        train = [p for p in present if p not in PHOTOS_HELD_OUT]
+        wanted = {"train": train, "validation": held, "all": train + held}[split]
+        self.root = folder
+        self.seed = seed
+        self.crops_per_photo = crops_per_photo
+        reasons = [_check_decodes(folder / p) for p in wanted]
+        self.photos = [p for p, r in zip(wanted, reasons) if r is None]
+        skipped = [(p, r) for p, r in zip(wanted, reasons) if r is not None]
+        if not wanted:
+            raise ValueError(f"no scikit-image photographs for the {split} split found in {folder}")
+        self._cache: dict[str, Image.Image] = {}
+        self._set_skipped(skipped, len(wanted))
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers re-read the photos
+        return {**self.__dict__, "_cache": {}}
+
+    def __len__(self) -> int:
+        return len(self.photos) * self.crops_per_photo
+
+    def label_of(self, index: int) -> int:
+        return -1
+
+    def source_of(self, index: int) -> str:
+        return f"{self.photos[index // self.crops_per_photo]}:{index % self.crops_per_photo}"
+
+    def crop_box(self, index: int) -> tuple[str, tuple[int, int, int, int]]:
+        """(photo file, (left, top, right, bottom)) of crop ``index``."""
+        name = self.photos[index // self.crops_per_photo]
+        j = index % self.crops_per_photo
+        w, h = self._photo(name).size
+        m = min(w, h)
+        g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}:{j}".encode()))
+        lo = max(0.2 * m, min(self.image_size, m))
+        u = torch.rand(3, generator=g).tolist()
+        side = int(round(lo + (m - lo) * u[0]))
+        left = int((w - side) * u[1])
+        top = int((h - side) * u[2])
+        return name, (left, top, left + side, top + side)
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        name, box = self.crop_box(index)
+        return self._photo(name).crop(box)
+
+    def _photo(self, name: str) -> Image.Image:
+        if name not in self._cache:
+            assert self.root is not None
+            self._cache[name] = _decode(self.root / name, self.channels, 1 << 16)
+        return self._cache[name]
+
+
+def _skimage_data_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the 'photos' data source needs scikit-image (pip install scikit-image)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
+
+
+def _hf_columns(ds: Any, spec: str) -> tuple[str, str | None, list[str]]:
+    """(image column, label column or None, class names) of a ``datasets.Dataset``."""
+    import datasets
+
+    image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    if image_col is None:
+        raise ValueError(f"{spec} has no image column (a datasets.Image feature); columns: "
+                         f"{', '.join(ds.column_names)}")
+    label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if label_col is not None:
+        return image_col, label_col, list(ds.features[label_col].names)
+    for name in ("label", "labels", "class", "target"):
+        f = ds.features.get(name)
+        if isinstance(f, datasets.Value) and f.dtype.startswith(("int", "uint")):
+            values = ds.select_columns([name]).with_format("numpy")[:][name]
+            top = int(values.max()) if len(values) else -1
+            return image_col, name, [str(v) for v in range(top + 1)]
+    return image_col, None, []
+
+
+def _hf_source(data: Any, spec: str, root: Path | None, image_size: int, channels: int,
+               split: str, seed: int, val_fraction: float, check: bool) -> ImageSource:
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        names = list(data.keys())
+        if not names:
+            raise ValueError(f"{spec} holds no splits")
+        train_name = "train" if "train" in data else (names[0] if len(names) == 1 else None)
+        if train_name is None:
+            raise ValueError(f"{spec} has splits {names} and none is named 'train'")
+        val_name = next((n for n in _VAL_SPLIT_NAMES if n in data and n != train_name), None)
+    elif isinstance(data, datasets.Dataset):
+        data, train_name, val_name = datasets.DatasetDict(train=data), "train", None
+    else:
+        raise ValueError(f"{spec} is not a map-style datasets Dataset/DatasetDict")
+    base = data[train_name]
+    image_col, label_col, class_names = _hf_columns(base, spec)
+    if val_name is not None:  # the dataset's own split
+        wanted = {"train": [train_name], "validation": [val_name], "all": [train_name, val_name]}[split]
+        parts = [(n, data[n], list(range(len(data[n])))) for n in wanted]
+        for n in wanted:
+            missing = {c for c in (image_col, label_col) if c} - set(data[n].column_names)
+            if missing:
+                raise ValueError(f"split {n!r} of {spec} lacks column(s) {sorted(missing)}")
+        total = sum(len(data[n]) for n in wanted)
+    else:
+        indices = split_indices(len(base), split, seed, val_fraction)
+        parts, total = [(train_name, base, indices)], len(base)
+    _require_nonempty([i for *_, ix in parts for i in ix], split, spec, total, val_fraction)
+    return _HFSource(spec, root, parts, image_col, label_col, class_names, image_size,
+                     channels, split, check)
+
+
+def _hub_reachable(timeout: float) -> bool:
+    """Can a TCP connection to the hub endpoint be opened within ``timeout`` seconds?
+    Runs in a daemon thread so a stalled DNS lookup cannot block either."""
+    import datasets.config
+
+    url = urlparse(getattr(datasets.config, "HF_ENDPOINT", None) or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _load_hub(name: str) -> Any:
+    import datasets
+    import datasets.config
+
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or os.environ.get(
+        "HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline and not _hub_reachable(_HUB_TIMEOUT_S):
+        raise ValueError(f"could not reach the Hugging Face hub for {name} (no network?); "
+                         f"download it where there is one and pass its save_to_disk folder")
+    try:
+        return datasets.load_dataset(name)
+    except Exception as err:  # datasets/hub raise many types (HTTP, not found, gated, ...)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        where = "the local cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+        raise ValueError(f"could not load {name} from {where}: {reason}") from None
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _require_nonempty(items: Sequence[Any], split: str, spec: str, total: int,
+                      val_fraction: float) -> None:
+    if not items:
+        hint = " (raise val_fraction)" if split == "validation" else ""
+        raise ValueError(f"the {split} split of {spec} has no images ({total} in all, "
+                         f"val_fraction={val_fraction}){hint}")
+
+
+def load_images(spec: str, image_size: int, channels: int, split: str = "train", seed: int = 0,
+                val_fraction: float = 0.1, *, check: bool = True,
+                crops_per_photo: int = 256) -> ImageSource:
+    """Turn ``--data`` into a torch Dataset of images (see the module docstring).
+
+    Args:
+        spec: an image folder, a ``save_to_disk`` folder, ``digits``, ``photos`` or
+            ``hf:owner/name``. The bundled names win over a folder of the same name
+            (write ``./digits`` for the folder).
+        image_size: side ``S`` of the square images returned (≥ 8).
+        channels: 3 → RGB, 1 → grey; the tokenizer's ``channels`` decides.
+        split: "train", "validation" or "all".
+        seed, val_fraction: the deterministic split for sources without one of their own
+            (unused by ``photos``, whose validation photos are fixed).
+        check: decode every file once up front so undecodable ones are skipped and
+            counted (recommended; turn off only for data known to be clean).
+        crops_per_photo: ``photos`` only — crops drawn from each photograph.
+
+    Returns:
+        An ``ImageSource``: ``source[i] = {"image": FloatTensor[C, S, S] in [-1, 1],
+        "label": int (-1 when no classes), "source": str}``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: unknown spec, bad size/channels/split, no images, all undecodable,
+            an empty split, or the hub cannot be reached.
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer ≥ 8, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if crops_per_photo < 1:
+        raise ValueError(f"crops_per_photo must be ≥ 1, got {crops_per_photo!r}")
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("the data source is empty: give a folder, digits, photos or hf:owner/name")
+
+    if spec == "digits":
+        return _DigitsSource(image_size, channels, split, seed, val_fraction)
+    if spec == "photos":
+        return _PhotoSource(image_size, channels, split, seed, crops_per_photo)
+    if spec.startswith("hf:"):
+        name = spec[3:].strip()
+        if not name:
+            raise ValueError("hf: needs a dataset name, e.g. hf:owner/name")
+        return _hf_source(_load_hub(name), spec, None, image_size, channels, split, seed,
+                          val_fraction, check)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if os.sep in spec or "/" in spec or spec.startswith((".", "~")):
+            raise FileNotFoundError(f"data folder {path} does not exist")
+        raise ValueError(f"unknown data source {spec!r}: expected an image folder, a save_to_disk "
+                         f"folder, 'digits', 'photos' or 'hf:owner/name'")
+    if not path.is_dir():
+        raise ValueError(f"data source {path} is a file; give a folder of images or a "
+                         f"save_to_disk folder")
+    if _is_saved_dataset(path):
+        import datasets
+
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as err:  # corrupt or foreign save folders raise assorted errors
+            raise ValueError(f"could not open the saved dataset {path}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        return _hf_source(data, spec, path, image_size, channels, split, seed, val_fraction, check)
+    return _FolderSource(spec, path, image_size, channels, split, seed, val_fraction, check)
+

@@ -1,0 +1,132 @@
+"""``vqgpt demo``: the whole chain on the bundled digits, end to end, on a CPU.
+
+train the tokenizer → reconstruct held-out digits → tokenize → train the class-conditional
+prior → sample a grid of every class → judge the samples with an independent classifier.
+Finished stages in an existing run folder are reused; ``--overwrite`` starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import prior as pr
+import tokenizer as tk
+
+from .config import build_configs
+from .data import load_images
+from .digits_check import check_digit_samples
+from .pipeline import Pipeline, SampleConfig, sample_grid_writer, write_samples
+from .reconstruct import reconstruct
+from .tokenize import tokenize_dataset
+
+__all__ = ["run_demo", "DEMO_SETTINGS"]
+
+logger = logging.getLogger(__name__)
+
+# Everything the demo chooses, in one place (presets of each stage plus the sampling call).
+DEMO_SETTINGS = {
+    "data": "digits",
+    "tokenizer_preset": "digits",
+    "prior_preset": "digits",
+    "tokenize": {"flip": False, "crops": 0, "batch_size": 128},
+    "guidance": 3.0,
+    "check_samples": 200,
+}
+
+# --quick: the same chain with a fraction of the steps (used by the end-to-end test).
+QUICK_OVERRIDES = {
+    "tokenizer": {"train.steps": 20, "train.eval_every": 10, "train.sample_every": 10, "train.checkpoint_every": 0},
+    "prior": {"train.max_steps": 20, "train.eval_every": 10, "train.sample_every": 10, "train.checkpoint_every": 0},
+}
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str = "cpu", quick: bool = False) -> dict:
+    """Run every stage into ``out``; returns the figures of each stage."""
+    out = Path(out)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, dict] = {}
+    start = time.perf_counter()
+
+    # 1. tokenizer ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    tok_dir = out / "tokenizer"
+    cfg = build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
+                        [tk.PRESETS[DEMO_SETTINGS["tokenizer_preset"]], QUICK_OVERRIDES["tokenizer"] if quick else {}])
+    train = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="train")
+    val = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="validation")
+    if (tok_dir / "model.safetensors").is_file():
+        _say(f"[1/5] tokenizer: reusing {tok_dir}")
+    else:
+        _say(f"[1/5] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
+        tk.train_tokenizer(cfg["model"], cfg["train"], train, val, tok_dir)
+    model = tk.VQGAN.from_pretrained(tok_dir, device=device)
+    recon = reconstruct(model, val, out / "reconstructions.png", num_images=32)
+    figures["tokenizer"] = {**recon, "seconds": round(time.perf_counter() - t0, 1)}
+    _say(f"      held-out PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}, "
+         f"codebook usage {100 * recon['codebook_usage']:.1f}%, perplexity {recon['perplexity']:.1f} "
+         f"→ {out / 'reconstructions.png'}")
+
+    # 2. tokenize --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    tokens_dir = out / "tokens"
+    if (tokens_dir / "vqgpt_tokens.json").is_file():
+        _say(f"[2/5] tokens: reusing {tokens_dir}")
+        summary = {}
+    else:
+        _say("[2/5] tokenizing the digits…")
+        summary = tokenize_dataset(tok_dir, "digits", tokens_dir, **DEMO_SETTINGS["tokenize"])
+    figures["tokenize"] = {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+                           "seconds": round(time.perf_counter() - t0, 1)}
+    _say(f"      token dataset → {tokens_dir}")
+
+    # 3. prior -----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    prior_dir = out / "prior"
+    if (prior_dir / "vqgpt_prior.json").is_file():
+        _say(f"[3/5] prior: reusing {prior_dir}")
+        prior_summary = {}
+    else:
+        _say("[3/5] training the class-conditional prior…")
+        pcfg = build_configs({"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
+                             [pr.PRESETS[DEMO_SETTINGS["prior_preset"]], QUICK_OVERRIDES["prior"] if quick else {}])
+        callback = sample_grid_writer(tok_dir, prior_dir.parent / "prior_samples", tokens_dir=tokens_dir, device=device)
+        prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback)
+    figures["prior"] = {**{k: v for k, v in prior_summary.items() if isinstance(v, (int, float, str))},
+                        "seconds": round(time.perf_counter() - t0, 1)}
+    if prior_summary:
+        bits = prior_summary.get("val_bits_per_code")
+        _say(f"      held-out {bits:.3f} bits/code → {prior_dir}" if isinstance(bits, float) else f"      → {prior_dir}")
+
+    # 4. sample ----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(out, device=device)
+    settings = SampleConfig(num=10, class_labels=tuple(range(pipe.spec.num_classes)),
+                            guidance=DEMO_SETTINGS["guidance"], seed=0)
+    images = pipe.generate(settings)
+    paths = write_samples(images, settings, pipe, out / "samples", grid_rows=pipe.spec.num_classes)
+    figures["sample"] = {"images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
+    _say(f"[4/5] sampled 10 images of every class (guidance {settings.guidance}) → {paths['grid']}")
+
+    # 5. check -----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    n = 50 if quick else DEMO_SETTINGS["check_samples"]
+    check = check_digit_samples(pipe, num_samples=n, guidance_scale=DEMO_SETTINGS["guidance"], seed=1)
+    figures["check"] = {**check, "seconds": round(time.perf_counter() - t0, 1)}
+    _say(f"[5/5] an SVM trained on real digits ({100 * check['real_digit_accuracy']:.1f}% on held-out real digits) "
+         f"recognises {100 * check['conditional_accuracy']:.1f}% of {n} class-conditional samples; "
+         f"near-copies of training digits: {100 * check['near_copy_share']:.1f}%")
+
+    figures["total_seconds"] = round(time.perf_counter() - start, 1)
+    (out / "demo_figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    _say(f"done in {figures['total_seconds']:.0f} s — samples: {paths['grid']}, figures: {out / 'demo_figures.json'}")
+    return figures

@@ -1,0 +1,692 @@
+"""Turn a data source into a token dataset: every image → its tokenizer code grid.
+
+``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any ``--data`` source
+(``pipeline.data.load_images``), encodes them with the VQGAN and writes a
+``datasets.DatasetDict`` (``train``, ``validation``) with ``save_to_disk``; the format is
+fixed by the interface contract:
+
+- ``codes``: ``Array2D((h, w), <uint8|uint16|int32, the narrowest holding K-1>)``
+- ``label``: ``int32``, -1 when the source has no classes
+- ``source``: the image's relative path / ``index:N``, plus ``#flip`` / ``#cropN`` for
+  augmented rows
+- metadata (tokenizer fingerprint, grid, codebook size, class names, image size,
+  channels, augmentations, data spec): JSON in each split's ``info.description`` and in
+  ``vqgpt_tokens.json`` at the root. ``datasets.load_from_disk`` opens it alone.
+
+How it runs:
+
+- Streaming. A DataLoader reads the images (``batch_size``, ``num_workers``), the model
+  encodes under ``torch.inference_mode`` (bf16 autocast on CUDA), and every
+  ``shard_size`` source images are written to ``out_dir/.partial/`` as an Arrow file as
+  soon as they are done; the final dataset is assembled from the memory-mapped shards.
+  Memory does not grow with the size of the data set.
+- Resumable. ``.partial/manifest.json`` records the settings, the tokenizer fingerprint
+  and a digest of the source list; the same command after an interruption skips the
+  finished shards. Any difference is a ValueError asking for ``overwrite``. Crops are
+  seeded by (seed, split, image index), never by a running RNG, so a resumed run writes
+  exactly what an uninterrupted one would have.
+- Multi-process. Under ``accelerate launch`` shard ``g`` (numbered over train then
+  validation) is encoded by process ``g % world_size``; after a barrier the main
+  process assembles one dataset, identical to a single-process run.
+- Safe output. A finished dataset is never replaced without ``overwrite=True``
+  (FileExistsError); assembly writes to a temporary sibling folder and renames it into
+  place, so a half-written output never looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import zlib
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data import ImageSource, load_images
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenizer import VQGAN
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TokenizeConfig", "tokenize_dataset", "inspect_tokens", "read_token_meta",
+           "codes_dtype", "TOKENS_META_NAME"]
+
+TOKENS_META_NAME = "vqgpt_tokens.json"
+PARTIAL_NAME = ".partial"
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Settings of one tokenize run (image size and channels come from the tokenizer)."""
+
+    batch_size: int = field(default=64, metadata={"help": "rows per encode call"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
+    shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
+    flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
+    crops: int = field(default=0, metadata={"help": "also store this many random crops of each image"})
+    crop_resize: float = field(default=1.125, metadata={"help": "crops are cut from the image resized to crop_resize × image_size"})
+    augment_validation: bool = field(default=False, metadata={"help": "augment the validation split too (default: train only)"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
+    val_fraction: float = field(default=0.1, metadata={"help": "validation share for sources without their own split"})
+    crops_per_photo: int = field(default=256, metadata={"help": "'photos' source only: crops per photograph"})
+
+    def __post_init__(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"invalid tokenize config: {msg}")
+
+        if self.batch_size < 1:
+            fail(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            fail(f"num_workers must be ≥ 0, got {self.num_workers}")
+        if self.shard_size < 1:
+            fail(f"shard_size must be ≥ 1, got {self.shard_size}")
+        if self.crops < 0:
+            fail(f"crops must be ≥ 0, got {self.crops}")
+        if not 1.0 <= self.crop_resize <= 2.0:
+            fail(f"crop_resize must be in [1, 2], got {self.crop_resize}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            fail(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.crops_per_photo < 1:
+            fail(f"crops_per_photo must be ≥ 1, got {self.crops_per_photo}")
+
+    def variants(self, split: str) -> list[str]:
+        """Row suffixes stored per source image of ``split``: "" (the image itself), then
+        "#flip", then "#crop0" … "#crop{n-1}"."""
+        out = [""]
+        if split == "train" or self.augment_validation:
+            out += ["#flip"] * self.flip + [f"#crop{k}" for k in range(self.crops)]
+        return out
+
+    def augmentations(self) -> dict[str, Any]:
+        """The ``augmentations`` entry of the token dataset's metadata."""
+        splits = ["train", "validation"] if self.augment_validation else ["train"]
+        out: dict[str, Any] = {"flip": self.flip, "crops": self.crops}
+        if self.crops:
+            out["crop_resize"] = self.crop_resize
+        out["splits"] = splits if (self.flip or self.crops) else []
+        return out
+
+
+def codes_dtype(codebook_size: int) -> str:
+    """Narrowest of uint8 / uint16 / int32 that holds codes ``0 … K-1``."""
+    if codebook_size <= 1 << 8:
+        return "uint8"
+    if codebook_size <= 1 << 16:
+        return "uint16"
+    return "int32"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Rows(Dataset):
+    """Item ``(split, i)`` → every stored row of source image ``i``: the image, its flip,
+    its crops. Never raises: an image that fails to load comes back with a reason, so
+    DataLoader workers survive files that change under them."""
+
+    def __init__(self, sources: dict[str, ImageSource], config: TokenizeConfig) -> None:
+        self.sources = sources
+        self.config = config
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources.values())
+
+    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
+        split, i = key
+        src = self.sources[split]
+        variants = self.config.variants(split)
+        size = src.image_size
+        try:
+            image = src.image_at(i, size)  # (C, S, S)
+            rows = [image]
+            if "#flip" in variants:
+                rows.append(image.flip(-1))
+            n_crops = sum(v.startswith("#crop") for v in variants)
+            if n_crops:
+                big_size = max(size, round(size * self.config.crop_resize))
+                big = src.image_at(i, big_size)  # (C, S', S')
+                g = torch.Generator().manual_seed(
+                    zlib.crc32(f"{self.config.seed}:{split}:{i}:crops".encode()))
+                offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
+                rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
+            images = torch.stack(rows)  # (V, C, S, S)
+            reason = ""
+        except Exception as err:  # a file that vanished or broke after indexing
+            images = torch.zeros(len(variants), src.channels, size, size)
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        name = src.source_of(i)
+        return {"images": images, "label": src.label_of(i),
+                "sources": [name + v for v in variants], "origin": name, "reason": reason}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [not it["reason"] for it in items]
+    images = [it["images"] for it, good in zip(items, ok) if good]
+    return {
+        "images": torch.cat(images) if images else None,  # (R, C, S, S)
+        "labels": [it["label"] for it, good in zip(items, ok) if good for _ in it["sources"]],
+        "sources": [s for it, good in zip(items, ok) if good for s in it["sources"]],
+        "failed": [(it["origin"], it["reason"]) for it, good in zip(items, ok) if not good],
+        "num_images": len(items),
+    }
+
+
+@dataclass(frozen=True)
+class _Shard:
+    split: str
+    index: int  # shard number within its split
+    number: int  # global shard number (train first), decides the process
+    start: int  # first source image
+    stop: int  # one past the last source image
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}-{self.index:05d}"
+
+
+def _plan_shards(sizes: dict[str, int], shard_size: int) -> list[_Shard]:
+    shards: list[_Shard] = []
+    for split in SPLITS:
+        for k in range(math.ceil(sizes[split] / shard_size)):
+            shards.append(_Shard(split, k, len(shards), k * shard_size,
+                                 min(sizes[split], (k + 1) * shard_size)))
+    return shards
+
+
+def _batches(shards: list[_Shard], images_per_batch: int) -> list[tuple[_Shard, list[tuple[str, int]]]]:
+    """Batches of (split, index) keys that never cross a shard boundary."""
+    out = []
+    for shard in shards:
+        for start in range(shard.start, shard.stop, images_per_batch):
+            stop = min(shard.stop, start + images_per_batch)
+            out.append((shard, [(shard.split, i) for i in range(start, stop)]))
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _features(grid: tuple[int, int], codebook_size: int) -> Any:
+    import datasets
+
+    return datasets.Features({
+        "codes": datasets.Array2D(shape=tuple(grid), dtype=codes_dtype(codebook_size)),
+        "label": datasets.Value("int32"),
+        "source": datasets.Value("string"),
+    })
+
+
+def _write_shard(partial: Path, shard: _Shard, codes: list[np.ndarray], labels: list[int],
+                 sources: list[str], failed: list[tuple[str, str]], features: Any) -> None:
+    """Write one shard as an Arrow file (then its JSON marker, which means "done")."""
+    from datasets.arrow_writer import ArrowWriter
+
+    dtype = np.dtype(features["codes"].dtype)
+    shape = features["codes"].shape
+    array = np.concatenate(codes).astype(dtype) if codes else np.zeros((0, *shape), dtype)
+    tmp = partial / f"{shard.stem}.arrow.tmp-{os.getpid()}"
+    writer = ArrowWriter(features=features, path=str(tmp))
+    try:
+        writer.write_batch({"codes": array, "label": np.asarray(labels, dtype=np.int32),
+                            "source": list(sources)})
+        writer.finalize()
+    finally:
+        writer.close()
+    os.replace(tmp, partial / f"{shard.stem}.arrow")
+    marker = {"rows": len(sources), "images": shard.stop - shard.start, "failed": failed}
+    _write_json(partial / f"{shard.stem}.json", marker)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _shard_done(partial: Path, shard: _Shard) -> bool:
+    return (partial / f"{shard.stem}.json").is_file() and (partial / f"{shard.stem}.arrow").is_file()
+
+
+def _is_token_dataset(path: Path) -> bool:
+    return (path / TOKENS_META_NAME).is_file() and (path / "dataset_dict.json").is_file()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load_tokenizer(tokenizer: "str | os.PathLike | VQGAN", device: torch.device) -> "VQGAN":
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from tokenizer import VQGAN
+
+        return VQGAN.from_pretrained(tokenizer, device=device)
+    if not all(hasattr(tokenizer, a) for a in ("encode", "decode", "config", "fingerprint")):
+        raise ValueError(f"expected a tokenizer folder or a tokenizer.VQGAN, got {type(tokenizer).__name__}")
+    return tokenizer.to(device).eval()
+
+
+def _digest(source: ImageSource) -> str:
+    h = hashlib.sha256()
+    for i in range(len(source)):
+        h.update(source.source_of(i).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _code_histogram(datasets_: list[Any], codebook_size: int) -> np.ndarray:
+    counts = np.zeros(codebook_size, dtype=np.int64)
+    for ds in datasets_:
+        for batch in ds.select_columns(["codes"]).with_format("numpy").iter(batch_size=8192):
+            counts += np.bincount(np.asarray(batch["codes"]).reshape(-1), minlength=codebook_size)[:codebook_size]
+    return counts
+
+
+def _histogram_summary(counts: np.ndarray, top: int = 5) -> dict[str, Any]:
+    total = int(counts.sum())
+    used = int((counts > 0).sum())
+    p = counts[counts > 0] / max(total, 1)
+    perplexity = float(np.exp(-(p * np.log(p)).sum())) if total else 0.0
+    order = np.argsort(-counts, kind="stable")[:top]
+    common = ", ".join(f"{int(c)} ({100 * counts[c] / max(total, 1):.1f}%)" for c in order if counts[c])
+    return {"codes_used": used, "code_usage": used / len(counts), "perplexity": perplexity,
+            "most_common_codes": common}
+
+
+@contextmanager
+def _datasets_bars(enabled: bool) -> Iterator[None]:
+    """Silence ``datasets``' own progress bars for the duration (restored afterwards)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not enabled and not was_disabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _format_failures(failed: list[tuple[str, str]], limit: int = 20) -> list[str]:
+    return [f"{s} ({r})" for s, r in failed[:limit]]
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def tokenize_dataset(
+    tokenizer: "str | os.PathLike | VQGAN",
+    data: str,
+    out_dir: str | os.PathLike,
+    config: TokenizeConfig | None = None,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_shard: Callable[[str, int], None] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Encode every image of ``data`` and save a token dataset in ``out_dir``.
+
+    Args:
+        tokenizer: a tokenizer folder (``VQGAN.from_pretrained``) or a loaded ``VQGAN``
+            (moved to ``device``). Its ``image_size`` and ``channels`` decide how images
+            are read.
+        data: any ``--data`` spec (``pipeline.data.load_images``).
+        out_dir: the output folder. An unfinished run there (``.partial/``) is resumed.
+        config: a ``TokenizeConfig``; keyword ``overrides`` replace its fields
+            (``batch_size=32, flip=True, crops=4, seed=1, ...``).
+        overwrite: replace a finished token dataset / restart an unfinished one.
+        device: where to encode; default ``accelerate.PartialState().device``.
+        progress: show a tqdm bar (main process only).
+        on_shard: called as ``on_shard(split, shard_index)`` after each shard is on disk.
+
+    Returns:
+        A summary: rows per split, images encoded, files skipped (with reasons), codes
+        used out of K, perplexity, seconds, images/s.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a finished dataset (and not ``overwrite``) or
+            something that is not a token dataset.
+        ValueError: bad settings, unusable data, or an unfinished run with different
+            settings / tokenizer (pass ``overwrite=True`` to start over).
+        FileNotFoundError: the tokenizer or data folder does not exist.
+    """
+    from accelerate import PartialState
+
+    config = config or TokenizeConfig()
+    if overrides:
+        known = {f.name for f in dataclasses.fields(TokenizeConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenize setting(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        config = dataclasses.replace(config, **overrides)
+    started = time.monotonic()
+    state = PartialState()
+    device = torch.device(device) if device is not None else state.device
+    out = Path(out_dir).expanduser()
+    partial = out / PARTIAL_NAME
+
+    # -- the output folder --------------------------------------------------------------------
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file; choose another output folder")
+    if _is_token_dataset(out) and not overwrite:
+        raise FileExistsError(f"{out} already holds a token dataset; pass overwrite=True "
+                              f"(--overwrite) to replace it")
+    foreign = out.is_dir() and not _is_token_dataset(out) and any(
+        p.name != PARTIAL_NAME for p in out.iterdir())
+    if foreign:
+        raise FileExistsError(f"{out} exists and is not a token dataset; choose another output folder")
+
+    # -- tokenizer and data -------------------------------------------------------------------
+    model = _load_tokenizer(tokenizer, device)
+    mcfg = model.config
+    fingerprint = model.fingerprint()
+    grid = tuple(int(g) for g in mcfg.grid_size)
+    K = int(mcfg.codebook_size)
+    sources = {split: load_images(data, mcfg.image_size, mcfg.channels, split=split,
+                                  seed=config.seed, val_fraction=config.val_fraction,
+                                  crops_per_photo=config.crops_per_photo)
+               for split in SPLITS}
+    skipped = [fs for s in sources.values() for fs in s.skipped]
+    sizes = {split: len(s) for split, s in sources.items()}
+    features = _features(grid, K)
+
+    manifest = {
+        "format": "vqgpt-tokens-partial",
+        "version": 1,
+        "tokenizer_fingerprint": fingerprint,
+        "data": str(data),
+        "image_size": mcfg.image_size,
+        "channels": mcfg.channels,
+        "settings": {k: getattr(config, k) for k in ("shard_size", "flip", "crops", "crop_resize",
+                                                     "augment_validation", "seed", "val_fraction",
+                                                     "crops_per_photo")},
+        "sources": {split: {"images": sizes[split], "digest": _digest(s)} for split, s in sources.items()},
+    }
+
+    # -- the partial folder (main process decides, everyone waits) ---------------------------
+    if state.is_main_process:
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        partial.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    manifest_path = partial / MANIFEST_NAME
+    if manifest_path.is_file():
+        _check_manifest(json.loads(manifest_path.read_text()), manifest, out)
+    state.wait_for_everyone()
+    if state.is_main_process and not manifest_path.is_file():
+        _write_json(manifest_path, manifest)
+
+    # -- encode this process's pending shards --------------------------------------------------
+    shards = _plan_shards(sizes, config.shard_size)
+    done_before = [s for s in shards if _shard_done(partial, s)]
+    mine = [s for s in shards if s.number % state.num_processes == state.process_index
+            and not _shard_done(partial, s)]
+    if done_before:
+        logger.info("resuming %s: %d of %d shards already done", out, len(done_before), len(shards))
+    _encode_shards(model, sources, config, mine, partial, features, device, K,
+                   progress and state.is_local_main_process, on_shard)
+    state.wait_for_everyone()
+
+    # -- assemble (main process) ---------------------------------------------------------------
+    meta = {
+        "format": "vqgpt-tokens",
+        "version": 1,
+        "tokenizer_fingerprint": fingerprint,
+        "grid": list(grid),
+        "codebook_size": K,
+        "class_names": list(sources["train"].class_names),
+        "image_size": mcfg.image_size,
+        "channels": mcfg.channels,
+        "augmentations": config.augmentations(),
+        "data": str(data),
+    }
+    summary: dict[str, Any] = {}
+    if state.is_main_process:
+        with _datasets_bars(progress):
+            summary = _assemble(out, partial, shards, features, meta, K)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        summary = _summary_from_disk(out, partial, shards, K) if _is_token_dataset(out) else {}
+    failed = summary.pop("_failed", [])
+    seconds = time.monotonic() - started
+    encoded = sum(s.stop - s.start for s in shards) - len(failed)
+    summary.update({
+        "images": encoded,
+        "skipped": len(skipped) + len(failed),
+        "skipped_files": _format_failures(skipped + failed),
+        "resumed_shards": len(done_before),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(encoded / seconds, 1) if seconds > 0 else 0.0,
+    })
+    if state.is_main_process:
+        logger.info("tokenized %s → %s: %d train / %d validation rows, %d skipped, %d/%d codes "
+                    "used, %.1fs", data, out, summary.get("train_rows", 0),
+                    summary.get("validation_rows", 0), summary["skipped"],
+                    summary.get("codes_used", 0), K, seconds)
+        for src in sources.values():
+            if src.skipped:
+                logger.warning(src.skip_report())
+    return summary
+
+
+def _check_manifest(found: dict[str, Any], expected: dict[str, Any], out: Path) -> None:
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return items
+
+    a, b = flat(found), flat(expected)
+    diffs = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        what = "a different tokenizer" if "tokenizer_fingerprint" in " ".join(diffs) else "different settings"
+        raise ValueError(f"{out} holds an unfinished run with {what} ({'; '.join(diffs[:3])}); "
+                         f"pass overwrite=True (--overwrite) to start over")
+
+
+def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: TokenizeConfig,
+                   shards: list[_Shard], partial: Path, features: Any, device: torch.device,
+                   K: int, progress: bool, on_shard: Callable[[str, int], None] | None) -> None:
+    if not shards:
+        return
+    rows_per_image = max(len(config.variants(s)) for s in SPLITS)
+    images_per_batch = max(1, config.batch_size // rows_per_image)
+    plan = _batches(shards, images_per_batch)
+    loader = DataLoader(
+        _Rows(sources, config),
+        batch_sampler=[keys for _, keys in plan],
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    total = sum(s.stop - s.start for s in shards)
+    bar = tqdm(total=total, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
+    buf: dict[str, list[Any]] = {"codes": [], "labels": [], "sources": [], "failed": []}
+    current: _Shard | None = None
+    try:
+        for (shard, _keys), batch in zip(plan, loader):
+            if current is not None and shard != current:
+                _flush(partial, current, buf, features, on_shard)
+            current = shard
+            if batch["images"] is not None:
+                with torch.inference_mode(), autocast:
+                    codes = model.encode(batch["images"].to(device, non_blocking=True))  # (R, h, w)
+                buf["codes"].append(codes.to("cpu", torch.int64).numpy())
+                buf["labels"] += batch["labels"]
+                buf["sources"] += batch["sources"]
+            buf["failed"] += batch["failed"]
+            bar.update(batch["num_images"])
+        if current is not None:
+            _flush(partial, current, buf, features, on_shard)
+    finally:
+        bar.close()
+
+
+def _flush(partial: Path, shard: _Shard, buf: dict[str, list[Any]], features: Any,
+           on_shard: Callable[[str, int], None] | None) -> None:
+    _write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
+    for failed in buf["failed"]:
+        logger.warning("could not read %s (%s); left out", *failed)
+    for v in buf.values():
+        v.clear()
+    if on_shard is not None:
+        on_shard(shard.split, shard.index)
+
+
+def _open_shards(partial: Path, shards: list[_Shard], split: str) -> list[Any]:
+    from datasets import Dataset
+
+    return [Dataset.from_file(str(partial / f"{s.stem}.arrow")) for s in shards if s.split == split]
+
+
+def _shard_failures(partial: Path, shards: list[_Shard]) -> list[tuple[str, str]]:
+    failed: list[tuple[str, str]] = []
+    for s in shards:
+        failed += [tuple(f) for f in json.loads((partial / f"{s.stem}.json").read_text())["failed"]]
+    return failed
+
+
+def _assemble(out: Path, partial: Path, shards: list[_Shard], features: Any,
+              meta: dict[str, Any], K: int) -> dict[str, Any]:
+    """Concatenate the memory-mapped shards, save them to a temporary sibling folder with
+    the metadata, then swap it into place."""
+    import datasets
+
+    missing = [s.stem for s in shards if not _shard_done(partial, s)]
+    if missing:
+        raise RuntimeError(f"shards {missing[:3]} of {out} were not written; rerun to finish")
+    description = json.dumps(meta, sort_keys=True)
+    parts: dict[str, Any] = {}
+    for split in SPLITS:
+        pieces = _open_shards(partial, shards, split)
+        ds = (datasets.concatenate_datasets(pieces) if pieces else
+              datasets.Dataset.from_dict({"codes": [], "label": [], "source": []}, features=features))
+        ds.info.description = description
+        parts[split] = ds
+    counts = _code_histogram(list(parts.values()), K)
+    tmp = out.parent / f".{out.name}.assembling-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp))
+    _write_json(tmp / TOKENS_META_NAME, meta)
+    summary = {f"{split}_rows": len(ds) for split, ds in parts.items()}
+    summary.update({"codebook_size": K, **_histogram_summary(counts),
+                    "_failed": _shard_failures(partial, shards)})
+    del parts
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)  # out holds only .partial here
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return summary
+
+
+def _summary_from_disk(out: Path, partial: Path, shards: list[_Shard], K: int) -> dict[str, Any]:
+    """Non-main processes: the same summary, read from the assembled dataset."""
+    import datasets
+
+    dd = datasets.load_from_disk(str(out))
+    counts = _code_histogram([dd[s] for s in SPLITS], K)
+    return {**{f"{s}_rows": len(dd[s]) for s in SPLITS}, "codebook_size": K, **_histogram_summary(counts)}
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a token dataset (``vqgpt_tokens.json``), with clear errors."""
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"token dataset folder {path} does not exist")
+    if not (path / TOKENS_META_NAME).is_file():
+        if (path / PARTIAL_NAME).is_dir():
+            raise ValueError(f"{path} is an unfinished token dataset; rerun the same tokenize "
+                             f"command to finish it")
+        raise ValueError(f"{path} is not a token dataset (no {TOKENS_META_NAME}); make one with "
+                         f"vqgpt tokenize")
+    try:
+        meta = json.loads((path / TOKENS_META_NAME).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / TOKENS_META_NAME} is not valid JSON ({err})") from None
+    if meta.get("format") != "vqgpt-tokens":
+        raise ValueError(f"{path / TOKENS_META_NAME} is not vqgpt-tokens metadata")
+    return meta
+
+
+def inspect_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike | VQGAN | None" = None,
+                   png: str | os.PathLike | None = None, num_images: int = 16) -> dict[str, Any]:
+    """Describe a token dataset: rows per split, grid, codebook, classes, fingerprint,
+    code histogram (used codes, perplexity, most common codes). With ``tokenizer`` (whose
+    fingerprint must match) and ``png``, also decodes the first ``num_images`` validation
+    rows (then train rows) into a PNG grid."""
+    import datasets
+
+    path = Path(directory).expanduser()
+    meta = read_token_meta(path)
+    if png is not None and tokenizer is None:
+        raise ValueError("writing a PNG of decoded rows needs the tokenizer (--tokenizer DIR)")
+    dd = datasets.load_from_disk(str(path))
+    K = int(meta["codebook_size"])
+    counts = _code_histogram([dd[s] for s in dd], K)
+    by_label = Counter()
+    for s in dd:
+        for batch in dd[s].select_columns(["label"]).with_format("numpy").iter(batch_size=65536):
+            by_label.update(np.asarray(batch["label"]).tolist())
+    names = meta.get("class_names") or []
+    report: dict[str, Any] = {
+        "dir": str(path),
+        **{f"{s}_rows": len(dd[s]) for s in dd},
+        "grid": "×".join(str(g) for g in meta["grid"]),
+        "codebook_size": K,
+        "codes_dtype": dd[next(iter(dd))].features["codes"].dtype,
+        "classes": len(names),
+        "class_names": ", ".join(names[:20]) + (" …" if len(names) > 20 else ""),
+        "rows_without_class": by_label.get(-1, 0),
+        "image_size": meta["image_size"],
+        "channels": meta["channels"],
+        "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
+        "augmentations": json.dumps(meta.get("augmentations", {})),
+        "data": meta.get("data"),
+        **_histogram_summary(counts),
+    }
+    if tokenizer is not None:
+        model = _load_tokenizer(tokenizer, torch.device("cpu"))
+        if model.fingerprint() != meta["tokenizer_fingerprint"]:
+            raise ValueError(f"{path} was made with tokenizer {meta['tokenizer_fingerprint']}, not "
+                             f"{model.fingerprint()}; give the tokenizer it was made with")
+        if png is not None:
+            from torchvision.utils import save_image
+
+            picked = []  # validation rows first, then train rows
+            for split in ("validation", "train"):
+                take = min(num_images - sum(len(p) for p in picked), len(dd[split]))
+                if take > 0:
+                    picked.append(np.asarray(dd[split].select(range(take)).with_format("numpy")[:]["codes"]))
+            codes = torch.as_tensor(np.concatenate(picked), dtype=torch.long)  # (B, h, w)
+            with torch.inference_mode():
+                images = model.decode(codes)  # (B, C, H, W) in [-1, 1]
+            png = Path(png).expanduser()
+            png.parent.mkdir(parents=True, exist_ok=True)
+            save_image((images.float() + 1) / 2, str(png), nrow=min(8, len(codes)))
+            report["png"] = str(png)
+    return report
+

@@ -1,0 +1,162 @@
+"""Settings of the prior: architecture (`PriorConfig`), training (`PriorTrainConfig`) and the
+size presets (`PRESETS`), from the CPU test model up to a few hundred million parameters.
+
+What the prior is trained on (codebook size, grid, classes) is not a setting: it comes from the
+token dataset and is stored in `vqgpt_prior.json` beside the weights (see `prior.model.PriorSpec`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES"]
+
+ARCHITECTURES = ("llama", "gpt2")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Architecture of the causal transformer over `[condition token, code_0 … code_{h·w-1}]`."""
+
+    architecture: str = "llama"  # "llama" (RoPE, RMSNorm, SwiGLU, SDPA) or "gpt2" (learned positions, LayerNorm, GELU)
+    hidden_size: int = 256  # width of the residual stream
+    num_layers: int = 6  # transformer blocks
+    num_heads: int = 8  # attention heads; hidden_size must be divisible by it
+    num_kv_heads: int | None = None  # llama only: grouped-query attention heads (None = num_heads)
+    intermediate_size: int | None = None  # MLP width (None: llama 8/3·hidden rounded up to 64, gpt2 4·hidden)
+    dropout: float = 0.1  # llama: attention dropout (its only dropout); gpt2: attention, residual and embedding
+    rope_theta: float = 10000.0  # llama only: RoPE base
+    tie_word_embeddings: bool = False  # share the input embedding and the output projection
+    initializer_range: float = 0.02  # std of the normal weight initialisation
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"model.architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        for name in ("hidden_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2 and self.architecture == "llama":
+            raise ValueError(f"model.hidden_size / model.num_heads must be even for RoPE, got {self.hidden_size // self.num_heads}")
+        if self.num_kv_heads is not None:
+            if self.architecture != "llama":
+                raise ValueError("model.num_kv_heads is only used by the llama architecture; leave it unset for gpt2")
+            if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+                raise ValueError(f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})")
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(f"model.intermediate_size must be at least 1, got {self.intermediate_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta}")
+        if self.initializer_range <= 0:
+            raise ValueError(f"model.initializer_range must be positive, got {self.initializer_range}")
+
+    @property
+    def mlp_size(self) -> int:
+        """The MLP width actually used."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        if self.architecture == "llama":
+            return -(-int(8 * self.hidden_size / 3) // 64) * 64  # SwiGLU: ~8/3·hidden, multiple of 64
+        return 4 * self.hidden_size
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """How the prior is trained (per-device batch; effective batch = batch · accumulation · processes)."""
+
+    batch_size: int = 64  # sequences per device per micro-step
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    max_steps: int = 5000  # optimizer steps in total (sets the cosine schedule's length)
+    learning_rate: float = 3e-4  # peak learning rate after warm-up
+    warmup_steps: int = 200  # linear warm-up steps, then cosine decay to 0
+    weight_decay: float = 0.05  # AdamW decay on matrices only (not norms, biases, embeddings)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
+    label_dropout: float = 0.1  # probability of replacing the class token by the null token (for CFG)
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (autocast through accelerate)
+    eval_every: int = 250  # steps between held-out evaluations (bits per code)
+    eval_max_batches: int | None = None  # cap on held-out batches per evaluation (None = whole split)
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (None = off)
+    checkpoint_every: int = 1000  # steps between `save_state` checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # newest step_N checkpoints kept on disk
+    sample_every: int = 0  # steps between calls of the sample callback (0 = only at the end, when one is given)
+    sample_per_class: int = 1  # grids per class (or 8 × this when unconditional) passed to the callback
+    sample_guidance_scale: float = 2.0  # classifier-free guidance for those grids
+    log_every: int = 25  # steps between metrics.jsonl records of the training loss
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0  # model init, data order, label dropout
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_every", "log_every", "sample_per_class")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be ≥ 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.adam_eps <= 0:
+            raise ValueError(f"train.adam_eps must be positive, got {self.adam_eps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be ≥ 0, got {self.grad_clip}")
+        if not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"train.label_dropout must be in [0, 1], got {self.label_dropout}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.eval_max_batches is not None and self.eval_max_batches < 1:
+            raise ValueError(f"train.eval_max_batches must be at least 1 or None, got {self.eval_max_batches}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"train.early_stopping_patience must be at least 1 or None, got {self.early_stopping_patience}")
+        if self.sample_guidance_scale < 0:
+            raise ValueError(f"train.sample_guidance_scale must be ≥ 0, got {self.sample_guidance_scale}")
+
+
+# One registry: {preset: {"model": PriorConfig overrides, "train": PriorTrainConfig overrides}}.
+PRESETS: dict[str, dict[str, dict]] = {
+    # Seconds on a CPU: unit tests and smoke runs.
+    "tiny": {
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.0},
+        "train": {"batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
+                  "checkpoint_every": 10, "log_every": 5},
+    },
+    # The bundled digits (8×8 grid, K≈256–512, 10 classes, ~3.2k rows with flips) on a 2-core CPU
+    # in a few minutes; dropout, weight decay and early stopping against memorising them.
+    "digits": {
+        "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
+        "train": {"batch_size": 64, "max_steps": 1200, "learning_rate": 1e-3, "warmup_steps": 60,
+                  "weight_decay": 0.1, "label_dropout": 0.1, "eval_every": 100, "early_stopping_patience": 3,
+                  "checkpoint_every": 400, "sample_every": 0, "log_every": 20},
+    },
+    # GPU sizes (LlamaGen-like widths/depths). Token data decides the vocabulary and length.
+    "small": {
+        "model": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "dropout": 0.1},
+        "train": {"batch_size": 128, "max_steps": 50_000, "learning_rate": 4e-4, "warmup_steps": 1000,
+                  "mixed_precision": "bf16", "eval_every": 1000, "checkpoint_every": 5000, "sample_every": 5000,
+                  "log_every": 50},
+    },
+    "base": {  # ~110M parameters
+        "model": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "dropout": 0.1},
+        "train": {"batch_size": 64, "max_steps": 200_000, "learning_rate": 3e-4, "warmup_steps": 2000,
+                  "mixed_precision": "bf16", "eval_every": 2000, "checkpoint_every": 5000, "sample_every": 10_000,
+                  "log_every": 100},
+    },
+    "large": {  # ~340M parameters
+        "model": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "dropout": 0.1},
+        "train": {"batch_size": 32, "gradient_accumulation_steps": 2, "max_steps": 300_000, "learning_rate": 2e-4,
+                  "warmup_steps": 5000, "mixed_precision": "bf16", "eval_every": 2000, "checkpoint_every": 5000,
+                  "sample_every": 10_000, "log_every": 100},
+    },
+}
+DEFAULT_PRESET = "digits"

@@ -1,0 +1,443 @@
+"""Training the prior through `accelerate` (one CPU, one GPU, or many processes).
+
+`train_step` (one optimizer step over `gradient_accumulation_steps` micro-batches → metrics),
+`evaluate` (held-out bits per code → metrics), and `train_prior`, the loop that owns
+checkpoints, logging, early stopping and the final `save_pretrained`. Only the main process
+writes files or shows a progress bar; every process runs the same steps.
+
+Output folder:
+    out/config.json, model.safetensors, generation_config.json, vqgpt_prior.json   (at the end)
+    out/metrics.jsonl, out/loss_curve.png
+    out/checkpoints/step_N/   accelerate `save_state` + trainer_state.json (written atomically)
+    out/checkpoints/best/     best prior by held-out loss (when early stopping is on)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from .config import PriorConfig, PriorTrainConfig
+from .data import TokenData, load_token_dataset
+from .model import SPEC_FILE, PriorSpec, build_prior_model, code_logits, load_prior, save_prior
+from .sampling import sample
+
+__all__ = ["train_prior", "train_step", "evaluate", "TrainState", "sequence_nll", "param_groups"]
+
+logger = logging.getLogger(__name__)
+
+LN2 = math.log(2.0)
+STATE_FILE = "trainer_state.json"
+SampleCallback = Callable[[torch.Tensor, int], None]
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between steps (saved in every checkpoint's trainer_state.json)."""
+
+    step: int = 0  # optimizer steps done
+    best_val_bits: float = math.inf
+    best_step: int = -1
+    evals_without_improvement: int = 0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices only; norms, biases and embeddings are not decayed."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for param in model.parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def sequence_nll(model: nn.Module, batch: torch.Tensor, spec: PriorSpec) -> torch.Tensor:
+    """Negative log-likelihood (nats) of each code: batch LongTensor[B, 1 + h·w] → FloatTensor[B, h·w].
+
+    Only code positions are scored, and only over the K code tokens (what sampling can emit)."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, N) each, N = h*w
+    logits, _ = code_logits(model, inputs, spec, use_cache=False)  # (B, N, K) float32
+    nll = F.cross_entropy(logits.reshape(-1, spec.codebook_size), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape)  # (B, N)
+
+
+def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float) -> torch.Tensor:
+    """Replace the condition token by the null token with probability p (classifier-free guidance)."""
+    if p <= 0 or spec.num_classes == 0:
+        return batch
+    drop = torch.rand(batch.shape[0], device=batch.device) < p  # (B,)
+    batch = batch.clone()
+    batch[:, 0] = torch.where(drop, torch.full_like(batch[:, 0], spec.null_token_id), batch[:, 0])
+    return batch
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[torch.Tensor],
+    spec: PriorSpec,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+    config: PriorTrainConfig,
+) -> dict:
+    """One optimizer step over `micro_batches` (LongTensor[B, 1 + h·w] each) → metrics."""
+    model.train()
+    total, grad_norm = 0.0, float("nan")
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            batch = drop_labels(batch, spec, config.label_dropout)
+            with accelerator.autocast():
+                loss = sequence_nll(model, batch, spec).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if config.grad_clip > 0:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.detach().float().item()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()  # our scheduler is not `prepare`d: one step per optimizer step, whatever the process count
+    loss = total / len(micro_batches)
+    return {"loss": loss, "bits_per_code": loss / LN2, "grad_norm": grad_norm, "lr": lr}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, spec: PriorSpec, accelerator: Accelerator,
+             max_batches: int | None = None) -> dict:
+    """Held-out loss over code positions: nats and bits per code (true labels, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        with accelerator.autocast():
+            nll = sequence_nll(model, batch, spec).sum(dim=1)  # (B,) nats per sequence
+        nll = accelerator.gather_for_metrics(nll)
+        total += nll.double().sum().item()
+        count += nll.numel() * spec.num_codes
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_bits_per_code": loss / LN2}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    out = []
+    for path in root.glob("step_*") if root.is_dir() else []:
+        if path.is_dir() and path.name[5:].isdigit() and (path / STATE_FILE).is_file():
+            out.append((int(path.name[5:]), path))
+    return sorted(out)
+
+
+def _save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, record: dict, keep: int) -> None:
+    """`save_state` into a temporary folder, add trainer_state.json, then rename (atomic)."""
+    final, tmp = root / f"step_{state.step}", root / f".step_{state.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**record, **dataclasses.asdict(state)}, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in _checkpoints(root)[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
+    """Write the final prior into out_dir (which also holds logs): save to a temporary folder,
+    move the files in one by one, the JSON that makes it a prior last."""
+    staged = save_prior(model, spec, out_dir / ".final.tmp")
+    _move_prior_files(staged, out_dir)
+
+
+def _move_prior_files(src: Path, out_dir: Path) -> None:
+    (out_dir / SPEC_FILE).unlink(missing_ok=True)
+    names = sorted(p.name for p in src.iterdir() if p.name != SPEC_FILE)
+    for name in names + [SPEC_FILE]:
+        if (src / name).is_file():
+            os.replace(src / name, out_dir / name)
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def _loss_curve(metrics_path: Path, png: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, val = [], []
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train":
+            train.append((rec["step"], rec["bits_per_code"]))
+        elif rec.get("split") == "validation":
+            val.append((rec["step"], rec["bits_per_code"]))
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="held-out", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per code")
+    ax.set_title("prior loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, png)
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another --out")
+    if resume:
+        if not _checkpoints(out_dir / "checkpoints"):
+            raise FileNotFoundError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint; run without --resume")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it or --resume to continue")
+        ours = any((out_dir / n).exists() for n in (SPEC_FILE, "checkpoints", "metrics.jsonl"))
+        if not ours:
+            raise ValueError(f"--overwrite refused: {out_dir} does not look like a prior training folder; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume(saved: dict, spec: PriorSpec, model_config: PriorConfig, tokens_dir: str) -> None:
+    """Refuse to continue a checkpoint on tokens of another tokenizer, codebook, grid or classes."""
+    if saved.get("tokenizer_fingerprint") != spec.tokenizer_fingerprint:
+        raise ValueError(f"cannot resume: {tokens_dir} comes from tokenizer {spec.tokenizer_fingerprint or '?'}, "
+                         f"the checkpoint was trained on {saved.get('tokenizer_fingerprint') or '?'}")
+    if saved.get("codebook_size") != spec.codebook_size:
+        raise ValueError(f"cannot resume: {tokens_dir} has codebook size {spec.codebook_size}, the checkpoint {saved.get('codebook_size')}")
+    if tuple(saved.get("grid", ())) != spec.grid or tuple(saved.get("class_names", ())) != spec.class_names:
+        raise ValueError(f"cannot resume: {tokens_dir} has grid {list(spec.grid)} and {spec.num_classes} classes, "
+                         f"the checkpoint grid {saved.get('grid')} and {len(saved.get('class_names', []))} classes")
+    given = dataclasses.asdict(model_config)
+    changed = [k for k, v in saved.get("model_config", {}).items() if given.get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume with different model settings ({', '.join(changed)}); use the checkpoint's")
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _batches(accelerator: Accelerator, loader: DataLoader, start: int) -> Iterator[torch.Tensor]:
+    """Endless micro-batches; epoch e is shuffled with seed + e, so a resumed run skips to where it was."""
+    per_epoch = len(loader)
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+def train_prior(
+    model_config: PriorConfig,
+    train_config: PriorTrainConfig,
+    tokens_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    sample_callback: SampleCallback | None = None,
+) -> dict:
+    """Train a prior on a token dataset and save it into `out_dir`; returns summary metrics.
+
+    sample_callback(codes LongTensor[B, h, w], step) receives freshly sampled grids (one per class
+    × sample_per_class when conditional, else 8 × sample_per_class) every `sample_every` steps
+    and at the end, on the main process only.
+    """
+    if not isinstance(model_config, PriorConfig) or not isinstance(train_config, PriorTrainConfig):
+        raise ValueError("train_prior needs a PriorConfig and a PriorTrainConfig")
+    cfg = train_config
+    data: TokenData = load_token_dataset(tokens_dir)
+    spec = data.spec
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+    )
+    main = accelerator.is_main_process
+    if main:
+        _prepare_out_dir(out_dir, resume, overwrite)
+    accelerator.wait_for_everyone()
+    resume_from = _checkpoints(ckpt_root)[-1][1] if resume else None
+    saved = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    if saved is not None:
+        _check_resume(saved, spec, model_config, str(tokens_dir))
+
+    set_seed(cfg.seed)
+    model = build_prior_model(model_config, spec)
+    num_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True,
+                              drop_last=len(data.train) >= cfg.batch_size * accelerator.num_processes,
+                              num_workers=cfg.num_workers)
+    val_loader = DataLoader(data.validation, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainState()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))  # model, optimizer, scheduler, RNG states
+        state = TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState)})
+        if saved.get("train_config", {}).get("max_steps") != cfg.max_steps:
+            logger.warning("max_steps changed from %s to %s: the cosine schedule is stretched accordingly",
+                           saved.get("train_config", {}).get("max_steps"), cfg.max_steps)
+        logger.info("resuming from %s at step %d", resume_from, state.step)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        kept = []
+        if resume_from is not None and metrics_path.is_file():  # drop records the resumed run will redo
+            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line).get("step", 0) <= state.step]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    record = {
+        "tokens_dir": str(tokens_dir), "tokenizer_fingerprint": spec.tokenizer_fingerprint,
+        "codebook_size": spec.codebook_size, "grid": list(spec.grid), "class_names": list(spec.class_names),
+        "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(cfg),
+    }
+
+    def log(rec: dict) -> None:
+        if main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def draw_samples(step: int) -> None:
+        if sample_callback is None:
+            return
+        if main:
+            gen = torch.Generator(accelerator.device).manual_seed(cfg.seed)
+            codes = sample(accelerator.unwrap_model(model), spec, *_sample_args(spec, cfg), generator=gen)
+            sample_callback(codes, step)
+        accelerator.wait_for_everyone()
+
+    def run_eval() -> dict:
+        result = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
+        log({"step": state.step, "split": "validation", "loss": result["val_loss"],
+             "bits_per_code": result["val_bits_per_code"], "time": time.time()})
+        improved = result["val_bits_per_code"] < state.best_val_bits - 1e-6
+        if improved:
+            state.best_val_bits, state.best_step, state.evals_without_improvement = result["val_bits_per_code"], state.step, 0
+            if cfg.early_stopping_patience is not None and main:
+                save_prior(accelerator.unwrap_model(model), spec, ckpt_root / "best")
+        else:
+            state.evals_without_improvement += 1
+        accelerator.wait_for_everyone()
+        if main:
+            _loss_curve(metrics_path, out_dir / "loss_curve.png")
+        return result
+
+    tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes * spec.num_codes
+    logger.info("prior: %.2fM parameters, %d train / %d validation sequences of %d codes, %d classes",
+                num_params / 1e6, len(data.train), len(data.validation), spec.num_codes, spec.num_classes)
+    batches = _batches(accelerator, train_loader, state.step * cfg.gradient_accumulation_steps)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="prior", unit="step", disable=not main, dynamic_ncols=True)
+    start, steps_run, last_ckpt, last_eval = time.time(), 0, state.step, -1
+    val: dict = {}
+    running: list[float] = []
+    stopped_early = False
+    while state.step < cfg.max_steps:
+        micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+        metrics = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg)
+        state.step += 1
+        steps_run += 1
+        running.append(metrics["bits_per_code"])
+        bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            elapsed = time.time() - start
+            log({"step": state.step, "split": "train", "loss": metrics["loss"],
+                 "bits_per_code": sum(running) / len(running), "lr": metrics["lr"], "grad_norm": metrics["grad_norm"],
+                 "tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9), "time": time.time()})
+            running = []
+        bar.set_postfix(bits=f"{metrics['bits_per_code']:.3f}", **({"val": f"{val['val_bits_per_code']:.3f}"} if val else {}))
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            val, last_eval = run_eval(), state.step
+            if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
+                stopped_early = True
+                logger.info("early stopping at step %d: no held-out improvement for %d evaluations (best %.4f at step %d)",
+                            state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            _save_checkpoint(accelerator, ckpt_root, state, record, cfg.keep_checkpoints)
+            last_ckpt = state.step
+        if cfg.sample_every and state.step % cfg.sample_every == 0:
+            draw_samples(state.step)
+        if stopped_early:
+            break
+    bar.close()
+    elapsed = time.time() - start
+    if last_eval != state.step and (steps_run or not math.isfinite(state.best_val_bits)):
+        val = run_eval()
+    if last_ckpt != state.step:
+        _save_checkpoint(accelerator, ckpt_root, state, record, cfg.keep_checkpoints)
+
+    use_best = cfg.early_stopping_patience is not None and (ckpt_root / "best" / SPEC_FILE).is_file()
+    if main:
+        if use_best:
+            staged = out_dir / ".final.tmp"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(ckpt_root / "best", staged)
+            _move_prior_files(staged, out_dir)
+        else:
+            _publish(accelerator.unwrap_model(model), spec, out_dir)
+    accelerator.wait_for_everyone()
+    if sample_callback is not None:
+        if use_best and main:  # show the model that was saved, not the last one
+            best_model, _ = load_prior(out_dir, device=accelerator.device)
+            gen = torch.Generator(accelerator.device).manual_seed(cfg.seed)
+            sample_callback(sample(best_model, spec, *_sample_args(spec, cfg), generator=gen), state.best_step)
+        elif not use_best:
+            draw_samples(state.step)
+    summary = {
+        "steps": state.step,
+        "stopped_early": stopped_early,
+        "val_bits_per_code": state.best_val_bits if use_best else val.get("val_bits_per_code", float("nan")),
+        "best_step": state.best_step,
+        "train_bits_per_code": metrics["bits_per_code"] if steps_run else float("nan"),
+        "parameters": num_params,
+        "seconds": elapsed,
+        "train_tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9),
+    }
+    logger.info("prior done: %s", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _sample_args(spec: PriorSpec, cfg: PriorTrainConfig) -> tuple:
+    """(num_images, class_labels, guidance_scale) for the sample callback."""
+    if spec.num_classes:
+        labels = torch.arange(spec.num_classes).repeat(cfg.sample_per_class)
+        return labels.numel(), labels, cfg.sample_guidance_scale if cfg.label_dropout > 0 else 1.0
+    return 8 * cfg.sample_per_class, None, 1.0

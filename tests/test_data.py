@@ -1,0 +1,266 @@
+"""Data sources: folders, save_to_disk folders, digits, photos, hub names."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import PHOTOS_HELD_OUT, load_images, split_indices
+
+
+def _img(path: Path, size: tuple[int, int] = (20, 12), mode: str = "RGB", color=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+@pytest.fixture()
+def class_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    for cls, color in (("cat", (250, 0, 0)), ("dog", (0, 250, 0))):
+        for i in range(5):
+            _img(root / cls / f"{i}.png", color=color)
+        _img(root / cls / "x.JPG", color=color)
+    _img(root / "dog" / "deeper" / "y.webp", color=(0, 250, 0))  # nested: still class "dog"
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_with_classes(class_folder: Path) -> None:
+    src = load_images(str(class_folder), 16, 3, split="all")
+    assert src.class_names == ["cat", "dog"]
+    assert len(src) == 13 and src.root == class_folder and src.skipped == []
+    for item in src:
+        assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
+        assert -1 <= item["image"].min() and item["image"].max() <= 1
+        cls = item["source"].split("/")[0]
+        assert item["label"] == src.class_names.index(cls)
+        # colour survives: red cats, green dogs
+        channel = 0 if cls == "cat" else 1
+        assert item["image"][channel].mean() > 0.9
+    assert {s.rsplit(".", 1)[-1] for s in (src.source_of(i) for i in range(len(src)))} == {"png", "JPG", "webp"}
+
+
+def test_folder_split_is_deterministic_and_disjoint(class_folder: Path) -> None:
+    train = load_images(str(class_folder), 16, 3, split="train", seed=3, val_fraction=0.25)
+    val = load_images(str(class_folder), 16, 3, split="validation", seed=3, val_fraction=0.25)
+    again = load_images(str(class_folder), 16, 3, split="validation", seed=3, val_fraction=0.25)
+    assert len(train) + len(val) == 13 and len(val) == round(13 * 0.25)
+    assert set(train.files).isdisjoint(val.files)
+    assert val.files == again.files
+    other = load_images(str(class_folder), 16, 3, split="validation", seed=4, val_fraction=0.25)
+    assert len(other) == len(val)
+
+
+def test_folder_without_classes(tmp_path: Path) -> None:
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "sub" / "b.png")
+    _img(tmp_path / "sub" / "c.bmp")
+    src = load_images(str(tmp_path), 8, 3, split="all")
+    assert src.class_names == [] and [src[i]["label"] for i in range(3)] == [-1, -1, -1]
+    assert [src[i]["source"] for i in range(3)] == ["a.png", "sub/b.png", "sub/c.bmp"]
+    # a single sub-folder holding everything is not a class either
+    only = tmp_path / "only"
+    _img(only / "imgs" / "a.png")
+    _img(only / "imgs" / "b.png")
+    assert load_images(str(only), 8, 3, split="all").class_names == []
+
+
+def test_resize_shorter_side_and_center_crop(tmp_path: Path) -> None:
+    img = Image.new("RGB", (40, 20), (0, 0, 0))  # a white strip at the left edge, rest black
+    img.paste((255, 255, 255), (0, 0, 6, 20))
+    img.save(tmp_path / "wide.png")
+    x = load_images(str(tmp_path), 10, 3, split="all")[0]["image"]  # resized to 20×10, crop cols 5..15
+    assert x.shape == (3, 10, 10)
+    assert x.max() < -0.9  # the white strip lies outside the center crop
+
+
+def test_rgba_and_grey_conversion(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent → white
+    rgba.paste((0, 0, 255, 255), (0, 0, 8, 4))  # top half opaque blue
+    rgba.save(tmp_path / "a.png")
+    Image.new("L", (8, 8), 0).save(tmp_path / "b.png")  # black grey image
+    Image.new("I;16", (8, 8), 65535).save(tmp_path / "c.png")  # 16-bit white
+    rgb = load_images(str(tmp_path), 8, 3, split="all")
+    a, b, c = (rgb[i]["image"] for i in range(3))
+    assert a.shape == b.shape == c.shape == (3, 8, 8)
+    assert torch.allclose(a[:, 6], torch.ones(3, 8))  # transparent part composited on white
+    assert torch.allclose(a[:, 0], torch.tensor([-1.0, -1.0, 1.0])[:, None].expand(3, 8))
+    assert torch.all(b == -1) and torch.all(c == 1)
+    grey = load_images(str(tmp_path), 8, 1, split="all")
+    g = grey[0]["image"]
+    assert g.shape == (1, 8, 8) and torch.allclose(g[0, 6], torch.ones(8))
+    assert g[0, 0, 0] < -0.5  # blue is dark in grey
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(4):
+        _img(tmp_path / f"good{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good_jpg = tmp_path / "good.jpg"
+    _img(good_jpg, size=(64, 64))
+    data = good_jpg.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.webp").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        src = load_images(str(tmp_path), 8, 3, split="all")
+    assert len(src) == 5
+    assert sorted(p for p, _ in src.skipped) == ["bad.png", "empty.webp", "truncated.jpg"]
+    assert all(reason for _, reason in src.skipped)
+    assert "skipped 3" in src.skip_report() and "skipped 3" in caplog.text
+    loader = torch.utils.data.DataLoader(src, batch_size=2, num_workers=0)
+    assert sum(len(b["source"]) for b in loader) == 5
+
+
+def test_all_corrupt_empty_and_missing_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_images(str(tmp_path / "missing"), 8, 3)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no images \(png/jpg/jpeg/webp/bmp\) found under"):
+        load_images(str(tmp_path / "empty"), 8, 3)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="could be decoded"):
+        load_images(str(bad), 8, 3, split="all")
+    with pytest.raises(ValueError, match="unknown data source"):
+        load_images("mnist", 8, 3)
+    with pytest.raises(ValueError, match="image_size"):
+        load_images("digits", 4, 3)
+    with pytest.raises(ValueError, match="channels"):
+        load_images("digits", 8, 2)
+    with pytest.raises(ValueError, match="split"):
+        load_images("digits", 8, 3, split="test")
+    _img(tmp_path / "one" / "a.png")
+    with pytest.raises(ValueError, match="validation split .* has no images"):
+        load_images(str(tmp_path / "one"), 8, 3, split="validation")
+    with pytest.raises(ValueError, match="has no images"):
+        load_images("digits", 8, 3, split="validation", val_fraction=0.0)
+
+
+def test_save_to_disk_folder(tmp_path: Path) -> None:
+    import datasets
+
+    features = datasets.Features({"img": datasets.Image(),
+                                  "y": datasets.ClassLabel(names=["red", "blue"]),
+                                  "note": datasets.Value("string")})
+    images = [Image.new("RGB", (12, 10), (255, 0, 0) if i % 2 == 0 else (0, 0, 255)) for i in range(10)]
+    ds = datasets.Dataset.from_dict({"img": images, "y": [i % 2 for i in range(10)],
+                                     "note": [str(i) for i in range(10)]}, features=features)
+    # a single Dataset: our own deterministic split
+    ds.save_to_disk(str(tmp_path / "single"))
+    train = load_images(str(tmp_path / "single"), 8, 3, split="train", val_fraction=0.2)
+    val = load_images(str(tmp_path / "single"), 8, 3, split="validation", val_fraction=0.2)
+    assert (len(train), len(val)) == (8, 2) and train.class_names == ["red", "blue"]
+    assert train.root == tmp_path / "single"
+    for item in list(train) + list(val):
+        row = int(item["source"][len("train["):-1])
+        assert item["label"] == row % 2
+        assert item["image"].shape == (3, 8, 8)
+        assert item["image"][2 * (row % 2)].mean() > 0.9  # red for 0, blue for 1
+    # a DatasetDict with its own validation split ("test" counts as one)
+    datasets.DatasetDict(train=ds.select(range(7)), test=ds.select(range(7, 10))).save_to_disk(
+        str(tmp_path / "dict"))
+    train = load_images(str(tmp_path / "dict"), 8, 1, split="train")
+    val = load_images(str(tmp_path / "dict"), 8, 1, split="validation")
+    assert (len(train), len(val)) == (7, 3) and val[0]["source"] == "test[0]"
+    assert val[0]["image"].shape == (1, 8, 8) and val[0]["label"] == 1
+
+
+def test_save_to_disk_int_labels_and_corrupt_bytes(tmp_path: Path) -> None:
+    import io
+
+    import datasets
+
+    def png(color: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (9, 9), color).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = [{"bytes": png(40 * i), "path": None} for i in range(4)] + [{"bytes": b"junk", "path": None}]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"image": rows, "label": [0, 2, 1, 2, 0]}, features=features)
+    ds.save_to_disk(str(tmp_path / "d"))
+    src = load_images(str(tmp_path / "d"), 8, 3, split="all")
+    assert src.class_names == ["0", "1", "2"] and len(src) == 4
+    assert src.skipped and src.skipped[0][0] == "train[4]"
+    assert [src[i]["label"] for i in range(4)] == [0, 2, 1, 2]
+
+
+def test_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    train = load_images("digits", 16, 1)
+    val = load_images("digits", 16, 1, split="validation")
+    assert (len(train), len(val)) == (1617, 180)
+    assert train.class_names == [str(d) for d in range(10)]
+    all_sources = {train.source_of(i) for i in range(len(train))} | {val.source_of(i) for i in range(len(val))}
+    assert len(all_sources) == 1797
+    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    assert sorted(val.indices) == sorted(perm[-180:].tolist())
+    digits = load_digits()
+    item = val[7]
+    n = int(item["source"].split(":")[1])
+    assert item["label"] == digits.target[n]
+    x = torch.from_numpy(digits.images[n]).float()[None] / 16
+    expected = torch.nn.functional.interpolate(x[None], size=(16, 16), mode="bilinear", align_corners=False)[0] * 2 - 1
+    assert torch.equal(item["image"], expected)
+    assert item["image"].min() >= -1 and item["image"].max() <= 1
+    rgb = load_images("digits", 16, 3, split="validation")[7]["image"]
+    assert rgb.shape == (3, 16, 16) and torch.equal(rgb[1], expected[0])
+    assert load_images("digits", 16, 1, split="validation", seed=1).indices != val.indices
+    assert {train.label_of(i) for i in range(0, len(train), 7)} == set(range(10))
+
+
+def test_split_indices() -> None:
+    train, val = split_indices(10, "train", 0, 0.3), split_indices(10, "validation", 0, 0.3)
+    assert len(val) == 3 and sorted(train + val) == list(range(10))
+    assert split_indices(10, "validation", 0, 0.3) == val
+    assert len(split_indices(3, "validation", 0, 0.1)) == 1  # at least one when asked for any
+
+
+def test_photos() -> None:
+    train = load_images("photos", 32, 3, crops_per_photo=4)
+    val = load_images("photos", 32, 3, split="validation", crops_per_photo=4)
+    assert len(train) > 0 and len(val) == 4 * len(val.photos) > 0
+    item = train[5]
+    assert item["image"].shape == (3, 32, 32) and item["label"] == -1
+    assert -1 <= item["image"].min() and item["image"].max() <= 1
+    assert torch.equal(load_images("photos", 32, 3, crops_per_photo=4)[5]["image"], item["image"])
+    assert set(train.photos).isdisjoint(PHOTOS_HELD_OUT)
+    assert set(val.photos) <= set(PHOTOS_HELD_OUT)
+    assert all(train.source_of(i).split(":")[0] not in PHOTOS_HELD_OUT for i in range(len(train)))
+    other_seed = load_images("photos", 32, 3, crops_per_photo=4, seed=1)
+    assert not torch.equal(other_seed[5]["image"], item["image"])
+    grey = load_images("photos", 32, 1, split="validation", crops_per_photo=2)
+    assert grey[0]["image"].shape == (1, 32, 32)
+
+
+def test_hub_name_fails_fast_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets.config
+
+    # an endpoint nobody listens on stands for "no network", whatever this machine has
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "https://127.0.0.1:9", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="could not reach the Hugging Face hub for owner/name"):
+        load_images("hf:owner/name", 16, 3)
+    assert time.monotonic() - start < 8
+
+
+def test_items_batch_in_a_dataloader_with_workers(class_folder: Path) -> None:
+    src = load_images(str(class_folder), 8, 3, split="all")
+    loader = torch.utils.data.DataLoader(src, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert sum(b["image"].shape[0] for b in batches) == len(src)
+    assert batches[0]["image"].shape == (4, 3, 8, 8) and batches[0]["label"].dtype == torch.int64
+    np.testing.assert_array_equal(batches[0]["image"][0].numpy(), src[0]["image"].numpy())

@@ -1,0 +1,231 @@
+"""Tokenizing a data source into a token dataset (pipeline.tokenize)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import load_images
+from pipeline.tokenize import TokenizeConfig, codes_dtype, inspect_tokens, tokenize_dataset
+from tokenizer import PRESETS, VQGAN, VQGANConfig
+
+META_KEYS = {"format", "version", "tokenizer_fingerprint", "grid", "codebook_size", "class_names",
+             "image_size", "channels", "augmentations", "data"}
+
+
+def _tokenizer(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    VQGAN(VQGANConfig(**PRESETS["tiny"]["model"])).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer", seed=0)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of small random-noise images (varied sizes, so resizing matters)."""
+    root = tmp_path_factory.mktemp("imgs") / "data"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(7):
+            h, w = int(rng.integers(16, 30)), int(rng.integers(16, 30))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _load(path: Path):
+    import datasets
+
+    return datasets.load_from_disk(str(path))
+
+
+def _rows(dd) -> dict[str, tuple[np.ndarray, list[int], list[str]]]:
+    out = {}
+    for split in ("train", "validation"):
+        table = dd[split].with_format("numpy")[:]
+        out[split] = (np.asarray(table["codes"]), list(table["label"]), list(table["source"]))
+    return out
+
+
+def _assert_same(a, b) -> None:
+    ra, rb = _rows(a), _rows(b)
+    for split in ra:
+        np.testing.assert_array_equal(ra[split][0], rb[split][0])
+        assert ra[split][1:] == rb[split][1:]
+
+
+def test_round_trip_format_and_plain_load(tok: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    summary = tokenize_dataset(tok, str(images), out, batch_size=3, shard_size=4, progress=False)
+    dd = _load(out)  # plain datasets, nothing of ours needed
+    assert set(dd) == {"train", "validation"}
+    assert summary["train_rows"] == len(dd["train"]) and summary["validation_rows"] == len(dd["validation"])
+    assert len(dd["train"]) + len(dd["validation"]) == 14 and summary["images"] == 14
+    assert summary["skipped"] == 0 and 0 < summary["codes_used"] <= 32
+    feats = dd["train"].features
+    assert feats["codes"].shape == (8, 8) and feats["codes"].dtype == "uint8"
+    assert feats["label"].dtype == "int32" and feats["source"].dtype == "string"
+    meta = json.loads((out / "vqgpt_tokens.json").read_text())
+    assert set(meta) == META_KEYS and meta["format"] == "vqgpt-tokens" and meta["version"] == 1
+    assert json.loads(dd["validation"].info.description) == meta
+    model = VQGAN.from_pretrained(tok)
+    assert meta["tokenizer_fingerprint"] == model.fingerprint()
+    assert meta["grid"] == [8, 8] and meta["codebook_size"] == 32 and meta["class_names"] == ["a", "b"]
+    assert (meta["image_size"], meta["channels"], meta["data"]) == (16, 1, str(images))
+    assert not (out / ".partial").exists()
+    # each row's codes are encode(the same image); decoding them gives decode(encode(image))
+    for split in ("train", "validation"):
+        src = load_images(str(images), 16, 1, split=split)
+        by_source = {src.source_of(i): i for i in range(len(src))}
+        codes, labels, sources = _rows(dd)[split]
+        assert sorted(sources) == sorted(by_source)
+        batch = torch.stack([src[by_source[s]]["image"] for s in sources])
+        expected = model.encode(batch)
+        assert torch.equal(torch.as_tensor(codes, dtype=torch.long), expected)
+        assert torch.equal(model.decode(torch.as_tensor(codes, dtype=torch.long)), model.decode(expected))
+        assert labels == [src.label_of(by_source[s]) for s in sources]
+
+
+def test_resume_after_interruption_gives_the_same_dataset(tok: Path, images: Path, tmp_path: Path) -> None:
+    settings = dict(batch_size=4, shard_size=3, flip=True, crops=2, progress=False)
+    whole = tmp_path / "whole"
+    tokenize_dataset(tok, str(images), whole, **settings)
+
+    out = tmp_path / "resumed"
+    written: list[tuple[str, int]] = []
+
+    def stop_after_two(split: str, index: int) -> None:
+        written.append((split, index))
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_dataset(tok, str(images), out, on_shard=stop_after_two, **settings)
+    assert (out / ".partial" / "manifest.json").is_file()
+    assert not (out / "vqgpt_tokens.json").exists()
+    with pytest.raises(ValueError, match="unfinished"):
+        inspect_tokens(out)
+    summary = tokenize_dataset(tok, str(images), out, **settings)
+    assert summary["resumed_shards"] == 2
+    _assert_same(_load(out), _load(whole))
+
+
+def test_resume_with_another_tokenizer_or_settings_is_refused(tok: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+
+    def stop(split: str, index: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_dataset(tok, str(images), out, shard_size=4, on_shard=stop, progress=False)
+    other = _tokenizer(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="different tokenizer.*overwrite"):
+        tokenize_dataset(other, str(images), out, shard_size=4, progress=False)
+    with pytest.raises(ValueError, match="different settings.*flip"):
+        tokenize_dataset(tok, str(images), out, shard_size=4, flip=True, progress=False)
+    summary = tokenize_dataset(other, str(images), out, shard_size=4, overwrite=True, progress=False)
+    assert summary["resumed_shards"] == 0
+    meta = json.loads((out / "vqgpt_tokens.json").read_text())
+    assert meta["tokenizer_fingerprint"] == VQGAN.from_pretrained(other).fingerprint()
+
+
+def test_corrupt_images_are_skipped_and_counted(tok: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        Image.new("L", (16, 16), 40 * i).save(data / f"{i}.png")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    summary = tokenize_dataset(tok, str(data), tmp_path / "out", progress=False, val_fraction=0.3)
+    assert summary["images"] == 6 and summary["skipped"] == 2
+    assert sorted(s.split(" ")[0] for s in summary["skipped_files"]) == ["broken.jpg", "broken.png"]
+    dd = _load(tmp_path / "out")
+    assert len(dd["train"]) + len(dd["validation"]) == 6
+    assert set(dd["train"]["label"]) == {-1}
+
+
+def test_existing_output_and_bad_inputs(tok: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    tokenize_dataset(tok, str(images), out, progress=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        tokenize_dataset(tok, str(images), out, progress=False)
+    before = _load(out)
+    tokenize_dataset(tok, str(images), out, overwrite=True, progress=False)
+    _assert_same(before, _load(out))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a token dataset"):
+        tokenize_dataset(tok, str(images), foreign, overwrite=True, progress=False)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    not_tok = tmp_path / "not_a_tokenizer"
+    not_tok.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        tokenize_dataset(not_tok, str(images), tmp_path / "x", progress=False)
+    with pytest.raises(FileNotFoundError):
+        tokenize_dataset(tmp_path / "missing", str(images), tmp_path / "x", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        tokenize_dataset(tok, str(empty), tmp_path / "y", progress=False)
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(ValueError, match="unknown tokenize setting"):
+        tokenize_dataset(tok, str(images), tmp_path / "z", bacth_size=3)
+    with pytest.raises(ValueError, match="crops"):
+        TokenizeConfig(crops=-1)
+
+
+def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    tokenize_dataset(tok, str(images), out, flip=True, crops=3, batch_size=5, progress=False)
+    dd = _load(out)
+    train = load_images(str(images), 16, 1, split="train")
+    val = load_images(str(images), 16, 1, split="validation")
+    assert len(dd["train"]) == 5 * len(train) and len(dd["validation"]) == len(val)
+    sources = dd["train"]["source"]
+    assert list(sources[:5]) == [train.source_of(0) + s for s in ("", "#flip", "#crop0", "#crop1", "#crop2")]
+    assert not any("#" in s for s in dd["validation"]["source"])
+    labels = list(dd["train"]["label"])
+    assert labels[:5] == [train.label_of(0)] * 5
+    model = VQGAN.from_pretrained(tok)
+    codes = torch.as_tensor(np.asarray(dd["train"].with_format("numpy")[:2]["codes"]), dtype=torch.long)
+    image = train[0]["image"]
+    assert torch.equal(codes[1], model.encode(image.flip(-1)[None])[0])
+    meta = json.loads((out / "vqgpt_tokens.json").read_text())
+    assert meta["augmentations"] == {"flip": True, "crops": 3, "crop_resize": 1.125, "splits": ["train"]}
+
+
+def test_digits_and_codes_dtype(tok: Path, tmp_path: Path) -> None:
+    assert [codes_dtype(k) for k in (2, 256, 257, 65536, 65537)] == ["uint8", "uint8", "uint16", "uint16", "int32"]
+    summary = tokenize_dataset(tok, "digits", tmp_path / "d", batch_size=256, shard_size=1000, progress=False)
+    assert (summary["train_rows"], summary["validation_rows"]) == (1617, 180)
+    dd = _load(tmp_path / "d")
+    assert dd["validation"][0]["source"].startswith("index:")
+    assert json.loads((tmp_path / "d" / "vqgpt_tokens.json").read_text())["class_names"] == [str(d) for d in range(10)]
+
+
+def test_inspect_tokens(tok: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    tokenize_dataset(tok, str(images), out, progress=False)
+    report = inspect_tokens(out)
+    assert report["train_rows"] + report["validation_rows"] == 14
+    assert report["grid"] == "8×8" and report["codebook_size"] == 32 and report["classes"] == 2
+    assert 1 <= report["codes_used"] <= 32 and 1 <= report["perplexity"] <= 32
+    png = tmp_path / "rows.png"
+    report = inspect_tokens(out, tokenizer=tok, png=png)
+    assert report["png"] == str(png) and Image.open(png).size[0] > 8 * 16
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        inspect_tokens(out, png=png)
+    with pytest.raises(ValueError, match="made with tokenizer"):
+        inspect_tokens(out, tokenizer=_tokenizer(tmp_path / "other", seed=3))
+    with pytest.raises(ValueError, match="not a token dataset"):
+        inspect_tokens(images)

@@ -1,0 +1,255 @@
+"""Vector quantizer with l2-normalised, low-dimensional codes (ViT-VQGAN / LlamaGen style).
+
+The encoder output is projected to ``codebook_dim`` (e.g. 8) outside this module; here each
+vector is l2-normalised and snapped to the nearest l2-normalised codebook entry. Three things
+keep the codebook alive:
+
+- k-means initialisation of the codebook on the first training batch,
+- usage tracking (EMA counts and "steps since last picked") with restart of dead codes from
+  random recent encoder outputs,
+- low-dimensional, normalised lookups (cosine similarity), which spread codes evenly.
+
+Losses (van den Oord et al. 2017): the codebook loss ``||sg[z_e] - z_q||²`` moves the codes,
+the commitment loss ``β ||z_e - sg[z_q]||²`` moves the encoder. Gradients reach the encoder
+through the straight-through estimator ``z_e + sg[z_q - z_e]``.
+
+Distances are computed in fp32 (even under autocast) and in chunks of rows, so a
+16,384-entry codebook never needs the full N×K matrix at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_codes", "codebook_stats", "code_histogram"]
+
+
+def nearest_codes(
+    z: torch.Tensor, codebook: torch.Tensor, chunk_rows: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index and squared distance of the nearest codebook row for every row of ``z``.
+
+    z: (N, D), codebook: (K, D). Computed in fp32 with autocast disabled, ``chunk_rows`` rows
+    of ``z`` at a time (peak memory chunk_rows × K instead of N × K).
+    Returns (indices LongTensor[N], distances FloatTensor[N]).
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.float()
+        codebook = codebook.float()
+        code_sq = codebook.pow(2).sum(dim=1)  # (K,)
+        indices, distances = [], []
+        for start in range(0, z.shape[0], chunk_rows):
+            part = z[start : start + chunk_rows]  # (n, D)
+            # ||z||² - 2 z·e + ||e||²  → (n, K)
+            dist_part = part.pow(2).sum(dim=1, keepdim=True) - 2.0 * part @ codebook.t() + code_sq
+            best, idx = dist_part.min(dim=1)
+            indices.append(idx)
+            distances.append(best.clamp_min(0.0))
+        if not indices:
+            return z.new_zeros(0, dtype=torch.long), z.new_zeros(0)
+        return torch.cat(indices), torch.cat(distances)
+
+
+def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs in ``codes`` (any shape) → LongTensor[codebook_size]."""
+    return torch.bincount(codes.reshape(-1).long(), minlength=codebook_size)
+
+
+def codebook_stats(histogram: torch.Tensor) -> tuple[float, float]:
+    """(usage fraction, perplexity) of a code histogram (counts per code, e.g. summed over a
+    whole data set). Usage is the fraction of codes used at least once; perplexity is
+    ``exp(entropy)`` of the code distribution (K when perfectly uniform)."""
+    counts = histogram.double()
+    total = counts.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    probs = counts / total
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    return float((counts > 0).double().mean()), float(entropy.exp())
+
+
+@dataclass
+class QuantizerOutput:
+    """What the quantizer returns (shapes for input z_e of shape (B, D, h, w))."""
+
+    quantized: torch.Tensor  # (B, D, h, w) straight-through z_e + sg[z_q - z_e]
+    codes: torch.Tensor  # (B, h, w) long
+    codebook_loss: torch.Tensor  # scalar, ||sg[z_e] - z_q||²
+    commitment_loss: torch.Tensor  # scalar, ||z_e - sg[z_q]||² (not yet multiplied by β)
+    usage: torch.Tensor  # scalar, fraction of codes used in this batch
+    perplexity: torch.Tensor  # scalar, exp(entropy) of this batch's codes
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantizer over ``codebook_size`` l2-normalised ``codebook_dim``-vectors.
+
+    The codebook is an ``nn.Parameter`` trained by the codebook loss. Buffers track usage:
+    ``initialized`` (k-means done), ``ema_counts`` (EMA of per-step picks) and
+    ``steps_unused`` (optimizer-agnostic count of training forwards since last picked).
+    """
+
+    def __init__(
+        self,
+        codebook_size: int,
+        codebook_dim: int,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        restart_after_steps: int = 20,
+        usage_ema_decay: float = 0.99,
+        chunk_rows: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.kmeans_iters = kmeans_iters
+        self.restart_after_steps = restart_after_steps
+        self.usage_ema_decay = usage_ema_decay
+        self.chunk_rows = chunk_rows
+        self.codebook = nn.Parameter(F.normalize(torch.randn(codebook_size, codebook_dim), dim=1))
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("ema_counts", torch.zeros(codebook_size))
+        self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
+
+    # -- lookups ---------------------------------------------------------------------------
+    def normalized_codebook(self) -> torch.Tensor:
+        """(K, D) unit-norm code vectors, fp32."""
+        return F.normalize(self.codebook.float(), dim=1)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) long → unit-norm code vectors (B, D, h, w) fp32."""
+        if codes.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16):
+            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size - 1}], got range "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
+        vectors = F.embedding(codes.long(), self.normalized_codebook())  # (B, h, w, D)
+        return vectors.permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D, h, w) → codes (B, h, w) without touching any training state."""
+        b, d, h, w = z.shape
+        flat = F.normalize(z.float().permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (B*h*w, D)
+        idx, _ = nearest_codes(flat, self.normalized_codebook(), self.chunk_rows)
+        return idx.view(b, h, w)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, h, w) encoder output projected to codebook_dim → QuantizerOutput.
+
+        In training mode this also initialises the codebook (first call) and restarts dead
+        codes; in eval mode it only looks codes up.
+        """
+        b, d, h, w = z.shape
+        if d != self.codebook_dim:
+            raise ValueError(f"expected {self.codebook_dim} channels, got {d}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z_e = F.normalize(z.float(), dim=1)  # (B, D, h, w)
+            flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (N, D)
+            if self.training and not bool(self.initialized):
+                self._kmeans_init(flat.detach())
+            idx, _ = nearest_codes(flat.detach(), self.normalized_codebook().detach(), self.chunk_rows)
+            counts = torch.bincount(idx, minlength=self.codebook_size)
+            if self.training:
+                self._track_and_restart(counts, flat.detach())
+            z_q = F.embedding(idx, self.normalized_codebook()).view(b, h, w, d).permute(0, 3, 1, 2)
+            codebook_loss = F.mse_loss(z_q, z_e.detach())
+            commitment_loss = F.mse_loss(z_e, z_q.detach())
+            quantized = z_e + (z_q - z_e).detach()  # straight-through
+            probs = counts.float() / max(idx.numel(), 1)
+            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
+            usage = (counts > 0).float().mean()
+        return QuantizerOutput(
+            quantized=quantized,
+            codes=idx.view(b, h, w),
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            usage=usage,
+            perplexity=perplexity,
+        )
+
+    # -- codebook maintenance ----------------------------------------------------------------
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """Spherical k-means on this batch's normalised encoder outputs (N, D)."""
+        data = _gather_rows(flat)
+        k = self.codebook_size
+        if data.shape[0] >= k:
+            centers = data[torch.randperm(data.shape[0], device=data.device)[:k]].clone()
+        else:  # fewer vectors than codes: sample with replacement and jitter
+            pick = torch.randint(0, data.shape[0], (k,), device=data.device)
+            centers = F.normalize(data[pick] + 0.01 * torch.randn_like(data[pick]), dim=1)
+        for _ in range(self.kmeans_iters):
+            assign, _ = nearest_codes(data, centers, self.chunk_rows)
+            sums = torch.zeros_like(centers).index_add_(0, assign, data)
+            counts = torch.bincount(assign, minlength=k)
+            empty = counts == 0
+            centers = torch.where(empty[:, None], centers, F.normalize(sums, dim=1))
+        self.codebook.data.copy_(centers.to(self.codebook.dtype))
+        _broadcast(self.codebook.data)
+        self.initialized.fill_(True)
+        logger.debug("k-means initialised %d codes from %d vectors", k, data.shape[0])
+
+    @torch.no_grad()
+    def _track_and_restart(self, counts: torch.Tensor, flat: torch.Tensor) -> None:
+        """Update usage statistics with this batch's ``counts`` (K,) and replace codes that
+        were not picked for ``restart_after_steps`` training forwards by random rows of
+        ``flat`` (N, D), the current (recent) normalised encoder outputs."""
+        counts = _all_reduce_sum(counts.clone())
+        self.ema_counts.mul_(self.usage_ema_decay).add_(counts.float(), alpha=1 - self.usage_ema_decay)
+        self.steps_unused.add_(1)
+        self.steps_unused.masked_fill_(counts > 0, 0)
+        if self.restart_after_steps <= 0:
+            return
+        dead = self.steps_unused >= self.restart_after_steps
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
+        fresh = flat[pick] + 1e-3 * torch.randn(num_dead, flat.shape[1], device=flat.device)
+        self.codebook.data[dead] = F.normalize(fresh, dim=1).to(self.codebook.dtype)
+        _broadcast(self.codebook.data)
+        self.steps_unused.masked_fill_(dead, 0)
+        self.ema_counts.masked_fill_(dead, float(counts.sum()) / self.codebook_size)
+        logger.debug("restarted %d dead codes", num_dead)
+
+    def extra_repr(self) -> str:
+        return f"codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}"
+
+
+# -- multi-process helpers: no-ops when torch.distributed is not initialised ------------------
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _broadcast(tensor: torch.Tensor) -> None:
+    """Make rank 0's codebook every rank's codebook (k-means / restarts use random picks)."""
+    if _distributed():
+        dist.broadcast(tensor, src=0)
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate (N_r, D) rows from every rank (equal N_r assumed, as with DDP batches)."""
+    if not _distributed():
+        return rows
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
