@@ -83,9 +83,12 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, 
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
-        p.add_argument(flag, dest=f.name, default=None, metavar=f.metadata.get("metavar"),
-                       nargs=f.metadata.get("nargs"), help=f.metadata.get("help", ""))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "") + f" (default: {f.default})"
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=help_text)
 
 
 def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
@@ -150,7 +153,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from .tokenize import inspect_tokens, tokenize_dataset
+    from .tokenize import TokenizeConfig, inspect_tokens, tokenize_dataset
 
     if args.inspect:
         report = inspect_tokens(args.inspect, tokenizer=args.tokenizer, png=args.png)
@@ -159,10 +162,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     for flag in ("tokenizer", "data", "out"):
         if getattr(args, flag) is None:
             raise ValueError(f"tokenize needs --{flag} (or --inspect DIR)")
-    summary = tokenize_dataset(
-        args.tokenizer, args.data, args.out, batch_size=args.batch_size, num_workers=args.workers,
-        flip=args.flip, crops=args.crops, overwrite=args.overwrite, seed=args.data_seed,
-    )
+    config = _dataclass_from_args(TokenizeConfig, args)
+    summary = tokenize_dataset(args.tokenizer, args.data, args.out, config, overwrite=args.overwrite,
+                               device=_device(args.device))
     _print(_format_metrics("tokenize", summary))
     _print(f"token dataset written to {args.out}")
     return 0
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     import tokenizer as tk
 
     from .pipeline import SampleConfig
+    from .tokenize import TokenizeConfig
 
     parser = argparse.ArgumentParser(prog="vqgpt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -305,12 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer folder")
     p.add_argument("--data", help=data_help)
     p.add_argument("--out", help="output folder for the token dataset")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--flip", action="store_true", help="also store a horizontally flipped copy of each train image")
-    p.add_argument("--crops", type=int, default=0, help="also store N random crops of each train image")
     p.add_argument("--overwrite", action="store_true", help="replace a finished token dataset")
-    p.add_argument("--data-seed", type=int, default=0)
+    _add_dataclass_args(p, TokenizeConfig)
     p.add_argument("--inspect", metavar="DIR", help="print what a token dataset holds")
     p.add_argument("--png", help="with --inspect and --tokenizer: write a PNG of decoded rows")
 

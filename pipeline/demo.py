@@ -39,8 +39,9 @@ DEMO_SETTINGS = {
 
 # --quick: the same chain with a fraction of the steps (used by the end-to-end test).
 QUICK_OVERRIDES = {
-    "tokenizer": {"train.steps": 20, "train.eval_every": 10, "train.sample_every": 10, "train.checkpoint_every": 0},
-    "prior": {"train.max_steps": 20, "train.eval_every": 10, "train.sample_every": 10, "train.checkpoint_every": 0},
+    "tokenizer": {"train.steps": 20, "train.warmup_steps": 2, "train.sample_every": 10, "train.checkpoint_every": 0},
+    "prior": {"train.max_steps": 20, "train.warmup_steps": 2, "train.eval_every": 10, "train.sample_every": 10,
+              "train.checkpoint_every": 0},
 }
 
 
@@ -73,7 +74,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     recon = reconstruct(model, val, out / "reconstructions.png", num_images=32)
     figures["tokenizer"] = {**recon, "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"      held-out PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}, "
-         f"codebook usage {100 * recon['codebook_usage']:.1f}%, perplexity {recon['perplexity']:.1f} "
+         f"codebook usage {recon['codebook_usage']:.1f}%, perplexity {recon['perplexity']:.1f} "
          f"→ {out / 'reconstructions.png'}")
 
     # 2. tokenize --------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         summary = {}
     else:
         _say("[2/5] tokenizing the digits…")
-        summary = tokenize_dataset(tok_dir, "digits", tokens_dir, **DEMO_SETTINGS["tokenize"])
+        summary = tokenize_dataset(tok_dir, "digits", tokens_dir, device=device, **DEMO_SETTINGS["tokenize"])
     figures["tokenize"] = {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
                            "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"      token dataset → {tokens_dir}")

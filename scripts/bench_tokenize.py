@@ -1,0 +1,165 @@
+"""Benchmark ``vqgpt tokenize``: throughput against bare ``encode``, and peak memory.
+
+    python scripts/bench_tokenize.py                      # digits preset, 2,000 and 20,000 images
+    python scripts/bench_tokenize.py --preset photos --sizes 1000 10000 --batch-size 32
+
+It builds a random-init tokenizer from a preset (throughput does not depend on training),
+generates a folder of PNG images at the preset's resolution, and runs, each in its own
+subprocess so its peak RSS can be read alone (``os.wait4`` rusage):
+
+1. bare ``model.encode`` on in-memory batches of the same size (the ceiling);
+2. ``tokenize_dataset`` on the first N images, for every N in ``--sizes``.
+
+It prints images/s for both (goal: tokenize ≥ 90% of bare encode) and each run's peak
+RSS (goal: flat as N grows, i.e. memory does not scale with the data set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # run from a checkout without installing
+
+
+def _machine() -> str:
+    import torch
+
+    mem = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        mem = f", {pages * size / 2**30:.1f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.platform()}; {platform.processor() or platform.machine()}; "
+            f"{os.cpu_count()} CPUs{mem}; {gpu}; python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def _make_tokenizer(preset: str, out: Path) -> None:
+    import torch
+
+    from tokenizer import PRESETS, VQGAN, VQGANConfig
+
+    torch.manual_seed(0)
+    VQGAN(VQGANConfig(**PRESETS[preset]["model"])).eval().save_pretrained(out)
+
+
+def _make_images(folder: Path, count: int, size: int, channels: int) -> None:
+    """``count`` smooth random PNGs (a little larger than ``size``, so resizing runs)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    side = size + size // 4
+    for i in range(count):
+        low = rng.integers(0, 256, (side // 4, side // 4, channels), dtype=np.uint8)
+        img = Image.fromarray(low[..., 0] if channels == 1 else low).resize((side, side), Image.BILINEAR)
+        img.save(folder / f"{i:06d}.png", compress_level=1)
+
+
+def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
+    import torch
+
+    from tokenizer import VQGAN
+
+    model = VQGAN.from_pretrained(tokenizer)
+    c, s = model.config.channels, model.config.image_size
+    batch = torch.rand(batch_size, c, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        model.encode(batch)  # warm-up
+        n, start = 0, time.perf_counter()
+        while n < images:
+            model.encode(batch)
+            n += batch_size
+        seconds = time.perf_counter() - start
+    return {"images": n, "seconds": seconds, "images_per_s": n / seconds}
+
+
+def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, workers: int) -> dict:
+    from pipeline.tokenize import tokenize_dataset
+
+    start = time.perf_counter()
+    summary = tokenize_dataset(tokenizer, data, out, batch_size=batch_size, num_workers=workers,
+                               progress=False)
+    seconds = time.perf_counter() - start
+    return {"images": summary["images"], "seconds": seconds, "images_per_s": summary["images"] / seconds}
+
+
+def _run_child(args: list[str]) -> tuple[dict, float]:
+    """Run this script as a child; return its JSON result and its own peak RSS in MiB."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args[:2]} failed with exit code {proc.returncode}")
+    rss_mib = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    return json.loads(out.decode().strip().splitlines()[-1]), rss_mib
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="digits", help="tokenizer preset (random init)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="images per tokenize run")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of tokenize")
+    p.add_argument("--child", choices=["bare", "tokenize"], help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--images", type=int, default=2000, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child == "bare":
+        print(json.dumps(_child_bare(args.tokenizer, args.batch_size, args.images)))
+        return
+    if args.child == "tokenize":
+        print(json.dumps(_child_tokenize(args.tokenizer, args.data, args.out, args.batch_size, args.workers)))
+        return
+
+    from tokenizer import PRESETS
+
+    model_cfg = PRESETS[args.preset]["model"]
+    size, channels = model_cfg["image_size"], model_cfg["channels"]
+    print(f"machine: {_machine()}")
+    print(f"tokenizer preset {args.preset!r} (random init): {channels}×{size}², "
+          f"batch size {args.batch_size}, {args.workers} DataLoader workers")
+    with tempfile.TemporaryDirectory(prefix="bench_tokenize_") as tmp:
+        tmp_path = Path(tmp)
+        tok = tmp_path / "tokenizer"
+        _make_tokenizer(args.preset, tok)
+        start = time.perf_counter()
+        folders = {}
+        for n in sorted(set(args.sizes)):
+            folders[n] = tmp_path / f"images_{n}"
+            _make_images(folders[n], n, size, channels)
+        print(f"generated {sum(args.sizes)} PNGs in {time.perf_counter() - start:.1f}s")
+
+        bare, bare_rss = _run_child(["--child", "bare", "--tokenizer", str(tok), "--batch-size",
+                                     str(args.batch_size), "--images", str(min(args.sizes))])
+        print(f"bare encode:          {bare['images_per_s']:9.1f} images/s   "
+              f"(peak RSS {bare_rss:7.1f} MiB)")
+        for n in sorted(set(args.sizes)):
+            result, rss = _run_child(["--child", "tokenize", "--tokenizer", str(tok), "--data",
+                                      str(folders[n]), "--out", str(tmp_path / f"tokens_{n}"),
+                                      "--batch-size", str(args.batch_size), "--workers", str(args.workers)])
+            ratio = 100 * result["images_per_s"] / bare["images_per_s"]
+            print(f"tokenize {n:>7,} images: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "
+                  f"bare encode, {result['seconds']:6.1f}s end to end (peak RSS {rss:7.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
