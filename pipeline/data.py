@@ -306,7 +306,13 @@ def _scan_folder(root: Path) -> list[str]:
     """Image files under ``root`` (recursive, hidden entries skipped) as sorted relative
     posix paths."""
     found: list[str] = []
+    seen: set[str] = set()  # real paths of visited folders: symlink cycles are walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(root)
         for name in filenames:
@@ -587,8 +593,10 @@ def _load_hub(name: str) -> Any:
         return datasets.load_dataset(name)
     except Exception as err:  # datasets/hub raise many types (HTTP, not found, gated, ...)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        where = "the local cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
-        raise ValueError(f"could not load {name} from {where}: {reason}") from None
+        if offline:
+            raise ValueError(f"could not reach the Hugging Face hub for {name} (HF_HUB_OFFLINE is "
+                             f"set) and the local cache cannot provide it: {reason}") from None
+        raise ValueError(f"could not load {name} from the Hugging Face hub: {reason}") from None
 
 
 # --------------------------------------------------------------------------- entry point

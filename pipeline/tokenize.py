@@ -41,7 +41,9 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 import zlib
 from collections import Counter
@@ -523,8 +525,9 @@ def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: Toke
     bar = tqdm(total=total, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
     buf: dict[str, list[Any]] = {"codes": [], "labels": [], "sources": [], "failed": []}
     current: _Shard | None = None
+    batches = iter(loader) if config.num_workers > 0 else _prefetch(loader)
     try:
-        for (shard, _keys), batch in zip(plan, loader):
+        for (shard, _keys), batch in zip(plan, batches):
             if current is not None and shard != current:
                 _flush(partial, current, buf, features, on_shard)
             current = shard
@@ -539,7 +542,51 @@ def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: Toke
         if current is not None:
             _flush(partial, current, buf, features, on_shard)
     finally:
+        if hasattr(batches, "close"):
+            batches.close()  # stops the prefetch thread
         bar.close()
+
+
+def _prefetch(iterable: Any, depth: int = 2) -> Iterator[Any]:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so reading
+    images (PIL decodes without the GIL) overlaps encoding when there are no DataLoader
+    workers. Exceptions are re-raised here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", done))
+        except BaseException as err:  # handed to the consumer
+            items.put(("error", err))
+
+    thread = threading.Thread(target=run, name="tokenize-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)
 
 
 def _flush(partial: Path, shard: _Shard, buf: dict[str, list[Any]], features: Any,

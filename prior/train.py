@@ -302,10 +302,13 @@ def train_prior(
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    # Loaders get their own generators: a new iterator then draws its worker seed from them, not
+    # from the global RNG, so dropout/label-dropout randomness resumes exactly from a checkpoint.
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True,
                               drop_last=len(data.train) >= cfg.batch_size * accelerator.num_processes,
-                              num_workers=cfg.num_workers)
-    val_loader = DataLoader(data.validation, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+                              num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = DataLoader(data.validation, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed))
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     accelerator.register_for_checkpointing(scheduler)
 

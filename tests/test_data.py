@@ -255,6 +255,13 @@ def test_hub_name_fails_fast_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="could not reach the Hugging Face hub for owner/name"):
         load_images("hf:owner/name", 16, 3)
     assert time.monotonic() - start < 8
+    # offline mode: only the local cache is asked, and it does not hold the dataset
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="could not reach the Hugging Face hub for owner/name"):
+        load_images("hf:owner/name", 16, 3)
+    assert time.monotonic() - start < 8
 
 
 def test_items_batch_in_a_dataloader_with_workers(class_folder: Path) -> None:

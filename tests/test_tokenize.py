@@ -229,3 +229,43 @@ def test_inspect_tokens(tok: Path, images: Path, tmp_path: Path) -> None:
         inspect_tokens(out, tokenizer=_tokenizer(tmp_path / "other", seed=3))
     with pytest.raises(ValueError, match="not a token dataset"):
         inspect_tokens(images)
+
+
+class _FakeState:
+    """Stands in for accelerate.PartialState: process ``rank`` of ``world`` on the CPU."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.process_index, self.num_processes = rank, world
+        self.is_main_process = self.is_local_main_process = rank == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_processes_share_shards_and_assemble_the_same_dataset(
+        tok: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import accelerate
+
+    settings = dict(shard_size=2, flip=True, progress=False)
+    single = tmp_path / "single"
+    tokenize_dataset(tok, str(images), single, **settings)
+
+    out = tmp_path / "multi"
+    done: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
+    # process 0 encodes its shards; without the barrier the others' are missing at assembly
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(0, 2))
+    with pytest.raises(RuntimeError, match="were not written"):
+        tokenize_dataset(tok, str(images), out, on_shard=lambda s, i: done[0].append((s, i)), **settings)
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(1, 2))
+    tokenize_dataset(tok, str(images), out, on_shard=lambda s, i: done[1].append((s, i)), **settings)
+    assert not (out / "vqgpt_tokens.json").exists()  # only the main process assembles
+    n_train = len(load_images(str(images), 16, 1, split="train"))
+    train_shards = -(-n_train // 2)
+    numbers = {r: [i if s == "train" else train_shards + i for s, i in done[r]] for r in done}
+    assert numbers[0] and all(g % 2 == 0 for g in numbers[0])
+    assert numbers[1] and all(g % 2 == 1 for g in numbers[1])
+    assert sorted(numbers[0] + numbers[1]) == list(range(train_shards + 1))
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(0, 2))
+    tokenize_dataset(tok, str(images), out, **settings)
+    _assert_same(_load(out), _load(single))

@@ -1,0 +1,196 @@
+"""The ``vqgpt`` command line end to end on tiny configs, and its answers to bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+
+TINY_TOKENIZER = ["--preset", "tiny", "--set", "train.steps=3"]
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ stage 1 through the CLI
+
+
+def test_train_tokenizer_and_reconstruct(capsys, image_folder, tmp_path):
+    out = tmp_path / "tok"
+    code, stdout, _ = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", out, *TINY_TOKENIZER)
+    assert code == 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert "1 skipped" in stdout or "skipped 1" in stdout or "broken.png" in stdout
+    png = tmp_path / "recon.png"
+    code, stdout, _ = run_cli(capsys, "reconstruct", "--tokenizer", out, "--data", image_folder, "--out", png)
+    assert code == 0 and png.is_file()
+    assert "psnr=" in stdout and "ssim=" in stdout and "codebook_usage=" in stdout
+    # A finished model is not overwritten without --overwrite.
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", out, *TINY_TOKENIZER)
+    assert_user_error(code, err, str(out))
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--set", "model.no_such_key=3"], "no_such_key"),
+        (["--set", "model.image_size=17"], "divisible"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--set", "train.steps=many"], "integer"),
+    ],
+)
+def test_train_tokenizer_bad_config(capsys, image_folder, tmp_path, extra, needle):
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", tmp_path / "t", *TINY_TOKENIZER, *extra)
+    assert_user_error(code, err, needle)
+    assert not (tmp_path / "t" / "model.safetensors").exists()
+
+
+def test_train_tokenizer_bad_data(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "missing", "--out", tmp_path / "t", *TINY_TOKENIZER)
+    assert_user_error(code, err, "missing")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "empty", "--out", tmp_path / "t", *TINY_TOKENIZER)
+    assert_user_error(code, err)
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("hello")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "texts", "--out", tmp_path / "t", *TINY_TOKENIZER)
+    assert_user_error(code, err, "no images")
+    assert not (tmp_path / "t" / "model.safetensors").exists()
+
+
+def test_reconstruct_bad_tokenizer_folders(capsys, tiny_run, image_folder, tmp_path):
+    code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", tmp_path / "nothing", "--data", image_folder,
+                           "--out", tmp_path / "r.png")
+    assert_user_error(code, err)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run / "tokenizer", broken)
+    (broken / "model.safetensors").unlink()
+    code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", broken, "--data", image_folder, "--out", tmp_path / "r.png")
+    assert_user_error(code, err, "model.safetensors")
+    config = json.loads((tiny_run / "tokenizer" / "config.json").read_text())
+    config["codebook_size"] = config["codebook_size"] * 2
+    shutil.copy(tiny_run / "tokenizer" / "model.safetensors", broken / "model.safetensors")
+    (broken / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", broken, "--data", image_folder, "--out", tmp_path / "r.png")
+    assert_user_error(code, err)
+    assert not (tmp_path / "r.png").exists()
+
+
+# ------------------------------------------------------------------ the whole chain
+
+
+def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tmp_path):
+    tokens = tmp_path / "tokens"
+    code, stdout, _ = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", image_folder,
+                              "--out", tokens, "--flip")
+    assert code == 0 and (tokens / "dataset_dict.json").is_file()
+    code, stdout, _ = run_cli(capsys, "tokenize", "--inspect", tokens)
+    assert code == 0 and "circle" in stdout
+    prior_dir = tmp_path / "prior"
+    code, _, _ = run_cli(capsys, "train-prior", "--tokens", tokens, "--out", prior_dir, "--preset", "tiny",
+                         "--tokenizer", tiny_run / "tokenizer", "--set", "train.max_steps=4", "--set", "train.checkpoint_every=0")
+    assert code == 0 and (prior_dir / "vqgpt_prior.json").is_file()
+    assert list((prior_dir / "samples").glob("*.png")), "sample grids are written during training"
+
+    out = tmp_path / "samples"
+    args = ["sample", "--tokenizer", tiny_run / "tokenizer", "--prior", prior_dir, "--num", 3, "--class", "circle",
+            "--class", "1", "--guidance", 2.0, "--top-k", 10, "--top-p", 0.9, "--temperature", 0.8, "--seed", 5]
+    code, _, _ = run_cli(capsys, *args, "--out", out)
+    assert code == 0
+    assert len(list(out.glob("sample_*.png"))) == 6 and (out / "grid.png").is_file()
+    record = json.loads((out / "settings.json").read_text())
+    assert record["class_labels"] == [0, 1] and record["class_names"] == ["circle", "square"]
+    assert record["guidance"] == 2.0 and record["top_k"] == 10 and record["top_p"] == 0.9 and record["seed"] == 5
+    code, _, _ = run_cli(capsys, *args, "--out", tmp_path / "again")
+    for a in sorted(out.glob("sample_*.png")):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(tmp_path / "again" / a.name)))
+
+    done = tmp_path / "completed"
+    code, _, _ = run_cli(capsys, "complete", "--run", tiny_run, "--image", image_folder / "circle" / "01.png",
+                         "--keep-rows", 2, "--num", 3, "--out", done)
+    assert code == 0 and (done / "grid.png").is_file() and len(list(done.glob("completion_*.png"))) == 3
+
+    code, stdout, _ = run_cli(capsys, "evaluate", "--run", tiny_run, "--data", image_folder, "--num-samples", 4)
+    assert code == 0 and "validation_bits_per_code=" in stdout and "psnr=" in stdout
+
+
+def test_sample_and_complete_bad_input(capsys, tiny_run, tmp_path):
+    base = ["sample", "--run", tiny_run, "--out", tmp_path / "s"]
+    assert_user_error(*run_cli(capsys, *base, "--class", "triangle")[::2], "triangle")
+    assert_user_error(*run_cli(capsys, *base, "--num", 0)[::2], "--num")
+    assert_user_error(*run_cli(capsys, "sample", "--run", tmp_path / "nowhere", "--out", tmp_path / "s")[::2])
+    half = tmp_path / "half"
+    shutil.copytree(tiny_run / "tokenizer", half / "tokenizer")
+    assert_user_error(*run_cli(capsys, "sample", "--run", half, "--out", tmp_path / "s")[::2], "no prior/")
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("words")
+    complete = ["complete", "--run", tiny_run, "--num", 2, "--out", tmp_path / "c"]
+    assert_user_error(*run_cli(capsys, *complete, "--image", not_image, "--keep-rows", 1)[::2], "not an image")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(good)
+    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", 99)[::2], "keep-rows")
+    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", -1)[::2], "keep-rows")
+    assert not (tmp_path / "s").exists()
+
+
+def test_prior_bad_input(capsys, tiny_run, tmp_path):
+    code, _, err = run_cli(capsys, "train-prior", "--tokens", tmp_path / "none", "--out", tmp_path / "p", "--preset", "tiny")
+    assert_user_error(code, err, "does not exist")
+    code, _, err = run_cli(capsys, "train-prior", "--tokens", tiny_run / "tokenizer", "--out", tmp_path / "p", "--preset", "tiny")
+    assert_user_error(code, err, "not a token dataset")
+    no_json = tmp_path / "prior_no_json"
+    shutil.copytree(tiny_run / "prior", no_json)
+    (no_json / "vqgpt_prior.json").unlink()
+    code, _, err = run_cli(capsys, "sample", "--tokenizer", tiny_run / "tokenizer", "--prior", no_json, "--out", tmp_path / "s")
+    assert_user_error(code, err, "vqgpt_prior.json")
+
+
+def test_tokenize_bad_input(capsys, tiny_run, image_folder, tmp_path):
+    code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", image_folder,
+                           "--out", tiny_run / "tokens")
+    assert_user_error(code, err, "--overwrite")
+    code, _, err = run_cli(capsys, "tokenize", "--tokenizer", image_folder, "--data", image_folder, "--out", tmp_path / "t")
+    assert_user_error(code, err)
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", tmp_path / "empty",
+                           "--out", tmp_path / "t")
+    assert_user_error(code, err)
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point itself: a user error is one line on stderr and exit code 2."""
+    exe = Path(sys.executable).with_name("vqgpt")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    result = subprocess.run([*cmd, "train-tokenizer", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_demo_quick(capsys, tmp_path):
+    """The one-command demo, with a fraction of its steps: every stage runs and writes its output."""
+    code, stdout, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--quick")
+    assert code == 0
+    for rel in ("tokenizer/model.safetensors", "tokens/dataset_dict.json", "prior/vqgpt_prior.json",
+                "samples/grid.png", "reconstructions.png", "demo_figures.json"):
+        assert (tmp_path / "demo" / rel).exists(), rel
+    figures = json.loads((tmp_path / "demo" / "demo_figures.json").read_text())
+    assert 0.0 <= figures["check"]["conditional_accuracy"] <= 1.0
+    assert "[5/5]" in stdout

@@ -1,0 +1,120 @@
+"""The Pipeline: output shape/mode, reproducibility, settings passed through, refusals,
+completion keeping the given code rows."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import prior as pr
+import tokenizer as tk
+from pipeline import Pipeline, SampleConfig
+from pipeline import pipeline as pipeline_module
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_run):
+    return Pipeline.from_pretrained(tiny_run)
+
+
+def test_output_count_size_mode(pipe):
+    images = pipe(5, class_labels=1, generator=torch.Generator().manual_seed(0))
+    size = pipe.tokenizer.config.image_size
+    assert len(images) == 5
+    assert all(isinstance(im, Image.Image) and im.size == (size, size) for im in images)
+    assert {im.mode for im in images} == {"L" if pipe.tokenizer.config.channels == 1 else "RGB"}
+
+
+def test_same_seed_same_images_other_seed_differs(pipe):
+    a = pipe(6, generator=torch.Generator().manual_seed(3))
+    b = pipe(6, generator=torch.Generator().manual_seed(3))
+    c = pipe(6, generator=torch.Generator().manual_seed(4))
+    as_bytes = lambda ims: b"".join(im.tobytes() for im in ims)  # noqa: E731
+    assert as_bytes(a) == as_bytes(b)
+    assert as_bytes(a) != as_bytes(c)
+
+
+def test_decoded_samples_are_the_decoded_codes(pipe):
+    codes = pipe.sample_codes(3, [0, 1, 0], generator=torch.Generator().manual_seed(0))
+    h, w = pipe.tokenizer.config.grid_size
+    assert codes.shape == (3, h, w) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < pipe.tokenizer.config.codebook_size
+    images = pipe(3, [0, 1, 0], generator=torch.Generator().manual_seed(0))
+    expected = pipeline_module.to_pil(pipe.tokenizer.decode(codes))
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
+
+
+def test_settings_are_passed_through(pipe, monkeypatch):
+    seen = {}
+    real = pr.sample
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module.pr, "sample", spy)
+    settings = SampleConfig(num=2, class_labels=(1,), guidance=2.5, temperature=0.7, top_k=5, top_p=0.9, seed=1)
+    pipe.generate(settings)
+    assert seen["guidance_scale"] == 2.5 and seen["temperature"] == 0.7
+    assert seen["top_k"] == 5 and seen["top_p"] == 0.9
+    assert seen["class_labels"].tolist() == [1, 1]
+
+
+def test_top_k_one_is_deterministic_whatever_the_seed(pipe):
+    a = pipe.sample_codes(2, 0, top_k=1, generator=torch.Generator().manual_seed(0))
+    b = pipe.sample_codes(2, 0, top_k=1, generator=torch.Generator().manual_seed(99))
+    assert torch.equal(a, b)
+
+
+def test_class_names_and_indices_resolve(pipe):
+    assert pipe.class_names == ["circle", "square"]
+    assert pipe.resolve_classes(["square", "0"]) == (1, 0)
+    with pytest.raises(ValueError, match="unknown class 'triangle'"):
+        pipe.resolve_classes(["triangle"])
+    with pytest.raises(ValueError, match="unknown class '7'"):
+        pipe.resolve_classes(["7"])
+
+
+def test_mismatched_tokenizer_is_refused(tiny_run, tmp_path):
+    other = tk.VQGAN(tk.VQGAN.from_pretrained(tiny_run / "tokenizer").config)  # same config, new weights
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="trained on tokenizer"):
+        Pipeline.from_pretrained(tmp_path / "other", tiny_run / "prior")
+
+
+def test_run_missing_a_stage_is_refused(tiny_run, tmp_path):
+    shutil.copytree(tiny_run / "tokenizer", tmp_path / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="no prior/"):
+        Pipeline.from_pretrained(tmp_path)
+
+
+def test_completion_keeps_the_given_rows(pipe, image_folder):
+    image = image_folder / "circle" / "00.png"
+    h, w = pipe.tokenizer.config.grid_size
+    keep = h // 2
+    original, completions = pipe.complete(image, keep, 4, generator=torch.Generator().manual_seed(0))
+    assert original.shape == (h, w) and completions.shape == (4, h, w)
+    assert torch.equal(completions[:, :keep], original[:keep].expand(4, -1, -1))
+    with pytest.raises(ValueError, match="keep-rows must be between 0 and"):
+        pipe.complete(image, h + 1, 2)
+
+
+def test_sample_config_validates():
+    with pytest.raises(ValueError, match="--num must be at least 1"):
+        SampleConfig(num=0)
+    with pytest.raises(ValueError, match="top-p"):
+        SampleConfig(top_p=1.5)
+    assert SampleConfig(num=2, class_labels=(3, 1)).labels_per_image == [3, 3, 1, 1]
+
+
+def test_settings_json_reproduces(pipe, tmp_path):
+    settings = SampleConfig(num=3, seed=11, temperature=0.9)
+    first = pipe.generate(settings)
+    paths = pipeline_module.write_samples(first, settings, pipe, tmp_path)
+    record = json.loads(paths["settings"].read_text())
+    again = pipe.generate(SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items()
+                                          if k in SampleConfig.__dataclass_fields__}))
+    assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
+    assert record["tokenizer_fingerprint"] == pipe.tokenizer.fingerprint()

@@ -1,0 +1,131 @@
+"""Training loop: 2-step smoke test, files written, resume, out-dir rules, evaluate, train_step."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from tokenizer import PRESETS, VQGAN, TokenizerTrainConfig, VQGANConfig, evaluate, train_tokenizer
+
+
+class TinyImages(Dataset):
+    """Smooth random grey 16×16 images in the data-source item format."""
+
+    def __init__(self, n: int, seed: int = 0, size: int = 16):
+        g = torch.Generator().manual_seed(seed)
+        low = torch.rand(n, 1, 4, 4, generator=g)
+        self.images = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": i % 2, "source": f"index:{i}"}
+
+
+MODEL = VQGANConfig(**PRESETS["tiny"]["model"])
+
+
+def train_cfg(**overrides) -> TokenizerTrainConfig:
+    return TokenizerTrainConfig(**{**PRESETS["tiny"]["train"], "cpu": True, **overrides})
+
+
+def metric_steps(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(l)["step"] for l in lines if "split" not in json.loads(l)]
+
+
+def test_two_step_training_writes_everything(tmp_path):
+    out = tmp_path / "tok"
+    summary = train_tokenizer(MODEL, train_cfg(steps=2, disc_start=1), TinyImages(24), TinyImages(8, seed=1), out)
+    assert summary["steps"] == 2
+    for key in ("psnr", "ssim", "codebook_usage", "perplexity", "train_images_per_sec", "fingerprint"):
+        assert key in summary
+    assert 0 <= summary["codebook_usage"] <= 100
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss_curve.png",
+                 "samples/recon_step_000002.png", "checkpoints/step_2/trainer_state.json"):
+        assert (out / name).is_file(), name
+    assert not list((out / "checkpoints").glob(".tmp*"))
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "split" not in r] == [1, 2]
+    assert "d_loss" in records[1] and "gan_lambda" in records[1]  # GAN active from step index 1
+    assert "d_loss" not in records[0]
+    assert records[-1]["split"] == "validation"
+    model = VQGAN.from_pretrained(out)
+    assert model.fingerprint() == summary["fingerprint"]
+    assert bool(model.quantizer.initialized)
+
+
+def test_existing_output_needs_overwrite_or_resume(tmp_path):
+    out = tmp_path / "tok"
+    data = TinyImages(16)
+    train_tokenizer(MODEL, train_cfg(steps=1, checkpoint_every=0, sample_every=0), data, None, out)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        train_tokenizer(MODEL, train_cfg(steps=1), data, None, out)
+    summary = train_tokenizer(MODEL, train_cfg(steps=1, checkpoint_every=0, sample_every=0), data, None, out, overwrite=True)
+    assert summary["steps"] == 1 and "psnr" not in summary  # no validation data given
+
+
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    data, val = TinyImages(24), TinyImages(8, seed=1)
+    straight = train_tokenizer(MODEL, train_cfg(steps=4), data, val, tmp_path / "straight")
+
+    import tokenizer.train as tt
+
+    save_checkpoint = tt._save_checkpoint
+
+    def save_then_die(accelerator, root, step, keep):
+        save_checkpoint(accelerator, root, step, keep)
+        raise KeyboardInterrupt  # the run is killed right after its step-2 checkpoint
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(tt, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(MODEL, train_cfg(steps=4), data, val, out)
+    monkeypatch.setattr(tt, "_save_checkpoint", save_checkpoint)
+    assert not (out / "config.json").exists()  # a killed run does not look complete
+    assert (out / "checkpoints" / "step_2").is_dir()
+    with pytest.raises(FileExistsError, match="resume"):
+        train_tokenizer(MODEL, train_cfg(steps=4), data, val, out)
+    resumed = train_tokenizer(MODEL, train_cfg(steps=4), data, val, out, resume=True)
+    assert resumed["steps"] == 4
+    assert metric_steps(out) == [1, 2, 3, 4]
+    assert (out / "checkpoints" / "step_4").is_dir()
+    assert resumed["fingerprint"] == straight["fingerprint"]  # same weights as never stopping
+
+
+def test_perceptual_loss_without_vgg_fails_before_writing(tmp_path):
+    cfg = train_cfg(perceptual_weight=1.0, vgg_path=str(tmp_path / "no-vgg.pth"))
+    with pytest.raises(ValueError, match="perceptual"):
+        train_tokenizer(MODEL, cfg, TinyImages(16), None, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_image_shape_must_match_config(tmp_path):
+    with pytest.raises(ValueError, match=r"expects \(1, 32, 32\)"):
+        train_tokenizer(VQGANConfig(image_size=32), train_cfg(), TinyImages(16), None, tmp_path / "tok")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TokenizerTrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TokenizerTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="rec_loss"):
+        TokenizerTrainConfig(rec_loss="huber")
+
+
+def test_evaluate_reports_reconstruction_and_usage():
+    torch.manual_seed(0)
+    model = VQGAN(MODEL)
+    metrics = evaluate(model, TinyImages(8), batch_size=3)
+    assert metrics["num_images"] == 8
+    assert 0 < metrics["codebook_usage"] <= 100 and metrics["perplexity"] >= 1
+    assert metrics["psnr"] < 30 and -1 <= metrics["ssim"] <= 1
+    # codes alone determine the histogram: identical images use a single code... or a few
+    same = TinyImages(1)
+    same.images = same.images.expand(8, -1, -1, -1) * 0 + 0.5
+    flat = evaluate(model, same, batch_size=4)
+    assert flat["codebook_usage"] < metrics["codebook_usage"]
