@@ -556,19 +556,25 @@ def _plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
 
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     records = [r for r in records if "split" not in r]
-    fig = Figure(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for key in ("rec_loss", "codebook_loss", "commitment_loss", "perceptual_loss", "g_loss", "d_loss"):
+    ax_ae, ax_gan = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for key in ("rec_loss", "codebook_loss", "commitment_loss", "perceptual_loss"):
         points = [(r["step"], r[key]) for r in records if key in r and r[key] > 0]
         if points:
-            ax.plot(*zip(*points), label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if ax.lines:
-        ax.set_yscale("log")
-        ax.legend()
-    ax.set_title("tokenizer training")
-    ax.grid(alpha=0.3)
+            ax_ae.plot(*zip(*points), label=key)
+    for key in ("g_loss", "d_loss"):  # hinge losses can be negative: linear scale
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax_gan.plot(*zip(*points), label=key)
+    if ax_ae.lines:
+        ax_ae.set_yscale("log")
+    ax_ae.set_title("autoencoder losses")
+    ax_gan.set_title("GAN losses" if ax_gan.lines else "GAN losses (GAN not started)")
+    for ax in (ax_ae, ax_gan):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(png_path)

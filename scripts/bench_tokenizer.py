@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Benchmark the VQGAN tokenizer on the bundled data sets.
+
+For each data set (``digits``, ``photos``) it trains the matching preset (or loads a trained
+tokenizer with ``--tokenizer``) and prints, on the held-out split: PSNR, SSIM, codebook usage
+and perplexity, plus training images/s and encode images/s.
+
+    python scripts/bench_tokenizer.py                         # both, preset step counts
+    python scripts/bench_tokenizer.py --data digits
+    python scripts/bench_tokenizer.py --data photos --steps 300
+    python scripts/bench_tokenizer.py --data digits --tokenizer runs/digits/tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tokenizer as tk  # noqa: E402
+from pipeline.data import load_images  # noqa: E402
+
+PRESET_FOR = {"digits": "digits", "photos": "photos"}
+
+
+@torch.no_grad()
+def encode_throughput(model: tk.VQGAN, images: torch.Tensor, batch_size: int = 128, min_seconds: float = 1.0) -> float:
+    """Images per second of ``model.encode`` (repeated until ``min_seconds`` have passed)."""
+    model.encode(images[:batch_size])  # warm-up
+    done, start = 0, time.perf_counter()
+    while True:
+        for i in range(0, len(images), batch_size):
+            model.encode(images[i : i + batch_size])
+            done += len(images[i : i + batch_size])
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def bench_one(spec: str, args: argparse.Namespace, work: Path) -> dict:
+    preset = tk.PRESETS[PRESET_FOR[spec]]
+    if args.tokenizer:
+        model = tk.VQGAN.from_pretrained(args.tokenizer)
+        model_config = model.config
+        train_ips = float("nan")
+    else:
+        model_config = tk.VQGANConfig(**preset["model"])
+        train_over = dict(preset["train"])
+        if args.steps is not None:
+            train_over.update(steps=args.steps, disc_start=min(train_over.get("disc_start", 0), int(args.steps * 0.75)))
+        train_config = tk.TokenizerTrainConfig(**{**train_over, "cpu": args.cpu, "seed": args.seed})
+    val = load_images(spec, model_config.image_size, model_config.channels, split="validation")
+    if not args.tokenizer:
+        train = load_images(spec, model_config.image_size, model_config.channels, split="train")
+        summary = tk.train_tokenizer(model_config, train_config, train, val, work / spec, overwrite=True)
+        train_ips = summary["train_images_per_sec"]
+        model = tk.VQGAN.from_pretrained(work / spec)
+    model.eval()
+    metrics = tk.evaluate(model, val, batch_size=128)
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    return {
+        "data": spec,
+        "grid": list(model_config.grid_size),
+        "codebook_size": model_config.codebook_size,
+        "psnr": metrics["psnr"],
+        "ssim": metrics["ssim"],
+        "codebook_usage_pct": metrics["codebook_usage"],
+        "perplexity": metrics["perplexity"],
+        "val_images": metrics["num_images"],
+        "train_images_per_sec": train_ips,
+        "encode_images_per_sec": encode_throughput(model, images),
+        "fingerprint": model.fingerprint(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["digits", "photos"], choices=sorted(PRESET_FOR))
+    parser.add_argument("--tokenizer", help="evaluate this trained tokenizer folder instead of training")
+    parser.add_argument("--steps", type=int, help="override the preset's training steps")
+    parser.add_argument("--out", help="where trained tokenizers go (default: a temporary folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per data set")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out) if args.out else Path(tmp)
+        rows = []
+        for spec in args.data:
+            start = time.perf_counter()
+            row = bench_one(spec, args, work)
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.json:
+        header = f"{'data':8} {'grid':>6} {'K':>6} {'PSNR dB':>8} {'SSIM':>6} {'usage %':>8} {'perplex':>8} {'train img/s':>12} {'encode img/s':>13} {'seconds':>8}"
+        print(header)
+        for r in rows:
+            print(
+                f"{r['data']:8} {r['grid'][0]:>3}x{r['grid'][1]:<2} {r['codebook_size']:>6} {r['psnr']:>8.2f} {r['ssim']:>6.3f} "
+                f"{r['codebook_usage_pct']:>8.1f} {r['perplexity']:>8.1f} {r['train_images_per_sec']:>12.1f} "
+                f"{r['encode_images_per_sec']:>13.1f} {r['seconds']:>8.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
