@@ -166,6 +166,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     summary = tokenize_dataset(args.tokenizer, args.data, args.out, config, overwrite=args.overwrite,
                                device=_device(args.device))
     _print(_format_metrics("tokenize", summary))
+    for line in summary.get("skipped_files", []):
+        _print(f"  skipped {line}")
     _print(f"token dataset written to {args.out}")
     return 0
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -284,7 +284,9 @@ def train_prior(
 
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # our loop groups micro-batches itself, across epoch ends: never force a sync at an epoch's end
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
     main = accelerator.is_main_process
@@ -403,6 +405,8 @@ def train_prior(
     elapsed = time.time() - start
     if last_eval != state.step and (steps_run or not math.isfinite(state.best_val_bits)):
         val = run_eval()
+    elif not val:  # resumed a finished run: report its held-out loss without logging it twice
+        val = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
     if last_ckpt != state.step:
         _save_checkpoint(accelerator, ckpt_root, state, record, cfg.keep_checkpoints)
 

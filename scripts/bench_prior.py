@@ -25,15 +25,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_sampling(model, spec: PriorSpec, batch: int, use_cache: bool, device: torch.device) -> float:
-    """Seconds to draw `batch` full grids (one warm-up call on a short prefix first)."""
+def time_sampling(model, spec: PriorSpec, batch: int, use_cache: bool, device: torch.device, new_codes: int) -> float:
+    """Seconds to draw the last `new_codes` codes of `batch` grids (the first ones given as a
+    prefix; new_codes = 256 draws whole grids). One short warm-up call first."""
     gen = torch.Generator(device).manual_seed(0)
-    labels = torch.arange(batch) % max(spec.num_classes, 1) if spec.num_classes else None
-    warm = torch.zeros(batch, spec.num_codes - 4, dtype=torch.long)
+    labels = torch.arange(batch) % spec.num_classes if spec.num_classes else None
+    warm = torch.zeros(batch, spec.num_codes - 2, dtype=torch.long)
     sample(model, spec, batch, labels, generator=gen, prefix_codes=warm, use_cache=use_cache, batch_size=batch)
+    prefix = torch.zeros(batch, spec.num_codes - new_codes, dtype=torch.long)
     sync(device)
     start = time.perf_counter()
-    sample(model, spec, batch, labels, generator=gen, use_cache=use_cache, batch_size=batch)
+    sample(model, spec, batch, labels, generator=gen, prefix_codes=prefix, use_cache=use_cache, batch_size=batch)
     sync(device)
     return time.perf_counter() - start
 
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32", help="sampling batch sizes")
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--new-codes", type=int, default=32,
+                        help="codes drawn per grid (the rest is a given prefix); 256 = whole grids (slow without cache)")
     parser.add_argument("--skip-full", action="store_true", help="skip full recomputation (slow for big models)")
     args = parser.parse_args()
 
@@ -85,12 +89,17 @@ def main() -> None:
     print(f"model: preset {args.preset!r}, {config.architecture}, {params / 1e6:.2f}M parameters, "
           f"vocab {spec.vocab_size}, grid 16×16 = {spec.num_codes} codes")
 
+    if not 1 <= args.new_codes <= spec.num_codes:
+        parser.error(f"--new-codes must be in 1..{spec.num_codes}")
+    n = args.new_codes
+    print(f"sampling: codes {spec.num_codes - n}..{spec.num_codes - 1} of each 16×16 grid drawn "
+          f"(first {spec.num_codes - n} given as prefix; --new-codes 256 for whole grids)")
     for batch in (int(b) for b in args.batches.split(",")):
-        cached = time_sampling(model, spec, batch, True, device)
-        line = f"sampling batch {batch:>3}: KV cache {batch * spec.num_codes / cached:>9.0f} tokens/s ({cached:.2f} s)"
+        cached = time_sampling(model, spec, batch, True, device, n)
+        line = f"sampling batch {batch:>3}: KV cache {batch * n / cached:>9.0f} tokens/s ({cached:.2f} s)"
         if not args.skip_full:
-            full = time_sampling(model, spec, batch, False, device)
-            line += (f" | full recomputation {batch * spec.num_codes / full:>8.0f} tokens/s ({full:.2f} s)"
+            full = time_sampling(model, spec, batch, False, device, n)
+            line += (f" | full recomputation {batch * n / full:>8.0f} tokens/s ({full:.2f} s)"
                      f" | cache speed-up ×{full / cached:.1f}")
         print(line, flush=True)
 

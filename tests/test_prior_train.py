@@ -92,6 +92,10 @@ def test_resume_with_more_steps_continues_the_count(tmp_path):
     summary = train_prior(MODEL, dataclasses.replace(TRAIN, max_steps=4), tok, tmp_path / "out", resume=True)
     assert summary["steps"] == 4
     assert [r["step"] for r in records(tmp_path / "out", "train")] == [1, 2, 3, 4]
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    again = train_prior(MODEL, dataclasses.replace(TRAIN, max_steps=4), tok, tmp_path / "out", resume=True)
+    assert again["steps"] == 4 and math.isfinite(again["val_bits_per_code"])  # finished: nothing more to do
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
 
 
 def test_resume_refuses_tokens_of_another_tokenizer_or_codebook(tmp_path):
@@ -152,3 +156,13 @@ def test_weight_decay_spares_norms_biases_and_embeddings():
     assert any("embed_tokens" in names[id(p)] for p in no_decay["params"])
     assert any("norm" in names[id(p)] for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    # 48 rows / batch 8 = 6 micro-batches per epoch; 4 steps × 4 micro-batches cross an epoch end
+    cfg = dataclasses.replace(TRAIN, max_steps=4, gradient_accumulation_steps=4, eval_every=4)
+    summary = train_prior(MODEL, cfg, tokens(tmp_path / "tok"), tmp_path / "out")
+    lrs = [r["lr"] for r in records(tmp_path / "out", "train")]
+    assert summary["steps"] == 4 and len(lrs) == 4 and len(set(lrs)) == 4
+    optim = torch.load(tmp_path / "out" / "checkpoints" / "step_4" / "optimizer.bin", weights_only=True)
+    assert {float(s["step"]) for s in optim["state"].values()} == {4.0}  # no extra step at the epoch end

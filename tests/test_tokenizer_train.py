@@ -129,3 +129,27 @@ def test_evaluate_reports_reconstruction_and_usage():
     same.images = same.images.expand(8, -1, -1, -1) * 0 + 0.5
     flat = evaluate(model, same, batch_size=4)
     assert flat["codebook_usage"] < metrics["codebook_usage"]
+
+
+def test_weight_ema_averages_weights_but_copies_the_codebook():
+    from tokenizer.train import WeightEMA
+
+    torch.manual_seed(0)
+    model = VQGAN(MODEL)
+    ema = WeightEMA(model, decay=0.5)
+    before = ema.module.decoder.conv_out.weight.clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # decay warms up: min(0.5, 2/11) = 2/11
+    d = 2 / 11
+    assert torch.allclose(ema.module.decoder.conv_out.weight, d * before + (1 - d) * (before + 1), atol=1e-6)
+    assert torch.equal(ema.module.quantizer.codebook, model.quantizer.codebook)
+    assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_training_with_ema_saves_the_averaged_weights(tmp_path):
+    out = tmp_path / "tok"
+    summary = train_tokenizer(MODEL, train_cfg(steps=2, use_ema=True, ema_decay=0.9), TinyImages(16), None, out)
+    assert VQGAN.from_pretrained(out).fingerprint() == summary["fingerprint"]
+    assert (out / "checkpoints" / "step_2" / "custom_checkpoint_2.pkl").is_file()  # EMA checkpointed
