@@ -2,8 +2,8 @@
 
 ``PRESETS[name] = {"model": {VQGANConfig overrides}, "train": {TokenizerTrainConfig overrides}}``
 
-- ``digits`` (default): 32×32 grey scikit-learn digits → 8×8 codes, 256 codes; about a minute
-  on a 2-core CPU, no VGG needed; light GAN for the last quarter of training.
+- ``digits`` (default): 32×32 grey scikit-learn digits → 8×8 codes, 256 codes; under a minute
+  on an idle 2-core CPU, no VGG needed; light GAN for the last quarter of training.
 - ``tiny``: for tests — trains in seconds, quality irrelevant.
 - ``photos``: 32×32 RGB crops (scikit-image photographs) → 8×8 codes; a CPU-sized RGB model
   (a few minutes on a 2-core CPU).
@@ -31,17 +31,17 @@ PRESETS: dict[str, dict[str, dict]] = {
             "codebook_dim": 8,
         },
         "train": {
-            "steps": 400,
+            "steps": 300,
             "batch_size": 16,
             "lr": 2e-3,
             "adam_beta1": 0.9,
             "adam_beta2": 0.99,
             "warmup_steps": 30,
             "disc_weight": 0.05,
-            "disc_start": 300,
+            "disc_start": 220,
             "disc_channels": 16,
             "disc_layers": 2,
-            "checkpoint_every": 200,
+            "checkpoint_every": 150,
             "sample_every": 100,
         },
     },
