@@ -156,9 +156,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     from .tokenize import TokenizeConfig, inspect_tokens, tokenize_dataset
 
     if args.inspect:
+        given = [f"--{f}" for f in ("data", "out") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--inspect reads a token dataset; {', '.join(given)} cannot be used with it")
         report = inspect_tokens(args.inspect, tokenizer=args.tokenizer, png=args.png)
-        _print(report if isinstance(report, str) else _format_metrics("tokens", report))
+        _print(_format_metrics("tokens", report))
         return 0
+    if args.png:
+        raise ValueError("--png goes with --inspect DIR --tokenizer DIR")
     for flag in ("tokenizer", "data", "out"):
         if getattr(args, flag) is None:
             raise ValueError(f"tokenize needs --{flag} (or --inspect DIR)")
@@ -194,13 +199,14 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .pipeline import SampleConfig, write_samples
+    from .pipeline import SampleConfig, prepare_out, write_samples
 
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
     settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
+    out = prepare_out(args.out, args.overwrite)
     images = pipe.generate(settings)
-    paths = write_samples(images, settings, pipe, args.out, grid_rows=len(labels) if labels else None)
+    paths = write_samples(images, settings, pipe, out)
     _print(f"{len(images)} images written to {args.out} (grid: {paths['grid']}, settings: {paths['settings']})")
     return 0
 
@@ -213,7 +219,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if labels and len(labels) != 1:
         raise ValueError("complete takes at most one --class")
     settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
-    paths = pipe.complete_to_files(args.image, args.keep_rows, settings, args.out)
+    paths = pipe.complete_to_files(args.image, args.keep_rows, settings, args.out, overwrite=args.overwrite)
     _print(f"{settings.num} completions of {args.image} (top {args.keep_rows} code rows kept) "
            f"written to {args.out} (grid: {paths['grid']})")
     return 0
@@ -252,9 +258,17 @@ def _load_pipeline(args: argparse.Namespace):
 def _device(name: str | None) -> str:
     import torch
 
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here")
+    return name
 
 
 def _format_metrics(title: str, figures: dict[str, Any]) -> str:
@@ -282,16 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+    def verb(name: str, fn: Callable, help: str, device: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=fn)
-        p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+        if device:  # training verbs take their devices from accelerate (`accelerate launch`/config)
+            p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
         return p
 
     data_help = ("image folder (sub-folders = classes), a save_to_disk folder, hf:owner/name, "
                  "or a bundled set: digits, photos")
 
-    p = verb("train-tokenizer", cmd_train_tokenizer, "train the VQGAN tokenizer (stage 1) on a data source")
+    p = verb("train-tokenizer", cmd_train_tokenizer, "train the VQGAN tokenizer (stage 1) on a data source",
+             device=False)
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, samples, checkpoints)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split")
@@ -315,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inspect", metavar="DIR", help="print what a token dataset holds")
     p.add_argument("--png", help="with --inspect and --tokenizer: write a PNG of decoded rows")
 
-    p = verb("train-prior", cmd_train_prior, "train the GPT prior (stage 2) on a token dataset")
+    p = verb("train-prior", cmd_train_prior, "train the GPT prior (stage 2) on a token dataset", device=False)
     p.add_argument("--tokens", required=True, help="token dataset folder (from vqgpt tokenize)")
     p.add_argument("--out", required=True, help="output folder for the prior")
     p.add_argument("--tokenizer", help="tokenizer folder: also write decoded sample grids during training")
@@ -332,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class name or index (repeatable; each class gets --num images)")
     _add_dataclass_args(p, SampleConfig, skip=("class_labels",))
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
     p = verb("complete", cmd_complete, "keep the top rows of an image's codes and let the prior complete the rest")
     stage_args(p)
@@ -341,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition on this class (default: no class)")
     _add_dataclass_args(p, SampleConfig, skip=("class_labels",))
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
     p = verb("evaluate", cmd_evaluate, "tokenizer and prior metrics on held-out data")
     stage_args(p)

@@ -66,6 +66,7 @@ __all__ = [
     "ImageSource",
     "load_images",
     "pil_to_model",
+    "to_mode",
     "resize_center_crop",
     "split_indices",
 ]
@@ -91,7 +92,7 @@ _HUB_TIMEOUT_S = 4.0
 # --------------------------------------------------------------------------- images
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any PIL image to "RGB" (channels=3) or "L" (channels=1); transparency is
     composited on white, 16/32-bit grey is scaled to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -142,7 +143,7 @@ def _decode(data: str | Path | bytes, channels: int, min_size: int) -> Image.Ima
     with _open(data) as img:
         img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
         img.load()
-        return _to_mode(img, channels)
+        return to_mode(img, channels)
 
 
 def _check_decodes(data: str | Path | bytes) -> str | None:

@@ -83,6 +83,8 @@ def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float = 1
     unconditional ones; judge them. ``pipe`` is a :class:`pipeline.Pipeline` on digits."""
     if pipe.spec.num_classes != 10:
         raise ValueError("the digit check needs a prior trained on the 10 digit classes")
+    if num_samples < 10:
+        raise ValueError(f"the digit check needs at least 10 samples (one per class), got {num_samples}")
     judge = judge or DigitJudge.fit(pipe.tokenizer.config.image_size)
     labels = torch.arange(num_samples) % 10
     gen = pipe.generator(seed)

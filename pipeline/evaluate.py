@@ -38,8 +38,10 @@ def _resolve(run: str | None, tokenizer: str | None, prior: str | None, tokens: 
     return tokenizer, prior, tokens
 
 
-def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, tokens_dir: str, batch_size: int = 128) -> dict:
-    """Held-out and training loss of ``model`` on a token dataset, in bits per code."""
+def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, tokens_dir: str, device: str = "cpu",
+                        batch_size: int = 128, max_train_batches: int = 50) -> dict:
+    """Held-out loss of ``model`` on a token dataset in bits per code, and the same on (the
+    first ``max_train_batches`` batches of) the training split to show the generalisation gap."""
     data = pr.load_token_dataset(tokens_dir)
     if data.spec.codebook_size != spec.codebook_size or data.spec.grid != spec.grid:
         raise ValueError(f"token dataset {tokens_dir} (K={data.spec.codebook_size}, grid {data.spec.grid}) does not fit "
@@ -47,11 +49,11 @@ def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, tokens_dir: 
     if spec.tokenizer_fingerprint and data.spec.tokenizer_fingerprint != spec.tokenizer_fingerprint:
         raise ValueError(f"token dataset {tokens_dir} was made by tokenizer {data.spec.tokenizer_fingerprint}, "
                          f"the prior was trained on {spec.tokenizer_fingerprint}")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
     figures = {}
-    for split in ("validation", "train"):
-        loader = DataLoader(getattr(data, split), batch_size=batch_size, shuffle=False)
-        result = pr.evaluate(model, loader, spec, accelerator)
+    for split, cap in (("validation", None), ("train", max_train_batches)):
+        loader = accelerator.prepare_data_loader(DataLoader(getattr(data, split), batch_size=batch_size, shuffle=False))
+        result = pr.evaluate(model, loader, spec, accelerator, max_batches=cap)
         figures[f"{split}_bits_per_code"] = result["val_bits_per_code"]
     return figures
 
@@ -61,30 +63,31 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
                  device: str = "cpu") -> dict[str, dict]:
     """Every metric the given stages allow; returns {section: {metric: value}}."""
     tokenizer, prior, tokens = _resolve(run, tokenizer, prior, tokens)
-    if num_samples < 1:
-        raise ValueError(f"--num-samples must be at least 1, got {num_samples}")
+    if num_samples < 10:
+        raise ValueError(f"--num-samples must be at least 10, got {num_samples}")
     report: dict[str, dict] = {}
     meta = pr.load_token_dataset(tokens).meta if tokens else {}
     data = data or meta.get("data")
 
+    vq = None
     if tokenizer:
-        model = tk.VQGAN.from_pretrained(tokenizer, device=device)
+        vq = tk.VQGAN.from_pretrained(tokenizer, device=device)
         if data:
-            val = load_images(data, model.config.image_size, model.config.channels, split="validation")
-            report["tokenizer"] = tk.evaluate(model, val)
+            val = load_images(data, vq.config.image_size, vq.config.channels, split="validation")
+            report["tokenizer"] = tk.evaluate(vq, val)
         else:
             logger.warning("no --data (and no token dataset naming one): tokenizer metrics skipped")
 
     if prior:
         model, spec = pr.load_prior(prior, device=device)
         if tokens:
-            report["prior"] = prior_bits_per_code(model, spec, tokens)
+            report["prior"] = prior_bits_per_code(model, spec, tokens, device=device)
         else:
             logger.warning("no --tokens: held-out prior loss skipped")
-        if tokenizer:
+        if vq is not None:
             from .pipeline import Pipeline
 
-            pipe = Pipeline.from_pretrained(tokenizer, prior, device=device)
+            pipe = Pipeline(vq, model, spec, device=device)
             codes = pipe.sample_codes(num_samples, None, generator=pipe.generator(seed))
             report["samples"] = {"distinct_codes": int(codes.unique().numel()), "codebook_size": spec.codebook_size}
             if data == "digits" and spec.num_classes == 10:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +17,9 @@ from torchvision.utils import make_grid, save_image
 import prior as pr
 import tokenizer as tk
 
-__all__ = ["Pipeline", "SampleConfig", "write_samples", "sample_grid_writer", "to_pil", "load_image_file"]
+from .data import pil_to_model, resize_center_crop, to_mode
+
+__all__ = ["Pipeline", "SampleConfig", "write_samples", "sample_grid_writer", "to_pil", "fit_image", "load_image_file", "prepare_out"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +72,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
-    """PIL images → FloatTensor[B, C, H, W] in [-1, 1]."""
-    import numpy as np
+    """8-bit "L"/"RGB" PIL images of one size → FloatTensor[B, C, H, W] in [-1, 1]."""
+    return torch.stack([pil_to_model(img) for img in images])
 
-    arrays = []
-    for img in images:
-        a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        a = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
-        arrays.append(a)
-    return torch.stack(arrays).float() / 127.5 - 1
+
+def fit_image(img: Image.Image, image_size: int, channels: int) -> Image.Image:
+    """Prepare an image exactly as the data sources do: mode (16-bit grey scaled, alpha on
+    white), shorter side resized to ``image_size``, centre crop."""
+    return resize_center_crop(to_mode(img, channels), image_size)
 
 
 def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.Image:
-    """Open one image for ``complete``: resize the shorter side, centre-crop, convert mode."""
-    from PIL import ImageOps, UnidentifiedImageError
+    """Open one image for ``complete`` and prepare it like the training data."""
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -90,15 +92,30 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.I
     try:
         with Image.open(path) as im:
             im.load()
-            img = im
+            img = im.copy()
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path} is not an image this tool can read ({err.__class__.__name__})") from None
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    img = img.convert("L" if channels == 1 else "RGB")
-    return ImageOps.fit(img, (image_size, image_size), method=Image.Resampling.BICUBIC)
+    return fit_image(img, image_size, channels)
+
+
+def _safe_name(text: str) -> str:
+    """A class name as a file-name part ("T-shirt / top" → "T-shirt_top")."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "class"
+
+
+def prepare_out(out: str | Path, overwrite: bool = False, patterns: tuple[str, ...] = ("*.png", "settings.json")) -> Path:
+    """Make the output folder; refuse one that already holds results unless ``overwrite``
+    (then those results are removed, so no stale image is left beside new settings)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    old = [p for pattern in patterns for p in out.glob(pattern)] if out.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(f"--out {out} already holds {len(old)} result file(s); pass --overwrite or choose another folder")
+    for p in old:
+        p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 class Pipeline:
@@ -187,8 +204,6 @@ class Pipeline:
         batch_size: int = 64,
     ) -> torch.Tensor:
         """Draw code grids: LongTensor[num_images, h, w]."""
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
         return pr.sample(
             self.prior, self.spec, num_images,
             class_labels=self._labels_tensor(num_images, class_labels),
@@ -250,8 +265,11 @@ class Pipeline:
         h, w = self.tokenizer.config.grid_size
         if not 0 <= keep_rows <= h:
             raise ValueError(f"--keep-rows must be between 0 and {h} (the code grid has {h} rows), got {keep_rows}")
-        if not isinstance(image, Image.Image):
-            image = load_image_file(image, self.tokenizer.config.image_size, self.tokenizer.config.channels)
+        size, channels = self.tokenizer.config.image_size, self.tokenizer.config.channels
+        if isinstance(image, Image.Image):
+            image = fit_image(image, size, channels)
+        else:
+            image = load_image_file(image, size, channels)
         pixels = from_pil([image]).to(self.device)
         codes = self.tokenizer.encode(pixels)[0]  # (h, w)
         prefix = codes[:keep_rows].reshape(1, -1).expand(num_images, -1)  # (B, keep_rows * w)
@@ -261,8 +279,10 @@ class Pipeline:
         )
         return codes.cpu(), completions.cpu()
 
-    def complete_to_files(self, image_path: str | Path, keep_rows: int, settings: SampleConfig, out: str | Path) -> dict[str, Path]:
+    def complete_to_files(self, image_path: str | Path, keep_rows: int, settings: SampleConfig, out: str | Path,
+                          overwrite: bool = False) -> dict[str, Path]:
         """``vqgpt complete``: write the completions, and a grid with the original first."""
+        out = prepare_out(out, overwrite)
         label = settings.class_labels[0] if settings.class_labels else None
         image = load_image_file(image_path, self.tokenizer.config.image_size, self.tokenizer.config.channels)
         codes, completions = self.complete(
@@ -276,7 +296,6 @@ class Pipeline:
         rows_px = keep_rows * self.tokenizer.config.image_size // h
         kept[:, :, rows_px:] = -1.0  # the part the prior sees, the rest blacked out
         decoded = self.decode(completions, settings.batch_size)
-        out = _prepare_out(out)
         images = to_pil(decoded)
         for i, img in enumerate(images):
             img.save(out / f"completion_{i:04d}.png")
@@ -300,25 +319,18 @@ class Pipeline:
         return path
 
 
-def _prepare_out(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_samples(images: list[Image.Image], settings: SampleConfig, pipe: Pipeline, out: str | Path,
-                  grid_rows: int | None = None) -> dict[str, Path]:
+def write_samples(images: list[Image.Image], settings: SampleConfig, pipe: Pipeline, out: str | Path) -> dict[str, Path]:
     """``vqgpt sample``: one PNG per image, a grid (one row per class when classes are
-    asked for) and ``settings.json`` with every setting and the seed."""
-    out = _prepare_out(out)
+    asked for) and ``settings.json`` with every setting and the seed. ``out`` should come
+    from :func:`prepare_out`, called before sampling."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     labels = settings.labels_per_image
     for i, img in enumerate(images):
-        suffix = f"_class-{pipe.class_names[labels[i]]}" if labels else ""
+        suffix = f"_class-{_safe_name(pipe.class_names[labels[i]])}" if labels else ""
         img.save(out / f"sample_{i:04d}{suffix}.png")
     tensor = from_pil(images)
-    nrow = settings.num if grid_rows else min(len(images), max(1, math.ceil(math.sqrt(len(images)))))
+    nrow = settings.num if labels else min(len(images), max(1, math.ceil(math.sqrt(len(images)))))
     grid_path = out / "grid.png"
     save_image(make_grid((tensor + 1) / 2, nrow=nrow, padding=2, pad_value=1.0), grid_path)
     settings_path = pipe._write_settings(out, settings, {"num_images": len(images)})
@@ -328,7 +340,7 @@ def write_samples(images: list[Image.Image], settings: SampleConfig, pipe: Pipel
 def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_dir: str | Path | None = None,
                        device: str = "cpu") -> Callable[[torch.Tensor, int], None]:
     """A ``sample_callback`` for prior training: decode the sampled grids and write
-    ``out_dir/step_XXXXXX.png`` (one row per class when conditional)."""
+    ``out_dir/step_XXXXXX.png`` (a square-ish grid)."""
     tokenizer = tk.VQGAN.from_pretrained(tokenizer_dir, device=device).eval()
     if tokens_dir is not None:
         meta = pr.load_token_dataset(tokens_dir).meta

@@ -23,6 +23,8 @@ def reconstruct(model: tk.VQGAN, data: Dataset, out: str | Path, num_images: int
         raise ValueError(f"--out must be a .png file, got {out}")
     if num_images < 1:
         raise ValueError(f"--num must be at least 1, got {num_images}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.eval()

@@ -223,7 +223,8 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it or --resume to continue")
-        ours = any((out_dir / n).exists() for n in (SPEC_FILE, "checkpoints", "metrics.jsonl"))
+        ours = (out_dir / SPEC_FILE).is_file() or any(
+            "tokens_dir" in p.read_text() for p in (out_dir / "checkpoints").glob("step_*/trainer_state.json"))
         if not ours:
             raise ValueError(f"--overwrite refused: {out_dir} does not look like a prior training folder; choose another --out")
         shutil.rmtree(out_dir)

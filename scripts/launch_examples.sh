@@ -10,7 +10,7 @@ accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 -m pipeli
 
 # Tokenize with every GPU encoding its own share; one dataset comes out
 accelerate launch --multi_gpu --num_processes 8 -m pipeline.cli \
-  tokenize --tokenizer runs/in256/tokenizer --data /data/imagenet/train --out runs/in256/tokens --flip --crops 4 --workers 8
+  tokenize --tokenizer runs/in256/tokenizer --data /data/imagenet/train --out runs/in256/tokens --flip --crops 4 --num-workers 8
 
 # Two nodes × 8 GPUs for the prior (run on each node with its --machine_rank)
 accelerate launch --num_machines 2 --machine_rank "${RANK:-0}" --main_process_ip "${MASTER_ADDR:-10.0.0.1}" \

@@ -119,6 +119,7 @@ def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tm
     assert record["class_labels"] == [0, 1] and record["class_names"] == ["circle", "square"]
     assert record["guidance"] == 2.0 and record["top_k"] == 10 and record["top_p"] == 0.9 and record["seed"] == 5
     code, _, _ = run_cli(capsys, *args, "--out", tmp_path / "again")
+    assert code == 0
     for a in sorted(out.glob("sample_*.png")):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(tmp_path / "again" / a.name)))
 
@@ -127,7 +128,7 @@ def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tm
                          "--keep-rows", 2, "--num", 3, "--out", done)
     assert code == 0 and (done / "grid.png").is_file() and len(list(done.glob("completion_*.png"))) == 3
 
-    code, stdout, _ = run_cli(capsys, "evaluate", "--run", tiny_run, "--data", image_folder, "--num-samples", 4)
+    code, stdout, _ = run_cli(capsys, "evaluate", "--run", tiny_run, "--data", image_folder, "--num-samples", 10)
     assert code == 0 and "validation_bits_per_code=" in stdout and "psnr=" in stdout
 
 
@@ -148,6 +149,11 @@ def test_sample_and_complete_bad_input(capsys, tiny_run, tmp_path):
     assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", 99)[::2], "keep-rows")
     assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", -1)[::2], "keep-rows")
     assert not (tmp_path / "s").exists()
+    assert_user_error(*run_cli(capsys, *base, "--device", "gpu")[::2], "not a device")
+    assert run_cli(capsys, *base, "--num", 2)[0] == 0
+    assert_user_error(*run_cli(capsys, *base, "--num", 1)[::2], "--overwrite")  # no stale files left behind
+    assert run_cli(capsys, *base, "--num", 1, "--overwrite")[0] == 0
+    assert len(list((tmp_path / "s").glob("sample_*.png"))) == 1
 
 
 def test_prior_bad_input(capsys, tiny_run, tmp_path):
@@ -185,12 +191,25 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_demo_quick(capsys, tmp_path):
-    """The one-command demo, with a fraction of its steps: every stage runs and writes its output."""
-    code, stdout, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--quick")
+    """The one-command demo, with a fraction of its steps: every stage runs and writes its
+    output; run again, it reuses every finished stage; --overwrite spares foreign folders."""
+    run = tmp_path / "demo"
+    code, stdout, _ = run_cli(capsys, "demo", "--out", run, "--quick")
     assert code == 0
     for rel in ("tokenizer/model.safetensors", "tokens/dataset_dict.json", "prior/vqgpt_prior.json",
                 "samples/grid.png", "reconstructions.png", "demo_figures.json"):
-        assert (tmp_path / "demo" / rel).exists(), rel
-    figures = json.loads((tmp_path / "demo" / "demo_figures.json").read_text())
-    assert 0.0 <= figures["check"]["conditional_accuracy"] <= 1.0
+        assert (run / rel).exists(), rel
+    figures = json.loads((run / "demo_figures.json").read_text())
+    assert figures["tokenize"]["train_rows"] == 1617 and figures["tokenize"]["validation_rows"] == 180
+    assert figures["check"]["real_digit_accuracy"] > 0.9  # the judge itself recognises real digits
+    assert len(list((run / "samples").glob("sample_*_class-*.png"))) == 100
     assert "[5/5]" in stdout
+
+    code, stdout, _ = run_cli(capsys, "demo", "--out", run, "--quick")
+    assert code == 0 and stdout.count("reusing") == 3
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "mine", "--quick", "--overwrite")
+    assert_user_error(code, err, "thesis.tex")
+    assert (tmp_path / "mine" / "thesis.tex").exists()

@@ -118,3 +118,16 @@ def test_settings_json_reproduces(pipe, tmp_path):
                                           if k in SampleConfig.__dataclass_fields__}))
     assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
     assert record["tokenizer_fingerprint"] == pipe.tokenizer.fingerprint()
+
+
+def test_completion_prepares_any_image_like_the_training_data(pipe, tmp_path):
+    """A PIL image of another size and mode (16-bit grey) is fitted before encoding."""
+    import numpy as np
+
+    h, w = pipe.tokenizer.config.grid_size
+    big = Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16), mode="I;16")
+    original, completions = pipe.complete(big, 1, 2, generator=torch.Generator().manual_seed(0))
+    assert original.shape == (h, w) and completions.shape == (2, h, w)
+    big.save(tmp_path / "big.png")
+    from_file, _ = pipe.complete(tmp_path / "big.png", 1, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(from_file, original)

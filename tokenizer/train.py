@@ -338,8 +338,12 @@ def train_tokenizer(
     step = 0
     latest = _latest_checkpoint(ckpt_root) if resume else None
     if latest is not None:
+        saved = json.loads((latest / TRAINER_STATE_FILE).read_text())
+        if saved.get("model_config", model_config.to_dict()) != model_config.to_dict():
+            raise ValueError(f"the checkpoint in {latest} was trained with another model config; "
+                             "resume with the same --preset/--config/--set as the first run")
         accelerator.load_state(str(latest))
-        step = int(json.loads((latest / TRAINER_STATE_FILE).read_text())["step"])
+        step = int(saved["step"])
         logger.info("resumed from %s (step %d)", latest, step)
     elif resume:
         logger.info("no checkpoint in %s; starting from step 0", ckpt_root)
@@ -377,7 +381,7 @@ def train_tokenizer(
                 if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
                     _save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints)
+                    _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, model_config)
                 if step >= cfg.steps:
                     break
             epoch, skip = epoch + 1, 0
@@ -399,7 +403,7 @@ def train_tokenizer(
         _plot_loss_curve(out / METRICS_FILE, out / LOSS_CURVE_FILE)
     accelerator.wait_for_everyone()
     if cfg.checkpoint_every:
-        _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints)
+        _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, model_config)
     if is_main:
         final_model.save_pretrained(out)
     accelerator.wait_for_everyone()
@@ -467,6 +471,10 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool, accelerator: Acce
     has_ckpt = _latest_checkpoint(ckpt_root) is not None
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a folder")
+    if (out / "vqgpt_prior.json").is_file() or (out / "dataset_dict.json").is_file():
+        raise ValueError(f"{out} holds a prior or a token dataset, not a tokenizer run; choose another --out")
+    if resume and not has_ckpt:
+        raise FileNotFoundError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
     if not overwrite and not resume:
         if complete:
             raise FileExistsError(f"{out} already holds a trained tokenizer; pass overwrite (--overwrite) to replace it")
@@ -499,7 +507,7 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: int) -> None:
+def _save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: int, model_config: VQGANConfig) -> None:
     """accelerate.save_state into ``.tmp_step_N``, then rename to ``step_N`` (atomic)."""
     final = ckpt_root / f"step_{step}"
     tmp = ckpt_root / f".tmp_step_{step}"
@@ -509,7 +517,7 @@ def _save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step, "model_config": model_config.to_dict()}) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
