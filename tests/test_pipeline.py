@@ -125,7 +125,8 @@ def test_completion_prepares_any_image_like_the_training_data(pipe, tmp_path):
     import numpy as np
 
     h, w = pipe.tokenizer.config.grid_size
-    big = Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16), mode="I;16")
+    big = Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16))
+    assert big.mode == "I;16" and big.size != (pipe.tokenizer.config.image_size,) * 2
     original, completions = pipe.complete(big, 1, 2, generator=torch.Generator().manual_seed(0))
     assert original.shape == (h, w) and completions.shape == (2, h, w)
     big.save(tmp_path / "big.png")

@@ -76,8 +76,8 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_pa
 
     save_checkpoint = tt._save_checkpoint
 
-    def save_then_die(accelerator, root, step, keep):
-        save_checkpoint(accelerator, root, step, keep)
+    def save_then_die(accelerator, root, step, keep, model_config):
+        save_checkpoint(accelerator, root, step, keep, model_config)
         raise KeyboardInterrupt  # the run is killed right after its step-2 checkpoint
 
     out = tmp_path / "resumed"
@@ -153,3 +153,22 @@ def test_training_with_ema_saves_the_averaged_weights(tmp_path):
     summary = train_tokenizer(MODEL, train_cfg(steps=2, use_ema=True, ema_decay=0.9), TinyImages(16), None, out)
     assert VQGAN.from_pretrained(out).fingerprint() == summary["fingerprint"]
     assert (out / "checkpoints" / "step_2" / "custom_checkpoint_2.pkl").is_file()  # EMA checkpointed
+
+
+def test_resume_needs_a_checkpoint_and_the_same_model(tmp_path):
+    out = tmp_path / "tok"
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train_tokenizer(MODEL, train_cfg(steps=2), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
+    train_tokenizer(MODEL, train_cfg(steps=2, checkpoint_every=2), TinyImages(24), TinyImages(8, seed=1), out)
+    other = VQGANConfig(**{**PRESETS["tiny"]["model"], "codebook_size": 16})
+    with pytest.raises(ValueError, match="another model config"):
+        train_tokenizer(other, train_cfg(steps=4), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
+
+
+def test_overwrite_refuses_another_stage_folder(tmp_path):
+    prior_dir = tmp_path / "prior"
+    prior_dir.mkdir()
+    (prior_dir / "vqgpt_prior.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a tokenizer run"):
+        train_tokenizer(MODEL, train_cfg(steps=2), TinyImages(24), TinyImages(8, seed=1), prior_dir, overwrite=True)
+    assert (prior_dir / "vqgpt_prior.json").is_file()
