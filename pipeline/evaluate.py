@@ -91,7 +91,10 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
             codes = pipe.sample_codes(num_samples, None, generator=pipe.generator(seed))
             report["samples"] = {"distinct_codes": int(codes.unique().numel()), "codebook_size": spec.codebook_size}
             if data == "digits" and spec.num_classes == 10:
+                from .demo import DEMO_SETTINGS
                 from .digits_check import check_digit_samples
 
-                report["digits"] = check_digit_samples(pipe, num_samples=num_samples, guidance_scale=3.0, seed=seed)
+                report["digits"] = check_digit_samples(pipe, num_samples=num_samples, seed=seed,
+                                                       guidance_scale=DEMO_SETTINGS["guidance"],
+                                                       temperature=DEMO_SETTINGS["temperature"])
     return report
