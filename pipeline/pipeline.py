@@ -65,9 +65,9 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     out = []
     for img in arr:
         if img.shape[0] == 1:
-            out.append(Image.fromarray(img[0].numpy(), mode="L"))
+            out.append(Image.fromarray(img[0].numpy()))  # uint8 (H, W) → mode L
         else:
-            out.append(Image.fromarray(img.permute(1, 2, 0).numpy(), mode="RGB"))
+            out.append(Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()))  # uint8 (H, W, 3) → RGB
     return out
 
 
@@ -103,9 +103,13 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "class"
 
 
-def prepare_out(out: str | Path, overwrite: bool = False, patterns: tuple[str, ...] = ("*.png", "settings.json")) -> Path:
+RESULT_FILES = ("sample_*.png", "completion_*.png", "grid.png", "settings.json")  # what sample/complete write
+
+
+def prepare_out(out: str | Path, overwrite: bool = False, patterns: tuple[str, ...] = RESULT_FILES) -> Path:
     """Make the output folder; refuse one that already holds results unless ``overwrite``
-    (then those results are removed, so no stale image is left beside new settings)."""
+    (then those results — and only files named like them — are removed, so no stale image
+    is left beside new settings)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
