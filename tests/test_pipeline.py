@@ -132,3 +132,18 @@ def test_completion_prepares_any_image_like_the_training_data(pipe, tmp_path):
     big.save(tmp_path / "big.png")
     from_file, _ = pipe.complete(tmp_path / "big.png", 1, 1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(from_file, original)
+
+
+def test_readme_python_example_runs(tiny_run, image_folder):
+    """The README's Python example, pointed at the tiny run (2 classes, 16 px) instead of the demo's."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    for old, new in {'"demo-run': f'"{tiny_run}', "class_labels=3": "class_labels=1",
+                     'load_images("digits", 32, 1': f'load_images("{image_folder}", 16, 1',
+                     "range(4)": "range(2)"}.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    exec(compile(code, "README.md", "exec"), {})
