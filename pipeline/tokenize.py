@@ -57,6 +57,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from prior.data import TOKENS_FILE as TOKENS_META_NAME
+from prior.data import codes_dtype
+
 from .data import ImageSource, load_images
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +70,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["TokenizeConfig", "tokenize_dataset", "inspect_tokens", "read_token_meta",
            "codes_dtype", "TOKENS_META_NAME"]
 
-TOKENS_META_NAME = "vqgpt_tokens.json"
 PARTIAL_NAME = ".partial"
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation")
@@ -123,15 +125,6 @@ class TokenizeConfig:
             out["crop_resize"] = self.crop_resize
         out["splits"] = splits if (self.flip or self.crops) else []
         return out
-
-
-def codes_dtype(codebook_size: int) -> str:
-    """Narrowest of uint8 / uint16 / int32 that holds codes ``0 … K-1``."""
-    if codebook_size <= 1 << 8:
-        return "uint8"
-    if codebook_size <= 1 << 16:
-        return "uint16"
-    return "int32"
 
 
 # --------------------------------------------------------------------------- reading
