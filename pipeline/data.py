@@ -39,6 +39,7 @@ item, so memory does not grow with the size of the data set.
 
 from __future__ import annotations
 
+import abc
 import io
 import logging
 import os
@@ -189,7 +190,7 @@ def split_indices(n: int, split: str, seed: int, val_fraction: float) -> list[in
 # --------------------------------------------------------------------------- the Dataset
 
 
-class ImageSource(Dataset):
+class ImageSource(Dataset, abc.ABC):
     """A split of a data source as a torch Dataset.
 
     ``source[i] = {"image": FloatTensor[C, S, S] in [-1, 1], "label": int, "source": str}``.
@@ -214,19 +215,22 @@ class ImageSource(Dataset):
         self.root = root
         self.skipped: list[tuple[str, str]] = []
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Images in this split."""
 
+    @abc.abstractmethod
     def label_of(self, index: int) -> int:
-        raise NotImplementedError
+        """Class index of item ``index`` (-1 when the source has no classes)."""
 
+    @abc.abstractmethod
     def source_of(self, index: int) -> str:
-        raise NotImplementedError
+        """Where item ``index`` comes from: a path relative to the root, or ``index:N``."""
 
+    @abc.abstractmethod
     def load_pil(self, index: int, min_size: int) -> Image.Image:
         """The image at (at least) ``min_size`` on its shorter side where the format
         allows a cheaper decode, in "RGB" or "L" per ``channels``."""
-        raise NotImplementedError
 
     def image_at(self, index: int, size: int) -> torch.Tensor:
         """Item ``index`` resized to ``size × size`` → FloatTensor[C, size, size] in [-1, 1]."""

@@ -21,7 +21,7 @@ from .data import load_images
 from .digits_check import check_digit_samples
 from .pipeline import Pipeline, SampleConfig, prepare_out, sample_grid_writer, write_samples
 from .reconstruct import reconstruct
-from .tokenize import tokenize_dataset
+from .tokenize import read_token_meta, tokenize_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
@@ -90,6 +90,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         _say(f"[1/5] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
         tk.train_tokenizer(cfg["model"], cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
     model = tk.VQGAN.from_pretrained(tok_dir, device=device)
+    fingerprint = model.fingerprint()
     recon = reconstruct(model, val, out / "reconstructions.png", num_images=32)
     figures["tokenizer"] = {**recon, "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"      held-out PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}, "
@@ -101,8 +102,8 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     tokens_dir = out / "tokens"
     made_by = None  # the tokenizer fingerprint of a finished token dataset found in the run
     if (tokens_dir / "vqgpt_tokens.json").is_file():
-        made_by = pr.load_token_dataset(tokens_dir).meta.get("tokenizer_fingerprint")
-    if made_by == model.fingerprint():
+        made_by = read_token_meta(tokens_dir).get("tokenizer_fingerprint")
+    if made_by == fingerprint:
         _say(f"[2/5] tokens: reusing {tokens_dir}")
         summary = {}
     else:
@@ -117,7 +118,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     t0 = time.perf_counter()
     prior_dir = out / "prior"
     prior_ok = (prior_dir / "vqgpt_prior.json").is_file() and json.loads(
-        (prior_dir / "vqgpt_prior.json").read_text()).get("tokenizer_fingerprint") == model.fingerprint()
+        (prior_dir / "vqgpt_prior.json").read_text()).get("tokenizer_fingerprint") == fingerprint
     if prior_ok:
         _say(f"[3/5] prior: reusing {prior_dir}")
         prior_summary = {}

@@ -38,11 +38,11 @@ def _resolve(run: str | None, tokenizer: str | None, prior: str | None, tokens: 
     return tokenizer, prior, tokens
 
 
-def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, tokens_dir: str, device: str = "cpu",
+def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, data: pr.TokenData, device: str = "cpu",
                         batch_size: int = 128, max_train_batches: int = 50) -> dict:
-    """Held-out loss of ``model`` on a token dataset in bits per code, and the same on (the
-    first ``max_train_batches`` batches of) the training split to show the generalisation gap."""
-    data = pr.load_token_dataset(tokens_dir)
+    """Held-out loss of ``model`` on a loaded token dataset in bits per code, and the same on
+    (the first ``max_train_batches`` batches of) the training split to show the generalisation gap."""
+    tokens_dir = data.path
     if data.spec.codebook_size != spec.codebook_size or data.spec.grid != spec.grid:
         raise ValueError(f"token dataset {tokens_dir} (K={data.spec.codebook_size}, grid {data.spec.grid}) does not fit "
                          f"the prior (K={spec.codebook_size}, grid {spec.grid})")
@@ -66,8 +66,8 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
     if num_samples < 10:
         raise ValueError(f"--num-samples must be at least 10, got {num_samples}")
     report: dict[str, dict] = {}
-    meta = pr.load_token_dataset(tokens).meta if tokens else {}
-    data = data or meta.get("data")
+    token_data = pr.load_token_dataset(tokens) if tokens else None
+    data = data or (token_data.meta.get("data") if token_data else None)
 
     vq = None
     if tokenizer:
@@ -80,8 +80,8 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
 
     if prior:
         model, spec = pr.load_prior(prior, device=device)
-        if tokens:
-            report["prior"] = prior_bits_per_code(model, spec, tokens, device=device)
+        if token_data is not None:
+            report["prior"] = prior_bits_per_code(model, spec, token_data, device=device)
         else:
             logger.warning("no --tokens: held-out prior loss skipped")
         if vq is not None:

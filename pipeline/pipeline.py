@@ -18,6 +18,7 @@ import prior as pr
 import tokenizer as tk
 
 from .data import pil_to_model, resize_center_crop, to_mode
+from .tokenize import read_token_meta
 
 __all__ = ["Pipeline", "SampleConfig", "write_samples", "sample_grid_writer", "to_pil", "fit_image", "load_image_file", "prepare_out"]
 
@@ -131,10 +132,11 @@ class Pipeline:
 
     def __init__(self, tokenizer: tk.VQGAN, prior_model: torch.nn.Module, prior_spec: pr.PriorSpec, device: str = "cpu"):
         grid = tuple(tokenizer.config.grid_size)
-        if prior_spec.tokenizer_fingerprint and prior_spec.tokenizer_fingerprint != tokenizer.fingerprint():
+        fingerprint = tokenizer.fingerprint()  # hashes every weight: computed once
+        if prior_spec.tokenizer_fingerprint and prior_spec.tokenizer_fingerprint != fingerprint:
             raise ValueError(
                 f"the prior was trained on tokenizer {prior_spec.tokenizer_fingerprint}, "
-                f"but this tokenizer is {tokenizer.fingerprint()}; pair it with the tokenizer it was trained on"
+                f"but this tokenizer is {fingerprint}; pair it with the tokenizer it was trained on"
             )
         if prior_spec.codebook_size != tokenizer.config.codebook_size:
             raise ValueError(
@@ -143,6 +145,7 @@ class Pipeline:
         if tuple(prior_spec.grid) != grid:
             raise ValueError(f"grids differ: prior {tuple(prior_spec.grid)}, tokenizer {grid}")
         self.tokenizer = tokenizer.to(device).eval()
+        self.tokenizer_fingerprint = fingerprint
         self.prior = prior_model.to(device).eval()
         self.spec = prior_spec
         self.device = device
@@ -314,7 +317,7 @@ class Pipeline:
         record = {
             **asdict(settings),
             "class_names": [self.class_names[c] for c in settings.class_labels] if settings.class_labels else [],
-            "tokenizer_fingerprint": self.tokenizer.fingerprint(),
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "prior": self.spec.path,
             **extra,
         }
@@ -347,11 +350,11 @@ def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_di
     ``out_dir/step_XXXXXX.png`` (a square-ish grid)."""
     tokenizer = tk.VQGAN.from_pretrained(tokenizer_dir, device=device).eval()
     if tokens_dir is not None:
-        meta = pr.load_token_dataset(tokens_dir).meta
-        if meta.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        made_by, fingerprint = read_token_meta(tokens_dir).get("tokenizer_fingerprint"), tokenizer.fingerprint()
+        if made_by != fingerprint:
             raise ValueError(
                 f"--tokenizer {tokenizer_dir} is not the tokenizer that made {tokens_dir} "
-                f"(fingerprints {tokenizer.fingerprint()} vs {meta.get('tokenizer_fingerprint')})"
+                f"(fingerprints {fingerprint} vs {made_by})"
             )
     out_dir = Path(out_dir)
 

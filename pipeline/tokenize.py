@@ -712,9 +712,10 @@ def inspect_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike |
     }
     if tokenizer is not None:
         model = _load_tokenizer(tokenizer, torch.device("cpu"))
-        if model.fingerprint() != meta["tokenizer_fingerprint"]:
+        fingerprint = model.fingerprint()
+        if fingerprint != meta["tokenizer_fingerprint"]:
             raise ValueError(f"{path} was made with tokenizer {meta['tokenizer_fingerprint']}, not "
-                             f"{model.fingerprint()}; give the tokenizer it was made with")
+                             f"{fingerprint}; give the tokenizer it was made with")
         if png is not None:
             from torchvision.utils import save_image
 

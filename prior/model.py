@@ -122,9 +122,11 @@ class PriorSpec:
 def build_prior_model(config: PriorConfig, spec: PriorSpec) -> PreTrainedModel:
     """A freshly initialised causal LM for `spec`'s vocabulary and sequence length."""
     seq_len = spec.num_codes  # model input: condition token + the first h·w-1 codes
+    shared = dict(vocab_size=spec.vocab_size, tie_word_embeddings=config.tie_word_embeddings,
+                  initializer_range=config.initializer_range, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=None, attn_implementation="sdpa")
     if config.architecture == "llama":
         hf_config = LlamaConfig(
-            vocab_size=spec.vocab_size,
             hidden_size=config.hidden_size,
             intermediate_size=config.mlp_size,
             num_hidden_layers=config.num_layers,
@@ -133,16 +135,10 @@ def build_prior_model(config: PriorConfig, spec: PriorSpec) -> PreTrainedModel:
             max_position_embeddings=seq_len,
             attention_dropout=config.dropout,
             rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-            tie_word_embeddings=config.tie_word_embeddings,
-            initializer_range=config.initializer_range,
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=None,
-            attn_implementation="sdpa",
+            **shared,
         )
     else:
         hf_config = GPT2Config(
-            vocab_size=spec.vocab_size,
             n_positions=seq_len,
             n_embd=config.hidden_size,
             n_layer=config.num_layers,
@@ -151,15 +147,9 @@ def build_prior_model(config: PriorConfig, spec: PriorSpec) -> PreTrainedModel:
             resid_pdrop=config.dropout,
             embd_pdrop=config.dropout,
             attn_pdrop=config.dropout,
-            tie_word_embeddings=config.tie_word_embeddings,
-            initializer_range=config.initializer_range,
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=None,
-            attn_implementation="sdpa",
+            **shared,
         )
-    model = AutoModelForCausalLM.from_config(hf_config)
-    return model
+    return AutoModelForCausalLM.from_config(hf_config)
 
 
 def code_logits(model: PreTrainedModel, input_ids: torch.Tensor, spec: PriorSpec, **kwargs) -> tuple[torch.Tensor, object]:
