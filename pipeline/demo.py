@@ -8,24 +8,22 @@ Finished stages in an existing run folder are reused; ``--overwrite`` starts aga
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
 
-import prior as pr
-import tokenizer as tk
+from vqgpt import prior as pr
+from vqgpt import tokenizer as tk
 
-from .config import build_configs
-from .data import load_images
 from .digits_check import check_digit_samples
-from .pipeline import Pipeline, SampleConfig, prepare_out, sample_grid_writer, write_samples
+from .generate import Pipeline
+from .outputs import prepare_out, sample_grid_writer, write_samples
 from .reconstruct import reconstruct
-from .tokenize import read_token_meta, tokenize_dataset
+from .settings import SampleConfig, build_configs
+from .sources import load_images
+from .tokenize import tokenize_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
-
-logger = logging.getLogger(__name__)
 
 # Everything the demo chooses, in one place (presets of each stage plus the sampling call).
 DEMO_SETTINGS = {
@@ -53,7 +51,8 @@ DEMO_ARTEFACTS = {"tokenizer", "tokens", "prior", "samples", "prior_samples", "r
 
 def _stage_mode(stage_dir: Path) -> dict:
     """How to (re)start an unfinished stage: resume from its checkpoints, else start afresh."""
-    if any(stage_dir.glob("checkpoints/step_*")):
+    if tk.checkpoints.latest_checkpoint(stage_dir / tk.checkpoints.CHECKPOINT_DIR) or pr.checkpoints.checkpoints(
+            stage_dir / pr.checkpoints.CHECKPOINT_DIR):
         return {"resume": True}
     return {"overwrite": stage_dir.exists()}
 
@@ -84,7 +83,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
                         [tk.PRESETS[DEMO_SETTINGS["tokenizer_preset"]], QUICK_OVERRIDES["tokenizer"] if quick else {}])
     train = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="train")
     val = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="validation")
-    if (tok_dir / "model.safetensors").is_file():
+    if (tok_dir / tk.model.WEIGHTS_NAME).is_file():
         _say(f"[1/5] tokenizer: reusing {tok_dir}")
     else:
         _say(f"[1/5] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
@@ -101,8 +100,8 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     t0 = time.perf_counter()
     tokens_dir = out / "tokens"
     made_by = None  # the tokenizer fingerprint of a finished token dataset found in the run
-    if (tokens_dir / "vqgpt_tokens.json").is_file():
-        made_by = read_token_meta(tokens_dir).get("tokenizer_fingerprint")
+    if pr.data.is_token_dataset(tokens_dir):
+        made_by = pr.read_token_meta(tokens_dir)["tokenizer_fingerprint"]
     if made_by == fingerprint:
         _say(f"[2/5] tokens: reusing {tokens_dir}")
         summary = {}
@@ -117,8 +116,8 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     # 3. prior -----------------------------------------------------------------------------
     t0 = time.perf_counter()
     prior_dir = out / "prior"
-    prior_ok = (prior_dir / "vqgpt_prior.json").is_file() and json.loads(
-        (prior_dir / "vqgpt_prior.json").read_text()).get("tokenizer_fingerprint") == fingerprint
+    prior_done = (prior_dir / pr.model.SPEC_FILE).is_file()
+    prior_ok = prior_done and pr.model.read_spec(prior_dir).tokenizer_fingerprint == fingerprint
     if prior_ok:
         _say(f"[3/5] prior: reusing {prior_dir}")
         prior_summary = {}
@@ -127,7 +126,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         pcfg = build_configs({"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
                              [pr.PRESETS[DEMO_SETTINGS["prior_preset"]], QUICK_OVERRIDES["prior"] if quick else {}])
         callback = sample_grid_writer(tok_dir, prior_dir.parent / "prior_samples", tokens_dir=tokens_dir, device=device)
-        mode = _stage_mode(prior_dir) if not (prior_dir / "vqgpt_prior.json").is_file() else {"overwrite": True}
+        mode = _stage_mode(prior_dir) if not prior_done else {"overwrite": True}
         prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback, **mode)
     figures["prior"] = {**{k: v for k, v in prior_summary.items() if isinstance(v, (int, float, str))},
                         "seconds": round(time.perf_counter() - t0, 1)}

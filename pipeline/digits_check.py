@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from .data import load_images
+from .sources import load_images
 
 __all__ = ["DigitJudge", "near_copy_distances", "check_digit_samples"]
 

@@ -15,10 +15,10 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-import prior as pr
-import tokenizer as tk
+from vqgpt import prior as pr
+from vqgpt import tokenizer as tk
 
-from .data import load_images
+from .sources import load_images
 
 __all__ = ["evaluate_run"]
 
@@ -73,7 +73,9 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
     if tokenizer:
         vq = tk.VQGAN.from_pretrained(tokenizer, device=device)
         if data:
-            val = load_images(data, vq.config.image_size, vq.config.channels, split="validation")
+            split = (token_data.meta.get("split") or {}) if token_data else {}
+            val = load_images(data, vq.config.image_size, vq.config.channels, split="validation",
+                              seed=split.get("seed", 0), val_fraction=split.get("val_fraction") or 0.1)
             report["tokenizer"] = tk.evaluate(vq, val)
         else:
             logger.warning("no --data (and no token dataset naming one): tokenizer metrics skipped")
@@ -85,7 +87,7 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
         else:
             logger.warning("no --tokens: held-out prior loss skipped")
         if vq is not None:
-            from .pipeline import Pipeline
+            from .generate import Pipeline
 
             pipe = Pipeline(vq, model, spec, device=device)
             codes = pipe.sample_codes(num_samples, None, generator=pipe.generator(seed))

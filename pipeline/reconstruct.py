@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
-import tokenizer as tk
+from vqgpt import tokenizer as tk
 
 __all__ = ["reconstruct"]
 

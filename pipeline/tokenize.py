@@ -1,17 +1,11 @@
 """Turn a data source into a token dataset: every image → its tokenizer code grid.
 
 ``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any ``--data`` source
-(``pipeline.data.load_images``), encodes them with the VQGAN and writes a
-``datasets.DatasetDict`` (``train``, ``validation``) with ``save_to_disk``; the format is
-fixed by the interface contract:
-
-- ``codes``: ``Array2D((h, w), <uint8|uint16|int32, the narrowest holding K-1>)``
-- ``label``: ``int32``, -1 when the source has no classes
-- ``source``: the image's relative path / ``index:N``, plus ``#flip`` / ``#cropN`` for
-  augmented rows
-- metadata (tokenizer fingerprint, grid, codebook size, class names, image size,
-  channels, augmentations, data spec): JSON in each split's ``info.description`` and in
-  ``vqgpt_tokens.json`` at the root. ``datasets.load_from_disk`` opens it alone.
+(``sources.load_images``), encodes them with the VQGAN and writes a token dataset in the
+format ``vqgpt.prior.data`` owns (features, metadata and the final atomic save come from
+there). Each row's ``source`` is the image's relative path / ``index:N``, plus ``#flip`` /
+``#cropN`` for augmented rows; the metadata records the train/validation split's seed and
+fraction so "held-out" can be recomputed exactly.
 
 How it runs:
 
@@ -46,85 +40,28 @@ import shutil
 import threading
 import time
 import zlib
-from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from prior.data import TOKENS_FILE as TOKENS_META_NAME
-from prior.data import codes_dtype
+from vqgpt.prior.data import SPLITS, code_counts, is_token_dataset, save_token_dataset, token_features, token_meta
+from vqgpt.tokenizer import VQGAN, codebook_stats
 
-from .data import ImageSource, load_images
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tokenizer import VQGAN
+from .settings import TokenizeConfig
+from .sources import ImageSource, load_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TokenizeConfig", "tokenize_dataset", "inspect_tokens", "read_token_meta",
-           "codes_dtype", "TOKENS_META_NAME"]
+__all__ = ["tokenize_dataset", "load_tokenizer", "code_summary"]
 
 PARTIAL_NAME = ".partial"
 MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "validation")
-
-
-@dataclass(frozen=True)
-class TokenizeConfig:
-    """Settings of one tokenize run (image size and channels come from the tokenizer)."""
-
-    batch_size: int = field(default=64, metadata={"help": "rows per encode call"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
-    shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
-    flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
-    crops: int = field(default=0, metadata={"help": "also store this many random crops of each image"})
-    crop_resize: float = field(default=1.125, metadata={"help": "crops are cut from the image resized to crop_resize × image_size"})
-    augment_validation: bool = field(default=False, metadata={"help": "augment the validation split too (default: train only)"})
-    seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
-    val_fraction: float = field(default=0.1, metadata={"help": "validation share for sources without their own split"})
-    crops_per_photo: int = field(default=256, metadata={"help": "'photos' source only: crops per photograph"})
-
-    def __post_init__(self) -> None:
-        def fail(msg: str) -> None:
-            raise ValueError(f"invalid tokenize config: {msg}")
-
-        if self.batch_size < 1:
-            fail(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            fail(f"num_workers must be ≥ 0, got {self.num_workers}")
-        if self.shard_size < 1:
-            fail(f"shard_size must be ≥ 1, got {self.shard_size}")
-        if self.crops < 0:
-            fail(f"crops must be ≥ 0, got {self.crops}")
-        if not 1.0 <= self.crop_resize <= 2.0:
-            fail(f"crop_resize must be in [1, 2], got {self.crop_resize}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            fail(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.crops_per_photo < 1:
-            fail(f"crops_per_photo must be ≥ 1, got {self.crops_per_photo}")
-
-    def variants(self, split: str) -> list[str]:
-        """Row suffixes stored per source image of ``split``: "" (the image itself), then
-        "#flip", then "#crop0" … "#crop{n-1}"."""
-        out = [""]
-        if split == "train" or self.augment_validation:
-            out += ["#flip"] * self.flip + [f"#crop{k}" for k in range(self.crops)]
-        return out
-
-    def augmentations(self) -> dict[str, Any]:
-        """The ``augmentations`` entry of the token dataset's metadata."""
-        splits = ["train", "validation"] if self.augment_validation else ["train"]
-        out: dict[str, Any] = {"flip": self.flip, "crops": self.crops}
-        if self.crops:
-            out["crop_resize"] = self.crop_resize
-        out["splits"] = splits if (self.flip or self.crops) else []
-        return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -217,16 +154,6 @@ def _batches(shards: list[_Shard], images_per_batch: int) -> list[tuple[_Shard, 
 # --------------------------------------------------------------------------- writing
 
 
-def _features(grid: tuple[int, int], codebook_size: int) -> Any:
-    import datasets
-
-    return datasets.Features({
-        "codes": datasets.Array2D(shape=tuple(grid), dtype=codes_dtype(codebook_size)),
-        "label": datasets.Value("int32"),
-        "source": datasets.Value("string"),
-    })
-
-
 def _write_shard(partial: Path, shard: _Shard, codes: list[np.ndarray], labels: list[int],
                  sources: list[str], failed: list[tuple[str, str]], features: Any) -> None:
     """Write one shard as an Arrow file (then its JSON marker, which means "done")."""
@@ -258,20 +185,15 @@ def _shard_done(partial: Path, shard: _Shard) -> bool:
     return (partial / f"{shard.stem}.json").is_file() and (partial / f"{shard.stem}.arrow").is_file()
 
 
-def _is_token_dataset(path: Path) -> bool:
-    return (path / TOKENS_META_NAME).is_file() and (path / "dataset_dict.json").is_file()
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _load_tokenizer(tokenizer: "str | os.PathLike | VQGAN", device: torch.device) -> "VQGAN":
+def load_tokenizer(tokenizer: "str | os.PathLike | VQGAN", device: torch.device) -> VQGAN:
+    """A tokenizer folder or a loaded VQGAN → the VQGAN on ``device``, in eval mode."""
     if isinstance(tokenizer, (str, os.PathLike)):
-        from tokenizer import VQGAN
-
         return VQGAN.from_pretrained(tokenizer, device=device)
-    if not all(hasattr(tokenizer, a) for a in ("encode", "decode", "config", "fingerprint")):
-        raise ValueError(f"expected a tokenizer folder or a tokenizer.VQGAN, got {type(tokenizer).__name__}")
+    if not isinstance(tokenizer, VQGAN):
+        raise ValueError(f"expected a tokenizer folder or a vqgpt.tokenizer.VQGAN, got {type(tokenizer).__name__}")
     return tokenizer.to(device).eval()
 
 
@@ -283,19 +205,11 @@ def _digest(source: ImageSource) -> str:
     return h.hexdigest()[:16]
 
 
-def _code_histogram(datasets_: list[Any], codebook_size: int) -> np.ndarray:
-    counts = np.zeros(codebook_size, dtype=np.int64)
-    for ds in datasets_:
-        for batch in ds.select_columns(["codes"]).with_format("numpy").iter(batch_size=8192):
-            counts += np.bincount(np.asarray(batch["codes"]).reshape(-1), minlength=codebook_size)[:codebook_size]
-    return counts
-
-
-def _histogram_summary(counts: np.ndarray, top: int = 5) -> dict[str, Any]:
+def code_summary(counts: np.ndarray, top: int = 5) -> dict[str, Any]:
+    """Codes used, usage, perplexity and the most common codes of a code histogram int[K]."""
     total = int(counts.sum())
     used = int((counts > 0).sum())
-    p = counts[counts > 0] / max(total, 1)
-    perplexity = float(np.exp(-(p * np.log(p)).sum())) if total else 0.0
+    _, perplexity = codebook_stats(torch.from_numpy(counts))
     order = np.argsort(-counts, kind="stable")[:top]
     common = ", ".join(f"{int(c)} ({100 * counts[c] / max(total, 1):.1f}%)" for c in order if counts[c])
     return {"codes_used": used, "code_usage": used / len(counts), "perplexity": perplexity,
@@ -381,16 +295,16 @@ def tokenize_dataset(
     # -- the output folder --------------------------------------------------------------------
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is a file; choose another output folder")
-    if _is_token_dataset(out) and not overwrite:
+    if is_token_dataset(out) and not overwrite:
         raise FileExistsError(f"{out} already holds a token dataset; pass overwrite=True "
                               f"(--overwrite) to replace it")
-    foreign = out.is_dir() and not _is_token_dataset(out) and any(
+    foreign = out.is_dir() and not is_token_dataset(out) and any(
         p.name != PARTIAL_NAME for p in out.iterdir())
     if foreign:
         raise FileExistsError(f"{out} exists and is not a token dataset; choose another output folder")
 
     # -- tokenizer and data -------------------------------------------------------------------
-    model = _load_tokenizer(tokenizer, device)
+    model = load_tokenizer(tokenizer, device)
     mcfg = model.config
     fingerprint = model.fingerprint()
     grid = tuple(int(g) for g in mcfg.grid_size)
@@ -403,7 +317,7 @@ def tokenize_dataset(
                for split in SPLITS}
     skipped = [fs for s in sources.values() for fs in s.skipped]
     sizes = {split: len(s) for split, s in sources.items()}
-    features = _features(grid, K)
+    features = token_features(grid, K)
 
     manifest = {
         "format": "vqgpt-tokens-partial",
@@ -443,25 +357,17 @@ def tokenize_dataset(
     state.wait_for_everyone()
 
     # -- assemble (main process) ---------------------------------------------------------------
-    meta = {
-        "format": "vqgpt-tokens",
-        "version": 1,
-        "tokenizer_fingerprint": fingerprint,
-        "grid": list(grid),
-        "codebook_size": K,
-        "class_names": list(sources["train"].class_names),
-        "image_size": mcfg.image_size,
-        "channels": mcfg.channels,
-        "augmentations": config.augmentations(),
-        "data": str(data),
-    }
+    meta = token_meta(tokenizer_fingerprint=fingerprint, grid=grid, codebook_size=K,
+                      class_names=sources["train"].class_names, image_size=mcfg.image_size,
+                      channels=mcfg.channels, augmentations=config.augmentations(), data=str(data),
+                      split_seed=config.seed, val_fraction=sources["train"].split_fraction)
     summary: dict[str, Any] = {}
     if state.is_main_process:
         with _datasets_bars(progress):
             summary = _assemble(out, partial, shards, features, meta, K)
     state.wait_for_everyone()
     if not state.is_main_process:
-        summary = _summary_from_disk(out, partial, shards, K) if _is_token_dataset(out) else {}
+        summary = _summary_from_disk(out, partial, shards, K) if is_token_dataset(out) else {}
     failed = summary.pop("_failed", [])
     seconds = time.monotonic() - started
     encoded = sum(s.stop - s.start for s in shards) - len(failed)
@@ -610,35 +516,22 @@ def _shard_failures(partial: Path, shards: list[_Shard]) -> list[tuple[str, str]
 
 def _assemble(out: Path, partial: Path, shards: list[_Shard], features: Any,
               meta: dict[str, Any], K: int) -> dict[str, Any]:
-    """Concatenate the memory-mapped shards, save them to a temporary sibling folder with
-    the metadata, then swap it into place."""
+    """Concatenate the memory-mapped shards and save them as the token dataset (prior's
+    writer: a temporary sibling folder swapped into place; ``out`` holds only ``.partial``)."""
     import datasets
 
     missing = [s.stem for s in shards if not _shard_done(partial, s)]
     if missing:
         raise RuntimeError(f"shards {missing[:3]} of {out} were not written; rerun to finish")
-    description = json.dumps(meta, sort_keys=True)
     parts: dict[str, Any] = {}
     for split in SPLITS:
         pieces = _open_shards(partial, shards, split)
-        ds = (datasets.concatenate_datasets(pieces) if pieces else
-              datasets.Dataset.from_dict({"codes": [], "label": [], "source": []}, features=features))
-        ds.info.description = description
-        parts[split] = ds
-    counts = _code_histogram(list(parts.values()), K)
-    tmp = out.parent / f".{out.name}.assembling-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    datasets.DatasetDict(parts).save_to_disk(str(tmp))
-    _write_json(tmp / TOKENS_META_NAME, meta)
+        parts[split] = (datasets.concatenate_datasets(pieces) if pieces else
+                        datasets.Dataset.from_dict({"codes": [], "label": [], "source": []}, features=features))
+    counts = code_counts(list(parts.values()), K)
     summary = {f"{split}_rows": len(ds) for split, ds in parts.items()}
-    summary.update({"codebook_size": K, **_histogram_summary(counts),
-                    "_failed": _shard_failures(partial, shards)})
-    del parts
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)  # out holds only .partial here
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    summary.update({"codebook_size": K, **code_summary(counts), "_failed": _shard_failures(partial, shards)})
+    save_token_dataset(parts, meta, out)
     return summary
 
 
@@ -647,89 +540,5 @@ def _summary_from_disk(out: Path, partial: Path, shards: list[_Shard], K: int) -
     import datasets
 
     dd = datasets.load_from_disk(str(out))
-    counts = _code_histogram([dd[s] for s in SPLITS], K)
-    return {**{f"{s}_rows": len(dd[s]) for s in SPLITS}, "codebook_size": K, **_histogram_summary(counts)}
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a token dataset (``vqgpt_tokens.json``), with clear errors."""
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"token dataset folder {path} does not exist")
-    if not (path / TOKENS_META_NAME).is_file():
-        if (path / PARTIAL_NAME).is_dir():
-            raise ValueError(f"{path} is an unfinished token dataset; rerun the same tokenize "
-                             f"command to finish it")
-        raise ValueError(f"{path} is not a token dataset (no {TOKENS_META_NAME}); make one with "
-                         f"vqgpt tokenize")
-    try:
-        meta = json.loads((path / TOKENS_META_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path / TOKENS_META_NAME} is not valid JSON ({err})") from None
-    if meta.get("format") != "vqgpt-tokens":
-        raise ValueError(f"{path / TOKENS_META_NAME} is not vqgpt-tokens metadata")
-    return meta
-
-
-def inspect_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike | VQGAN | None" = None,
-                   png: str | os.PathLike | None = None, num_images: int = 16) -> dict[str, Any]:
-    """Describe a token dataset: rows per split, grid, codebook, classes, fingerprint,
-    code histogram (used codes, perplexity, most common codes). With ``tokenizer`` (whose
-    fingerprint must match) and ``png``, also decodes the first ``num_images`` validation
-    rows (then train rows) into a PNG grid."""
-    import datasets
-
-    path = Path(directory).expanduser()
-    meta = read_token_meta(path)
-    if png is not None and tokenizer is None:
-        raise ValueError("writing a PNG of decoded rows needs the tokenizer (--tokenizer DIR)")
-    dd = datasets.load_from_disk(str(path))
-    K = int(meta["codebook_size"])
-    counts = _code_histogram([dd[s] for s in dd], K)
-    by_label = Counter()
-    for s in dd:
-        for batch in dd[s].select_columns(["label"]).with_format("numpy").iter(batch_size=65536):
-            by_label.update(np.asarray(batch["label"]).tolist())
-    names = meta.get("class_names") or []
-    report: dict[str, Any] = {
-        "dir": str(path),
-        **{f"{s}_rows": len(dd[s]) for s in dd},
-        "grid": "×".join(str(g) for g in meta["grid"]),
-        "codebook_size": K,
-        "codes_dtype": dd[next(iter(dd))].features["codes"].dtype,
-        "classes": len(names),
-        "class_names": ", ".join(names[:20]) + (" …" if len(names) > 20 else ""),
-        "rows_without_class": by_label.get(-1, 0),
-        "image_size": meta["image_size"],
-        "channels": meta["channels"],
-        "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
-        "augmentations": json.dumps(meta.get("augmentations", {})),
-        "data": meta.get("data"),
-        **_histogram_summary(counts),
-    }
-    if tokenizer is not None:
-        model = _load_tokenizer(tokenizer, torch.device("cpu"))
-        fingerprint = model.fingerprint()
-        if fingerprint != meta["tokenizer_fingerprint"]:
-            raise ValueError(f"{path} was made with tokenizer {meta['tokenizer_fingerprint']}, not "
-                             f"{fingerprint}; give the tokenizer it was made with")
-        if png is not None:
-            from torchvision.utils import save_image
-
-            picked = []  # validation rows first, then train rows
-            for split in ("validation", "train"):
-                take = min(num_images - sum(len(p) for p in picked), len(dd[split]))
-                if take > 0:
-                    picked.append(np.asarray(dd[split].select(range(take)).with_format("numpy")[:]["codes"]))
-            codes = torch.as_tensor(np.concatenate(picked), dtype=torch.long)  # (B, h, w)
-            with torch.inference_mode():
-                images = model.decode(codes)  # (B, C, H, W) in [-1, 1]
-            png = Path(png).expanduser()
-            png.parent.mkdir(parents=True, exist_ok=True)
-            save_image((images.float() + 1) / 2, str(png), nrow=min(8, len(codes)))
-            report["png"] = str(png)
-    return report
-
+    counts = code_counts([dd[s] for s in SPLITS], K)
+    return {**{f"{s}_rows": len(dd[s]) for s in SPLITS}, "codebook_size": K, **code_summary(counts)}

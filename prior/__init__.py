@@ -1,29 +1,19 @@
 """Stage 2 of vqgpt: a GPT prior (a `transformers` causal LM) over the tokenizer's code grids.
 
 Knows integer grids only — codebook size, grid height × width, number of classes — never pixels.
+Names load on first use: `vqgpt.prior.config` imports no torch.
 """
 
-from .config import DEFAULT_PRESET, PRESETS, PriorConfig, PriorTrainConfig
-from .data import TokenData, TokenSequences, load_token_dataset, write_token_dataset
-from .model import PriorSpec, build_prior_model, load_prior, save_prior
-from .sampling import sample
-from .train import evaluate, train_prior, train_step
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_PRESET",
-    "PRESETS",
-    "PriorConfig",
-    "PriorTrainConfig",
-    "PriorSpec",
-    "TokenData",
-    "TokenSequences",
-    "build_prior_model",
-    "evaluate",
-    "load_prior",
-    "load_token_dataset",
-    "sample",
-    "save_prior",
-    "train_prior",
-    "train_step",
-    "write_token_dataset",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["checkpoints", "config", "data", "model", "sampling", "train"],
+    submod_attrs={
+        "config": ["DEFAULT_PRESET", "PRESETS", "PriorConfig", "PriorTrainConfig"],
+        "data": ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "read_token_meta"],
+        "model": ["PriorSpec", "build_prior_model", "load_prior", "save_prior"],
+        "sampling": ["sample"],
+        "train": ["evaluate", "train_prior", "train_step"],
+    },
+)

@@ -72,7 +72,8 @@ class PriorTrainConfig:
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
     max_steps: int = 5000  # optimizer steps in total (sets the cosine schedule's length)
     learning_rate: float = 3e-4  # peak learning rate after warm-up
-    warmup_steps: int = 200  # linear warm-up steps, then cosine decay to 0
+    warmup_steps: int = 200  # linear warm-up steps, then cosine decay to min_lr_ratio · learning_rate
+    min_lr_ratio: float = 0.0  # floor of the cosine decay (transformers' cosine-with-min-lr schedule, as the tokenizer)
     weight_decay: float = 0.05  # AdamW decay on matrices only (not norms, biases, embeddings)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -104,6 +105,8 @@ class PriorTrainConfig:
             raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"train.weight_decay must be ≥ 0, got {self.weight_decay}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -1,18 +1,19 @@
-"""Token datasets: the code grids the prior learns from.
+"""Token datasets: the code grids the prior learns from. This module owns the format — its
+features, metadata, version check, writer and readers; `vqgpt tokenize` builds datasets with it.
 
-Format (contract, written by `pipeline` tokenize, and by `write_token_dataset` here): a
-`datasets.DatasetDict` saved with `save_to_disk(DIR)`, splits `train` and `validation`, columns
-`codes` (Array2D (h, w)), `label` (int32, -1 = no class) and `source` (string); the metadata dict
-is a JSON string in each split's `info.description` and the file `DIR/vqgpt_tokens.json`.
+Format: a `datasets.DatasetDict` saved with `save_to_disk(DIR)`, splits `train` and
+`validation`, columns `codes` (Array2D (h, w) of the narrowest integer type holding K-1), `label`
+(int32, -1 = no class) and `source` (string); the metadata dict (`token_meta`) is a JSON string in
+each split's `info.description` and the file `DIR/vqgpt_tokens.json`.
 
 `load_token_dataset(dir)` checks all of that and returns torch datasets of prior sequences
-`[condition token, code_0 … code_{h·w-1}]` (LongTensor[1 + h·w]).
+`[condition token, code_0 … code_{h·w-1}]` (LongTensor[1 + h·w]); `read_token_meta(dir)` reads
+only the metadata.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -26,14 +27,15 @@ from torch.utils.data import Dataset
 
 from .model import PriorSpec
 
-__all__ = ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "TOKENS_FILE", "codes_dtype"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "save_token_dataset",
+           "token_meta", "token_features", "read_token_meta", "is_token_dataset", "code_counts", "TOKENS_FILE",
+           "SPLITS", "codes_dtype"]
 
 TOKENS_FILE = "vqgpt_tokens.json"
 TOKENS_FORMAT = "vqgpt-tokens"
 TOKENS_VERSION = 1
 SPLITS = ("train", "validation")
+_REQUIRED_META = ("tokenizer_fingerprint", "grid", "codebook_size", "class_names")
 
 
 def codes_dtype(codebook_size: int) -> str:
@@ -43,6 +45,102 @@ def codes_dtype(codebook_size: int) -> str:
     if codebook_size <= 65536:
         return "uint16"
     return "int32"
+
+
+def token_features(grid: Sequence[int], codebook_size: int) -> Any:
+    """The `datasets.Features` of a token dataset with this grid (h, w) and codebook size."""
+    from datasets import Array2D, Features, Value
+
+    return Features({"codes": Array2D(shape=tuple(int(g) for g in grid), dtype=codes_dtype(codebook_size)),
+                     "label": Value("int32"), "source": Value("string")})
+
+
+def token_meta(*, tokenizer_fingerprint: str, grid: Sequence[int], codebook_size: int,
+               class_names: Sequence[str] = (), image_size: int = 0, channels: int = 0,
+               augmentations: dict | None = None, data: str = "", split_seed: int = 0,
+               val_fraction: float | None = 0.1) -> dict:
+    """The metadata of a token dataset. `split_seed`/`val_fraction` record how the source was split
+    into train and validation (None when the source has its own split), so whoever recomputes
+    "held-out" images of `data` gets exactly the images the prior never saw."""
+    return {
+        "format": TOKENS_FORMAT, "version": TOKENS_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint,
+        "grid": [int(g) for g in grid], "codebook_size": int(codebook_size), "class_names": list(class_names),
+        "image_size": int(image_size), "channels": int(channels), "augmentations": augmentations or {},
+        "data": str(data), "split": {"seed": int(split_seed), "val_fraction": val_fraction},
+    }
+
+
+def is_token_dataset(path: str | Path) -> bool:
+    """Does `path` hold a finished token dataset (metadata file and datasets' index)?"""
+    path = Path(path)
+    return (path / TOKENS_FILE).is_file() and (path / "dataset_dict.json").is_file()
+
+
+def _check_meta(meta: Any, where: Path) -> dict:
+    if not isinstance(meta, dict) or meta.get("format") != TOKENS_FORMAT:
+        raise ValueError(f"{where} is not a vqgpt token dataset (no {TOKENS_FILE} metadata); make one with `vqgpt tokenize`")
+    if meta.get("version") != TOKENS_VERSION:
+        raise ValueError(f"{where}: token dataset version {meta.get('version')!r}; this vqgpt reads version {TOKENS_VERSION}")
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{where}: token dataset metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def read_token_meta(path: str | Path) -> dict:
+    """The metadata of a token dataset folder (`vqgpt_tokens.json`), checked; clear errors otherwise."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"token dataset folder {root} does not exist")
+    file = root / TOKENS_FILE
+    if not file.is_file():
+        if (root / ".partial").is_dir():
+            raise ValueError(f"{root} is an unfinished token dataset; rerun the same tokenize command to finish it")
+        raise ValueError(f"{root} is not a token dataset (no {TOKENS_FILE}); make one with `vqgpt tokenize`")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err})") from None
+    return _check_meta(meta, root)
+
+
+def save_token_dataset(splits: dict[str, Any], meta: dict, path: str | Path) -> Path:
+    """Save `{"train": datasets.Dataset, "validation": ...}` with `meta` as a token dataset at `path`.
+
+    Written into a hidden sibling folder first and then swapped in, so `path` holds either the
+    old dataset or the complete new one, never a half-written one."""
+    from datasets import DatasetDict
+
+    path = Path(path)
+    _check_meta(meta, path)
+    description = json.dumps(meta, sort_keys=True)
+    for ds in splits.values():
+        ds.info.description = description
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        DatasetDict(splits).save_to_disk(str(tmp))
+        (tmp / TOKENS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def code_counts(splits: Sequence[Any], codebook_size: int) -> np.ndarray:
+    """How often each code occurs in the `codes` column of these `datasets.Dataset`s → int64[K]."""
+    counts = np.zeros(codebook_size, dtype=np.int64)
+    for ds in splits:
+        for batch in ds.select_columns(["codes"]).with_format("numpy").iter(batch_size=8192):
+            counts += np.bincount(np.asarray(batch["codes"]).reshape(-1), minlength=codebook_size)[:codebook_size]
+    return counts
 
 
 class TokenSequences(Dataset):
@@ -84,28 +182,15 @@ class TokenData:
 
 
 def _read_meta(root: Path, dsd: Any) -> dict:
-    meta = None
-    file = root / TOKENS_FILE
-    if file.is_file():
+    """The metadata file, or (for a copy that lost it) the JSON in a split's description."""
+    if (root / TOKENS_FILE).is_file():
+        return read_token_meta(root)
+    for split in dsd.values():
         try:
-            meta = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON: {err}") from None
-    else:
-        for split in dsd.values():
-            try:
-                meta = json.loads(split.info.description or "")
-                break
-            except json.JSONDecodeError:
-                continue
-    if not isinstance(meta, dict) or meta.get("format") != TOKENS_FORMAT:
-        raise ValueError(f"{root} is not a vqgpt token dataset (no {TOKENS_FILE} metadata); make one with `vqgpt tokenize`")
-    if meta.get("version") != TOKENS_VERSION:
-        raise ValueError(f"{root}: token dataset version {meta.get('version')!r}; this vqgpt reads version {TOKENS_VERSION}")
-    missing = [k for k in ("tokenizer_fingerprint", "grid", "codebook_size", "class_names") if k not in meta]
-    if missing:
-        raise ValueError(f"{root}: token dataset metadata lacks {', '.join(missing)}")
-    return meta
+            return _check_meta(json.loads(split.info.description or ""), root)
+        except json.JSONDecodeError:
+            continue
+    return _check_meta(None, root)
 
 
 def load_token_dataset(path: str | Path) -> TokenData:
@@ -161,22 +246,20 @@ def write_token_dataset(
     augmentations: dict | None = None,
     data: str = "",
 ) -> Path:
-    """Write a token dataset in the contract's format (atomically). `splits` maps split name →
-    (codes int array [N, h, w], labels int array [N], optional sources list[str])."""
-    from datasets import Array2D, Dataset as HFDataset, DatasetDict, DatasetInfo, Features, Value
+    """Write a token dataset from arrays (atomically). `splits` maps split name → (codes int array
+    [N, h, w], labels int array [N], optional sources list[str])."""
+    from datasets import Dataset as HFDataset
 
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose a new folder or delete it")
     first = next(iter(splits.values()))[0]
     h, w = int(first.shape[1]), int(first.shape[2])
-    meta = {
-        "format": TOKENS_FORMAT, "version": TOKENS_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint,
-        "grid": [h, w], "codebook_size": int(codebook_size), "class_names": list(class_names),
-        "image_size": int(image_size), "channels": int(channels), "augmentations": augmentations or {}, "data": data,
-    }
+    meta = token_meta(tokenizer_fingerprint=tokenizer_fingerprint, grid=(h, w), codebook_size=codebook_size,
+                      class_names=class_names, image_size=image_size, channels=channels,
+                      augmentations=augmentations, data=data)
+    features = token_features((h, w), codebook_size)
     dtype = codes_dtype(codebook_size)
-    features = Features({"codes": Array2D(shape=(h, w), dtype=dtype), "label": Value("int32"), "source": Value("string")})
     built = {}
     for name, parts in splits.items():
         codes, labels = np.asarray(parts[0]), np.asarray(parts[1])
@@ -186,15 +269,5 @@ def write_token_dataset(
             raise ValueError(f"split {name}: codes must be in 0..{codebook_size - 1}")
         sources = list(parts[2]) if len(parts) > 2 else [f"index:{i}" for i in range(len(codes))]
         table = {"codes": codes.astype(dtype), "label": labels.astype(np.int32), "source": sources}
-        info = DatasetInfo(description=json.dumps(meta), features=features)
-        built[name] = HFDataset.from_dict(table, features=features, info=info)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        DatasetDict(built).save_to_disk(str(tmp))
-        (tmp / TOKENS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        built[name] = HFDataset.from_dict(table, features=features)
+    return save_token_dataset(built, meta, path)

@@ -11,8 +11,8 @@ loads it with nothing of ours imported. `load_prior` additionally reads and chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -25,8 +25,6 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrain
 from .config import PriorConfig
 
 __all__ = ["PriorSpec", "build_prior_model", "save_prior", "load_prior", "SPEC_FILE", "code_logits"]
-
-logger = logging.getLogger(__name__)
 
 SPEC_FILE = "vqgpt_prior.json"
 SPEC_FORMAT = "vqgpt-prior"
@@ -41,6 +39,10 @@ class PriorSpec:
     grid: tuple[int, int]  # (h, w) of the code grid; sequences hold h·w codes in raster order
     class_names: tuple[str, ...] = ()  # C classes → tokens K … K+C-1 (empty: unconditional only)
     tokenizer_fingerprint: str = ""  # the tokenizer whose codes these are ("" = unknown)
+    # share of training rows whose class token was replaced by the null token: 0 means the null
+    # condition was never trained, so unconditional rows and classifier-free guidance are refused
+    # (None: not known — a hand-made spec, or a folder written before vqgpt recorded it)
+    label_dropout: float | None = field(default=None, compare=False)
     path: str = field(default="", compare=False)  # folder it was loaded from (not saved)
 
     def __post_init__(self) -> None:
@@ -50,6 +52,14 @@ class PriorSpec:
             raise ValueError(f"grid must be (h, w) with h, w ≥ 1, got {self.grid}")
         object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.label_dropout is not None and not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1], got {self.label_dropout}")
+
+    @property
+    def has_null_condition(self) -> bool:
+        """Was the "no class" token trained? Always for unconditional priors; for class-conditional
+        ones only with label dropout (needed by classifier-free guidance and unconditional rows)."""
+        return self.num_classes == 0 or self.label_dropout is None or self.label_dropout > 0
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +106,7 @@ class PriorSpec:
             "null_token_id": self.null_token_id,
             "vocab_size": self.vocab_size,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "label_dropout": self.label_dropout,
         }
 
     @classmethod
@@ -110,7 +121,7 @@ class PriorSpec:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         try:
             spec = cls(int(data["codebook_size"]), tuple(data["grid"]), tuple(data["class_names"]),
-                       str(data.get("tokenizer_fingerprint", "")))
+                       str(data.get("tokenizer_fingerprint", "")), None if data.get("label_dropout") is None else float(data["label_dropout"]))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from None
         for key in ("num_classes", "class_token_offset", "null_token_id", "vocab_size"):
@@ -217,5 +228,5 @@ def load_prior(prior_dir: str | Path, device: str | torch.device = "cpu") -> tup
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if positions is not None and positions < spec.num_codes:
         raise ValueError(f"{prior_dir}: model holds {positions} positions, the grid {spec.grid} needs {spec.num_codes}")
-    spec = PriorSpec(spec.codebook_size, spec.grid, spec.class_names, spec.tokenizer_fingerprint, path=str(prior_dir))
+    spec = dataclasses.replace(spec, path=str(prior_dir))
     return model.to(device).eval(), spec

@@ -127,6 +127,11 @@ def sample(
             raise ValueError(f"got {class_labels.numel()} class labels for {num_images} images")
     elif guidance_scale != 1.0:
         raise ValueError("classifier-free guidance (guidance_scale ≠ 1) needs class labels")
+    needs_null = guidance_scale != 1.0 or class_labels is None or bool((class_labels < 0).any())
+    if needs_null and not spec.has_null_condition:
+        what = "classifier-free guidance" if guidance_scale != 1.0 else "sampling without a class"
+        raise ValueError(f"{what} needs the \"no class\" condition, but this prior was trained without label "
+                         f"dropout (train.label_dropout=0); give a class for every image and guidance 1")
     cond = spec.condition_tokens(class_labels, num_images, device=device)  # (B,)
     if prefix_codes is None:
         prefix = torch.zeros(num_images, 0, dtype=torch.long, device=device)

@@ -2,14 +2,9 @@
 
 `train_step` (one optimizer step over `gradient_accumulation_steps` micro-batches → metrics),
 `evaluate` (held-out bits per code → metrics), and `train_prior`, the loop that owns
-checkpoints, logging, early stopping and the final `save_pretrained`. Only the main process
-writes files or shows a progress bar; every process runs the same steps.
-
-Output folder:
-    out/config.json, model.safetensors, generation_config.json, vqgpt_prior.json   (at the end)
-    out/metrics.jsonl, out/loss_curve.png
-    out/checkpoints/step_N/   accelerate `save_state` + trainer_state.json (written atomically)
-    out/checkpoints/best/     best prior by held-out loss (when early stopping is on)
+checkpoints, logging, early stopping and the final `save_pretrained` (the folder's files are
+described in `checkpoints.py`). Only the main process writes files or shows a progress bar;
+every process runs the same steps.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,8 +26,9 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from . import checkpoints as ckpt
 from .config import PriorConfig, PriorTrainConfig
 from .data import TokenData, load_token_dataset
 from .model import SPEC_FILE, PriorSpec, build_prior_model, code_logits, load_prior, save_prior
@@ -44,7 +39,6 @@ __all__ = ["train_prior", "train_step", "evaluate", "TrainState", "sequence_nll"
 logger = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
-STATE_FILE = "trainer_state.json"
 SampleCallback = Callable[[torch.Tensor, int], None]
 
 
@@ -140,113 +134,6 @@ def evaluate(model: nn.Module, loader: DataLoader, spec: PriorSpec, accelerator:
     return {"val_loss": loss, "val_bits_per_code": loss / LN2}
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path]]:
-    out = []
-    for path in root.glob("step_*") if root.is_dir() else []:
-        if path.is_dir() and path.name[5:].isdigit() and (path / STATE_FILE).is_file():
-            out.append((int(path.name[5:]), path))
-    return sorted(out)
-
-
-def _save_checkpoint(accelerator: Accelerator, root: Path, state: TrainState, record: dict, keep: int) -> None:
-    """`save_state` into a temporary folder, add trainer_state.json, then rename (atomic)."""
-    final, tmp = root / f"step_{state.step}", root / f".step_{state.step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**record, **dataclasses.asdict(state)}, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in _checkpoints(root)[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
-    """Write the final prior into out_dir (which also holds logs): save to a temporary folder,
-    move the files in one by one, the JSON that makes it a prior last."""
-    staged = save_prior(model, spec, out_dir / ".final.tmp")
-    _move_prior_files(staged, out_dir)
-
-
-def _move_prior_files(src: Path, out_dir: Path) -> None:
-    (out_dir / SPEC_FILE).unlink(missing_ok=True)
-    names = sorted(p.name for p in src.iterdir() if p.name != SPEC_FILE)
-    for name in names + [SPEC_FILE]:
-        if (src / name).is_file():
-            os.replace(src / name, out_dir / name)
-    shutil.rmtree(src, ignore_errors=True)
-
-
-def _loss_curve(metrics_path: Path, png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train, val = [], []
-    for line in metrics_path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == "train":
-            train.append((rec["step"], rec["bits_per_code"]))
-        elif rec.get("split") == "validation":
-            val.append((rec["step"], rec["bits_per_code"]))
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="held-out", linewidth=1.5, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per code")
-    ax.set_title("prior loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, png)
-
-
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another --out")
-    if resume:
-        if not _checkpoints(out_dir / "checkpoints"):
-            raise FileNotFoundError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint; run without --resume")
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it or --resume to continue")
-        ours = (out_dir / SPEC_FILE).is_file() or any(
-            "tokens_dir" in p.read_text() for p in (out_dir / "checkpoints").glob("step_*/trainer_state.json"))
-        if not ours:
-            raise ValueError(f"--overwrite refused: {out_dir} does not look like a prior training folder; choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _check_resume(saved: dict, spec: PriorSpec, model_config: PriorConfig, tokens_dir: str) -> None:
-    """Refuse to continue a checkpoint on tokens of another tokenizer, codebook, grid or classes."""
-    if saved.get("tokenizer_fingerprint") != spec.tokenizer_fingerprint:
-        raise ValueError(f"cannot resume: {tokens_dir} comes from tokenizer {spec.tokenizer_fingerprint or '?'}, "
-                         f"the checkpoint was trained on {saved.get('tokenizer_fingerprint') or '?'}")
-    if saved.get("codebook_size") != spec.codebook_size:
-        raise ValueError(f"cannot resume: {tokens_dir} has codebook size {spec.codebook_size}, the checkpoint {saved.get('codebook_size')}")
-    if tuple(saved.get("grid", ())) != spec.grid or tuple(saved.get("class_names", ())) != spec.class_names:
-        raise ValueError(f"cannot resume: {tokens_dir} has grid {list(spec.grid)} and {spec.num_classes} classes, "
-                         f"the checkpoint grid {saved.get('grid')} and {len(saved.get('class_names', []))} classes")
-    given = dataclasses.asdict(model_config)
-    changed = [k for k, v in saved.get("model_config", {}).items() if given.get(k) != v]
-    if changed:
-        raise ValueError(f"cannot resume with different model settings ({', '.join(changed)}); use the checkpoint's")
-
-
 # --------------------------------------------------------------------------- loop
 
 
@@ -279,9 +166,10 @@ def train_prior(
         raise ValueError("train_prior needs a PriorConfig and a PriorTrainConfig")
     cfg = train_config
     data: TokenData = load_token_dataset(tokens_dir)
-    spec = data.spec
+    # what the saved prior records besides the token data's grid/codebook/classes
+    spec = dataclasses.replace(data.spec, label_dropout=cfg.label_dropout if data.spec.num_classes else 0.0)
     out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
+    ckpt_root = out_dir / ckpt.CHECKPOINT_DIR
 
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -292,19 +180,20 @@ def train_prior(
     )
     main = accelerator.is_main_process
     if main:
-        _prepare_out_dir(out_dir, resume, overwrite)
+        ckpt.prepare_out_dir(out_dir, resume, overwrite)
     accelerator.wait_for_everyone()
-    resume_from = _checkpoints(ckpt_root)[-1][1] if resume else None
-    saved = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    resume_from = ckpt.checkpoints(ckpt_root)[-1][1] if resume else None
+    saved = json.loads((resume_from / ckpt.STATE_FILE).read_text()) if resume_from else None
     if saved is not None:
-        _check_resume(saved, spec, model_config, str(tokens_dir))
+        ckpt.check_resume(saved, spec, model_config, str(tokens_dir))
 
     set_seed(cfg.seed)
     model = build_prior_model(model_config, spec)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps,
+                                                            min_lr_rate=cfg.min_lr_ratio)
     # Loaders get their own generators: a new iterator then draws its worker seed from them, not
     # from the global RNG, so dropout/label-dropout randomness resumes exactly from a checkpoint.
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True,
@@ -363,7 +252,7 @@ def train_prior(
             state.evals_without_improvement += 1
         accelerator.wait_for_everyone()
         if main:
-            _loss_curve(metrics_path, out_dir / "loss_curve.png")
+            ckpt.plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
         return result
 
     tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes * spec.num_codes
@@ -396,7 +285,8 @@ def train_prior(
                 logger.info("early stopping at step %d: no held-out improvement for %d evaluations (best %.4f at step %d)",
                             state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            _save_checkpoint(accelerator, ckpt_root, state, record, cfg.keep_checkpoints)
+            ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
+                                 cfg.keep_checkpoints)
             last_ckpt = state.step
         if cfg.sample_every and state.step % cfg.sample_every == 0:
             draw_samples(state.step)
@@ -409,7 +299,8 @@ def train_prior(
     elif not val:  # resumed a finished run: report its held-out loss without logging it twice
         val = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
     if last_ckpt != state.step:
-        _save_checkpoint(accelerator, ckpt_root, state, record, cfg.keep_checkpoints)
+        ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
+                             cfg.keep_checkpoints)
 
     use_best = cfg.early_stopping_patience is not None and (ckpt_root / "best" / SPEC_FILE).is_file()
     if main:
@@ -417,9 +308,9 @@ def train_prior(
             staged = out_dir / ".final.tmp"
             shutil.rmtree(staged, ignore_errors=True)
             shutil.copytree(ckpt_root / "best", staged)
-            _move_prior_files(staged, out_dir)
+            ckpt.move_prior_files(staged, out_dir)
         else:
-            _publish(accelerator.unwrap_model(model), spec, out_dir)
+            ckpt.publish(accelerator.unwrap_model(model), spec, out_dir)
     accelerator.wait_for_everyone()
     if sample_callback is not None:
         if use_best and main:  # show the model that was saved, not the last one

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from prior import PRESETS, PriorConfig, PriorSpec, build_prior_model, sample
-from prior.train import param_groups, sequence_nll
+from vqgpt.prior import PRESETS, PriorConfig, PriorSpec, build_prior_model, sample
+from vqgpt.prior.train import param_groups, sequence_nll
 
 
 def sync(device: torch.device) -> None:

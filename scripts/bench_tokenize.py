@@ -49,7 +49,7 @@ def _machine() -> str:
 def _make_tokenizer(preset: str, out: Path) -> None:
     import torch
 
-    from tokenizer import PRESETS, VQGAN, VQGANConfig
+    from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
 
     torch.manual_seed(0)
     VQGAN(VQGANConfig(**PRESETS[preset]["model"])).eval().save_pretrained(out)
@@ -72,7 +72,7 @@ def _make_images(folder: Path, count: int, size: int, channels: int) -> None:
 def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
     import torch
 
-    from tokenizer import VQGAN
+    from vqgpt.tokenizer import VQGAN
 
     model = VQGAN.from_pretrained(tokenizer)
     c, s = model.config.channels, model.config.image_size
@@ -90,7 +90,7 @@ def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
 def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, workers: int) -> dict:
     import datasets  # noqa: F401  (import time is not tokenize time)
 
-    from pipeline.tokenize import tokenize_dataset
+    from vqgpt.pipeline.tokenize import tokenize_dataset
 
     start = time.perf_counter()
     summary = tokenize_dataset(tokenizer, data, out, batch_size=batch_size, num_workers=workers,
@@ -137,7 +137,7 @@ def main() -> None:
         print(json.dumps(_child_tokenize(args.tokenizer, args.data, args.out, args.batch_size, args.workers)))
         return
 
-    from tokenizer import PRESETS
+    from vqgpt.tokenizer import PRESETS
 
     model_cfg = PRESETS[args.preset]["model"]
     size, channels = model_cfg["image_size"], model_cfg["channels"]

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tokenizer as tk  # noqa: E402
-from pipeline.data import load_images  # noqa: E402
+from vqgpt import tokenizer as tk  # noqa: E402
+from vqgpt.pipeline.sources import load_images  # noqa: E402
 
 PRESET_FOR = {"digits": "digits", "photos": "photos"}
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from pipeline import Pipeline
-from pipeline.digits_check import check_digit_samples
+from vqgpt import Pipeline
+from vqgpt.pipeline.digits_check import check_digit_samples
 
 
 def main() -> None:

@@ -44,11 +44,11 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, image_folder) -> Path:
     """A run folder (tokenizer/, tokens/, prior/) trained for a few steps on ``image_folder``."""
-    import prior as pr
-    import tokenizer as tk
-    from pipeline.config import build_configs
-    from pipeline.data import load_images
-    from pipeline.tokenize import tokenize_dataset
+    from vqgpt import prior as pr
+    from vqgpt import tokenizer as tk
+    from vqgpt.pipeline.settings import build_configs
+    from vqgpt.pipeline.sources import load_images
+    from vqgpt.pipeline.tokenize import tokenize_dataset
 
     run = tmp_path_factory.mktemp("run")
     cfg = build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig}, [tk.PRESETS["tiny"]])

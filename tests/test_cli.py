@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
+from vqgpt.pipeline.cli import main
 
 TINY_TOKENIZER = ["--preset", "tiny", "--set", "train.steps=3"]
 
@@ -183,7 +183,7 @@ def test_tokenize_bad_input(capsys, tiny_run, image_folder, tmp_path):
 def test_console_script_exit_code(tmp_path):
     """The installed entry point itself: a user error is one line on stderr and exit code 2."""
     exe = Path(sys.executable).with_name("vqgpt")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vqgpt"]
     result = subprocess.run([*cmd, "train-tokenizer", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

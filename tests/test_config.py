@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.config import build_configs, coerce, parse_sets, read_config_file
+from vqgpt.pipeline.settings import build_configs, coerce, parse_sets, read_config_file
 
 
 @dataclass(frozen=True)

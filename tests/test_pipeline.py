@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-import prior as pr
-import tokenizer as tk
-from pipeline import Pipeline, SampleConfig
-from pipeline import pipeline as pipeline_module
+from vqgpt import Pipeline, SampleConfig
+from vqgpt import prior as pr
+from vqgpt import tokenizer as tk
+from vqgpt.pipeline import generate as pipeline_module
+from vqgpt.pipeline.images import to_pil
+from vqgpt.pipeline.outputs import write_samples
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_decoded_samples_are_the_decoded_codes(pipe):
     assert codes.shape == (3, h, w) and codes.dtype == torch.long
     assert 0 <= codes.min() and codes.max() < pipe.tokenizer.config.codebook_size
     images = pipe(3, [0, 1, 0], generator=torch.Generator().manual_seed(0))
-    expected = pipeline_module.to_pil(pipe.tokenizer.decode(codes))
+    expected = to_pil(pipe.tokenizer.decode(codes))
     assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
 
 
@@ -112,7 +114,7 @@ def test_sample_config_validates():
 def test_settings_json_reproduces(pipe, tmp_path):
     settings = SampleConfig(num=3, seed=11, temperature=0.9)
     first = pipe.generate(settings)
-    paths = pipeline_module.write_samples(first, settings, pipe, tmp_path)
+    paths = write_samples(first, settings, pipe, tmp_path)
     record = json.loads(paths["settings"].read_text())
     again = pipe.generate(SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items()
                                           if k in SampleConfig.__dataclass_fields__}))

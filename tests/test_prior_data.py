@@ -9,8 +9,8 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from prior import load_token_dataset, write_token_dataset
-from prior.data import TOKENS_FILE, codes_dtype
+from vqgpt.prior import load_token_dataset, write_token_dataset
+from vqgpt.prior.data import TOKENS_FILE, codes_dtype
 
 
 def make(path, k: int = 300, classes=("a", "b", "c"), n: int = 12, grid=(2, 3), seed: int = 0):
@@ -49,7 +49,8 @@ def test_written_format_matches_the_contract(tmp_path):
     meta = json.loads((tmp_path / "tok" / TOKENS_FILE).read_text())
     assert json.loads(dsd["validation"].info.description) == meta
     assert set(meta) == {"format", "version", "tokenizer_fingerprint", "grid", "codebook_size", "class_names",
-                         "image_size", "channels", "augmentations", "data"}
+                         "image_size", "channels", "augmentations", "data", "split"}
+    assert meta["split"] == {"seed": 0, "val_fraction": 0.1}
     assert (codes_dtype(256), codes_dtype(257), codes_dtype(70000)) == ("uint8", "uint16", "int32")
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prior import PRESETS, PriorConfig, PriorSpec, PriorTrainConfig, build_prior_model, load_prior, save_prior
-from prior.model import SPEC_FILE
+from vqgpt.prior import PRESETS, PriorConfig, PriorSpec, PriorTrainConfig, build_prior_model, load_prior, save_prior
+from vqgpt.prior.model import SPEC_FILE
 
 SPEC = PriorSpec(codebook_size=20, grid=(2, 3), class_names=("x", "y"), tokenizer_fingerprint="abc123")
 
@@ -39,7 +39,7 @@ def test_save_then_plain_transformers_load_gives_identical_logits(tmp_path, arch
     meta = json.loads((tmp_path / "p" / SPEC_FILE).read_text())
     assert meta == {"format": "vqgpt-prior", "version": 1, "codebook_size": 20, "grid": [2, 3], "class_names": ["x", "y"],
                     "num_classes": 2, "class_token_offset": 20, "null_token_id": 22, "vocab_size": 23,
-                    "tokenizer_fingerprint": "abc123"}
+                    "tokenizer_fingerprint": "abc123", "label_dropout": None}
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
     assert type(plain) is type(model)
     with torch.no_grad():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prior import PriorConfig, PriorSpec, build_prior_model, sample
-from prior.model import code_logits
-from prior.sampling import _sample_batch, logits_processors
+from vqgpt.prior import PriorConfig, PriorSpec, build_prior_model, sample
+from vqgpt.prior.model import code_logits
+from vqgpt.prior.sampling import _sample_batch, logits_processors
 
 SPEC = PriorSpec(codebook_size=12, grid=(3, 3), class_names=("a", "b", "c"))
 

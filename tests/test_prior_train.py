@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from prior import PriorConfig, PriorTrainConfig, load_prior, train_prior, write_token_dataset
-from prior.train import param_groups
+from vqgpt.prior import PriorConfig, PriorTrainConfig, load_prior, train_prior, write_token_dataset
+from vqgpt.prior.train import param_groups
 
 MODEL = PriorConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, dropout=0.1)
 TRAIN = PriorTrainConfig(batch_size=8, max_steps=2, warmup_steps=1, learning_rate=3e-3, eval_every=1, log_every=1,
@@ -52,8 +52,8 @@ def test_two_step_smoke_run_writes_a_loadable_prior(tmp_path):
     assert [step for _, step in calls] == [1, 2, 2]  # every step, then the final model
     assert all(c.shape == (3, 3, 3) and c.max() < 16 for c, _ in calls)
     # held-out bits per code are a plain cross-entropy over code positions: recompute it
-    from prior import load_token_dataset
-    from prior.train import sequence_nll
+    from vqgpt.prior import load_token_dataset
+    from vqgpt.prior.train import sequence_nll
 
     val = torch.stack([s for s in load_token_dataset(tmp_path / "tok").validation])
     with torch.no_grad():
@@ -135,8 +135,8 @@ def test_early_stopping_keeps_the_best_model(tmp_path):
     assert summary["stopped_early"] and summary["steps"] < 30
     best = min(val, key=lambda r: r["bits_per_code"])
     assert summary["best_step"] == best["step"] and summary["val_bits_per_code"] == pytest.approx(best["bits_per_code"])
-    from prior import load_token_dataset
-    from prior.train import sequence_nll
+    from vqgpt.prior import load_token_dataset
+    from vqgpt.prior.train import sequence_nll
 
     model, spec = load_prior(tmp_path / "out")
     seqs = torch.stack([s for s in load_token_dataset(tmp_path / "tok").validation])
@@ -146,7 +146,7 @@ def test_early_stopping_keeps_the_best_model(tmp_path):
 
 
 def test_weight_decay_spares_norms_biases_and_embeddings():
-    from prior import PriorSpec, build_prior_model
+    from vqgpt.prior import PriorSpec, build_prior_model
 
     model = build_prior_model(MODEL, PriorSpec(codebook_size=16, grid=(3, 3), class_names=("a",)))
     decay, no_decay = param_groups(model, 0.1)

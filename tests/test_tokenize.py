@@ -1,4 +1,4 @@
-"""Tokenizing a data source into a token dataset (pipeline.tokenize)."""
+"""Tokenizing a data source into a token dataset (vqgpt.pipeline.tokenize)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import load_images
-from pipeline.tokenize import TokenizeConfig, codes_dtype, inspect_tokens, tokenize_dataset
-from tokenizer import PRESETS, VQGAN, VQGANConfig
+from vqgpt.pipeline.sources import load_images
+from vqgpt.pipeline.inspect_tokens import inspect_tokens
+from vqgpt.pipeline.settings import TokenizeConfig
+from vqgpt.pipeline.tokenize import tokenize_dataset
+from vqgpt.prior.data import codes_dtype
+from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
 
 META_KEYS = {"format", "version", "tokenizer_fingerprint", "grid", "codebook_size", "class_names",
-             "image_size", "channels", "augmentations", "data"}
+             "image_size", "channels", "augmentations", "data", "split"}
 
 
 def _tokenizer(path: Path, seed: int) -> Path:
@@ -76,6 +79,7 @@ def test_round_trip_format_and_plain_load(tok: Path, images: Path, tmp_path: Pat
     assert feats["label"].dtype == "int32" and feats["source"].dtype == "string"
     meta = json.loads((out / "vqgpt_tokens.json").read_text())
     assert set(meta) == META_KEYS and meta["format"] == "vqgpt-tokens" and meta["version"] == 1
+    assert meta["split"] == {"seed": 0, "val_fraction": 0.1}  # how "held-out" is recomputed
     assert json.loads(dd["validation"].info.description) == meta
     model = VQGAN.from_pretrained(tok)
     assert meta["tokenizer_fingerprint"] == model.fingerprint()

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from tokenizer import PRESETS, VQGAN, VQGANConfig
-from tokenizer.losses import (
+from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
+from vqgpt.tokenizer.losses import (
     LPIPS,
     NLayerDiscriminator,
     adaptive_gan_weight,

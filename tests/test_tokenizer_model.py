@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenizer import PRESETS, VQGAN, VQGANConfig
+from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
 
 
 def tiny_config(**overrides) -> VQGANConfig:
@@ -70,7 +70,7 @@ def test_wrong_image_shape_is_a_value_error():
         ({"base_channels": 6, "norm_groups": 4}, "not divisible by norm_groups"),
         ({"codebook_dim": 0}, "codebook_dim"),
         ({"channel_mult": ()}, "channel_mult"),
-        ({"usage_ema_decay": 1.0}, "usage_ema_decay"),
+        ({"kmeans_iters": -1}, "kmeans_iters"),
     ],
 )
 def test_config_validation(overrides, needle):
@@ -148,7 +148,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
 
-    import tokenizer.model as tm
+    import vqgpt.tokenizer.model as tm
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

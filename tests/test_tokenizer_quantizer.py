@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenizer.quantizer import VectorQuantizer, code_histogram, codebook_stats, nearest_codes
+from vqgpt.tokenizer.quantizer import VectorQuantizer, code_histogram, codebook_stats, nearest_codes
 
 
 def _quantizer(k=16, d=4, **kw) -> VectorQuantizer:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from tokenizer import PRESETS, VQGAN, TokenizerTrainConfig, VQGANConfig, evaluate, train_tokenizer
+from vqgpt.tokenizer import PRESETS, VQGAN, TokenizerTrainConfig, VQGANConfig, evaluate, train_tokenizer
 
 
 class TinyImages(Dataset):
@@ -72,19 +72,19 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_pa
     data, val = TinyImages(24), TinyImages(8, seed=1)
     straight = train_tokenizer(MODEL, train_cfg(steps=4), data, val, tmp_path / "straight")
 
-    import tokenizer.train as tt
+    import vqgpt.tokenizer.checkpoints as tc
 
-    save_checkpoint = tt._save_checkpoint
+    save_checkpoint = tc.save_checkpoint
 
-    def save_then_die(accelerator, root, step, keep, model_config):
-        save_checkpoint(accelerator, root, step, keep, model_config)
+    def save_then_die(accelerator, root, step, keep, record):
+        save_checkpoint(accelerator, root, step, keep, record)
         raise KeyboardInterrupt  # the run is killed right after its step-2 checkpoint
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(tt, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(tc, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_tokenizer(MODEL, train_cfg(steps=4), data, val, out)
-    monkeypatch.setattr(tt, "_save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(tc, "save_checkpoint", save_checkpoint)
     assert not (out / "config.json").exists()  # a killed run does not look complete
     assert (out / "checkpoints" / "step_2").is_dir()
     with pytest.raises(FileExistsError, match="resume"):
@@ -131,20 +131,22 @@ def test_evaluate_reports_reconstruction_and_usage():
     assert flat["codebook_usage"] < metrics["codebook_usage"]
 
 
-def test_weight_ema_averages_weights_but_copies_the_codebook():
-    from tokenizer.train import WeightEMA
+def test_weight_ema_averages_every_weight_and_copies_buffers():
+    from vqgpt.tokenizer.train import WeightEMA
 
     torch.manual_seed(0)
     model = VQGAN(MODEL)
-    ema = WeightEMA(model, decay=0.5)
-    before = ema.module.decoder.conv_out.weight.clone()
+    ema = WeightEMA(model, decay=0.75)
+    ema.update(model)  # the first update takes the weights as they are
+    before = {k: v.clone() for k, v in ema.module.named_parameters()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)  # decay warms up: min(0.5, 2/11) = 2/11
-    d = 2 / 11
-    assert torch.allclose(ema.module.decoder.conv_out.weight, d * before + (1 - d) * (before + 1), atol=1e-6)
-    assert torch.equal(ema.module.quantizer.codebook, model.quantizer.codebook)
+        model.quantizer.steps_unused.fill_(7)
+    ema.update(model)  # then  ema = 0.75 · ema + 0.25 · weights
+    for name, p in ema.module.named_parameters():  # the codebook included
+        assert torch.allclose(p, 0.75 * before[name] + 0.25 * (before[name] + 1), atol=1e-6), name
+    assert torch.equal(ema.module.quantizer.steps_unused, model.quantizer.steps_unused)
     assert not any(p.requires_grad for p in ema.parameters())
 
 

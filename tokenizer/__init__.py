@@ -1,32 +1,24 @@
 """vqgpt stage 1: the VQGAN image tokenizer (images ⇄ integer code grids).
 
-    from tokenizer import VQGAN, VQGANConfig
+    from vqgpt.tokenizer import VQGAN
     model = VQGAN.from_pretrained("runs/digits/tokenizer")
     codes = model.encode(images)        # (B, C, H, W) in [-1, 1] → LongTensor (B, h, w)
     recon = model.decode(codes)         # → (B, C, H, W) in [-1, 1]
+
+Names load on first use: ``vqgpt.tokenizer.config`` and ``.presets`` import no torch.
 """
 
-from . import metrics
-from .losses import LPIPS, NLayerDiscriminator
-from .model import VQGAN, VQGANConfig, VQGANOutput
-from .presets import DEFAULT_PRESET, PRESETS
-from .quantizer import VectorQuantizer, codebook_stats, code_histogram
-from .train import TokenizerTrainConfig, evaluate, train_step, train_tokenizer
+import lazy_loader
 
-__all__ = [
-    "VQGAN",
-    "VQGANConfig",
-    "VQGANOutput",
-    "VectorQuantizer",
-    "LPIPS",
-    "NLayerDiscriminator",
-    "TokenizerTrainConfig",
-    "train_tokenizer",
-    "train_step",
-    "evaluate",
-    "PRESETS",
-    "DEFAULT_PRESET",
-    "metrics",
-    "codebook_stats",
-    "code_histogram",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["checkpoints", "config", "losses", "metrics", "model", "presets", "quantizer", "train"],
+    submod_attrs={
+        "config": ["VQGANConfig", "TokenizerTrainConfig"],
+        "presets": ["PRESETS", "DEFAULT_PRESET"],
+        "model": ["VQGAN", "VQGANOutput"],
+        "quantizer": ["VectorQuantizer", "codebook_stats", "code_histogram", "perplexity"],
+        "losses": ["LPIPS", "NLayerDiscriminator"],
+        "train": ["train_tokenizer", "train_step", "evaluate", "WeightEMA"],
+    },
+)

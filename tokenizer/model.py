@@ -1,17 +1,15 @@
 """VQGAN autoencoder: convolutional encoder → l2-normalised vector quantizer → decoder.
 
 Reads top to bottom: building blocks (ResNet block, attention, up/down sampling), encoder and
-decoder, the architecture config, then the model with encode/decode/save/load/fingerprint.
+decoder, then the model (its config, ``VQGANConfig``, lives in ``config.py``) with encode/decode/save/load/fingerprint.
 Images are FloatTensor[B, C, H, W] in [-1, 1]; codes are LongTensor[B, h, w] with
 h = H / f, w = W / f, f = 2 ** (len(channel_mult) - 1).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,11 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import VQGANConfig
 from .quantizer import VectorQuantizer
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["VQGANConfig", "VQGAN", "VQGANOutput", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["VQGAN", "VQGANOutput", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -157,91 +154,6 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VQGANConfig:
-    """Every architecture setting of the tokenizer; saved as config.json beside the weights."""
-
-    image_size: int = 32  # square input side in pixels; must be divisible by downsample_factor
-    channels: int = 1  # 1 = grey model, 3 = RGB
-    base_channels: int = 32  # conv width at full resolution
-    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per level; f = 2**(levels-1)
-    num_res_blocks: int = 1  # ResNet blocks per encoder level (decoder uses one more)
-    attn_at_lowest: bool = False  # self-attention in the middle (lowest resolution) blocks
-    norm_groups: int = 8  # GroupNorm groups (capped at the channel count)
-    dropout: float = 0.0  # dropout inside ResNet blocks
-    z_channels: int = 64  # latent size: encoder output / decoder input channels
-    codebook_size: int = 256  # K, number of codes
-    codebook_dim: int = 8  # codes live in this (small) l2-normalised space
-    commitment_beta: float = 0.25  # β of the commitment loss β·||z_e - sg[z_q]||²
-    kmeans_init: bool = True  # k-means-initialise the codebook on the first training batch
-    kmeans_iters: int = 10  # k-means iterations for that initialisation
-    restart_after_steps: int = 20  # restart a code unused for this many training steps; 0 = never
-    usage_ema_decay: float = 0.99  # decay of the EMA code-usage counts
-    distance_chunk_rows: int = 1024  # rows per chunk of the N×K distance computation
-
-    def __post_init__(self) -> None:
-        def fail(msg: str) -> None:
-            raise ValueError(f"invalid tokenizer config: {msg}")
-
-        if self.channels not in (1, 3):
-            fail(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-        if len(self.channel_mult) < 1 or any(int(m) < 1 for m in self.channel_mult):
-            fail(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        f = self.downsample_factor
-        if self.image_size < 1 or self.image_size % f != 0:
-            fail(
-                f"image_size {self.image_size} is not divisible by the downsampling factor {f} "
-                f"(2**(len(channel_mult)-1) with channel_mult={self.channel_mult})"
-            )
-        if self.codebook_size < 2:
-            fail(f"codebook_size must be >= 2, got {self.codebook_size}")
-        if self.codebook_dim < 1:
-            fail(f"codebook_dim must be >= 1, got {self.codebook_dim}")
-        for name in ("base_channels", "num_res_blocks", "norm_groups", "z_channels", "distance_chunk_rows"):
-            if getattr(self, name) < 1:
-                fail(f"{name} must be >= 1, got {getattr(self, name)}")
-        for mult in self.channel_mult:
-            width = self.base_channels * mult
-            if width % min(self.norm_groups, width) != 0:
-                fail(f"channel width {width} is not divisible by norm_groups {self.norm_groups}")
-        if not 0.0 <= self.dropout < 1.0:
-            fail(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.commitment_beta < 0:
-            fail(f"commitment_beta must be >= 0, got {self.commitment_beta}")
-        if self.kmeans_iters < 0 or self.restart_after_steps < 0:
-            fail("kmeans_iters and restart_after_steps must be >= 0")
-        if not 0.0 <= self.usage_ema_decay < 1.0:
-            fail(f"usage_ema_decay must be in [0, 1), got {self.usage_ema_decay}")
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        side = self.image_size // self.downsample_factor
-        return side, side
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "VQGANConfig":
-        """Build from a dict; unknown keys are a ValueError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source} has unknown tokenizer config keys: {', '.join(unknown)}")
-        values = dict(data)
-        if "channel_mult" in values:
-            values["channel_mult"] = tuple(values["channel_mult"])
-        return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -271,7 +183,6 @@ class VQGAN(nn.Module):
             kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters,
             restart_after_steps=config.restart_after_steps,
-            usage_ema_decay=config.usage_ema_decay,
             chunk_rows=config.distance_chunk_rows,
         )
         self.post_quant_proj = nn.Conv2d(config.codebook_dim, config.z_channels, 1)  # back

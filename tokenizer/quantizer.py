@@ -5,8 +5,8 @@ vector is l2-normalised and snapped to the nearest l2-normalised codebook entry.
 keep the codebook alive:
 
 - k-means initialisation of the codebook on the first training batch,
-- usage tracking (EMA counts and "steps since last picked") with restart of dead codes from
-  random recent encoder outputs,
+- usage tracking ("training steps since last picked", summed over processes) with restart
+  of dead codes from random recent encoder outputs,
 - low-dimensional, normalised lookups (cosine similarity), which spread codes evenly.
 
 Losses (van den Oord et al. 2017): the codebook loss ``||sg[z_e] - z_q||²`` moves the codes,
@@ -29,7 +29,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_codes", "codebook_stats", "code_histogram"]
+__all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_codes", "codebook_stats", "code_histogram", "perplexity"]
 
 
 def nearest_codes(
@@ -65,17 +65,22 @@ def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
     return torch.bincount(codes.reshape(-1).long(), minlength=codebook_size)
 
 
-def codebook_stats(histogram: torch.Tensor) -> tuple[float, float]:
-    """(usage fraction, perplexity) of a code histogram (counts per code, e.g. summed over a
-    whole data set). Usage is the fraction of codes used at least once; perplexity is
-    ``exp(entropy)`` of the code distribution (K when perfectly uniform)."""
+def perplexity(histogram: torch.Tensor) -> torch.Tensor:
+    """``exp(entropy)`` of the code distribution given by ``histogram`` (counts per code, any
+    numeric dtype) → scalar float tensor: K when perfectly uniform, 1 for one code, 0 when empty.
+    The one perplexity of vqgpt: batches, data sets and token datasets all use it."""
     counts = histogram.double()
     total = counts.sum()
     if total <= 0:
-        return 0.0, 0.0
+        return torch.zeros((), dtype=torch.float64, device=counts.device)
     probs = counts / total
-    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-    return float((counts > 0).double().mean()), float(entropy.exp())
+    return torch.exp(-torch.special.xlogy(probs, probs).sum())
+
+
+def codebook_stats(histogram: torch.Tensor) -> tuple[float, float]:
+    """(usage fraction, perplexity) of a code histogram (counts per code, e.g. summed over a
+    whole data set). Usage is the fraction of codes used at least once."""
+    return float((histogram > 0).double().mean()), float(perplexity(histogram))
 
 
 @dataclass
@@ -94,8 +99,8 @@ class VectorQuantizer(nn.Module):
     """Nearest-neighbour quantizer over ``codebook_size`` l2-normalised ``codebook_dim``-vectors.
 
     The codebook is an ``nn.Parameter`` trained by the codebook loss. Buffers track usage:
-    ``initialized`` (k-means done), ``ema_counts`` (EMA of per-step picks) and
-    ``steps_unused`` (optimizer-agnostic count of training forwards since last picked).
+    ``initialized`` (k-means done) and ``steps_unused`` (optimizer-agnostic count of training
+    forwards since last picked, from the picks of every process).
     """
 
     def __init__(
@@ -105,7 +110,6 @@ class VectorQuantizer(nn.Module):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         restart_after_steps: int = 20,
-        usage_ema_decay: float = 0.99,
         chunk_rows: int = 1024,
     ) -> None:
         super().__init__()
@@ -113,11 +117,9 @@ class VectorQuantizer(nn.Module):
         self.codebook_dim = codebook_dim
         self.kmeans_iters = kmeans_iters
         self.restart_after_steps = restart_after_steps
-        self.usage_ema_decay = usage_ema_decay
         self.chunk_rows = chunk_rows
         self.codebook = nn.Parameter(F.normalize(torch.randn(codebook_size, codebook_dim), dim=1))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
-        self.register_buffer("ema_counts", torch.zeros(codebook_size))
         self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
 
     # -- lookups ---------------------------------------------------------------------------
@@ -167,8 +169,7 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(z_q, z_e.detach())
             commitment_loss = F.mse_loss(z_e, z_q.detach())
             quantized = z_e + (z_q - z_e).detach()  # straight-through
-            probs = counts.float() / max(idx.numel(), 1)
-            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
+            batch_perplexity = perplexity(counts).float()
             usage = (counts > 0).float().mean()
         return QuantizerOutput(
             quantized=quantized,
@@ -176,7 +177,7 @@ class VectorQuantizer(nn.Module):
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
             usage=usage,
-            perplexity=perplexity,
+            perplexity=batch_perplexity,
         )
 
     # -- codebook maintenance ----------------------------------------------------------------
@@ -207,7 +208,6 @@ class VectorQuantizer(nn.Module):
         were not picked for ``restart_after_steps`` training forwards by random rows of
         ``flat`` (N, D), the current (recent) normalised encoder outputs."""
         counts = _all_reduce_sum(counts.clone())
-        self.ema_counts.mul_(self.usage_ema_decay).add_(counts.float(), alpha=1 - self.usage_ema_decay)
         self.steps_unused.add_(1)
         self.steps_unused.masked_fill_(counts > 0, 0)
         if self.restart_after_steps <= 0:
@@ -221,7 +221,6 @@ class VectorQuantizer(nn.Module):
         self.codebook.data[dead] = F.normalize(fresh, dim=1).to(self.codebook.dtype)
         _broadcast(self.codebook.data)
         self.steps_unused.masked_fill_(dead, 0)
-        self.ema_counts.masked_fill_(dead, float(counts.sum()) / self.codebook_size)
         logger.debug("restarted %d dead codes", num_dead)
 
     def extra_repr(self) -> str:

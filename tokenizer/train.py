@@ -14,13 +14,9 @@ Three layers, as everywhere in vqgpt:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 import os
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +24,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from . import checkpoints as ckpt
+from .config import TokenizerTrainConfig, VQGANConfig
 
 from .losses import (
     LPIPS,
@@ -44,110 +43,30 @@ from .losses import (
     reconstruction_loss,
 )
 from .metrics import code_histogram, codebook_stats, psnr, ssim
-from .model import CONFIG_NAME, WEIGHTS_NAME, VQGAN, VQGANConfig
+from .model import VQGAN
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TokenizerTrainConfig", "TrainParts", "WeightEMA", "train_step", "evaluate", "train_tokenizer"]
-
-CHECKPOINT_DIR = "checkpoints"
-SAMPLES_DIR = "samples"
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-TRAINER_STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+__all__ = ["TrainParts", "WeightEMA", "train_step", "evaluate", "train_tokenizer"]
 
 
-@dataclass(frozen=True)
-class TokenizerTrainConfig:
-    """Everything about *how* the tokenizer is trained (the architecture is VQGANConfig)."""
+class WeightEMA(AveragedModel):
+    """Exponential moving average of a VQGAN's weights (``torch.optim.swa_utils``).
 
-    steps: int = 1000  # optimizer updates
-    batch_size: int = 32  # images per process per micro-batch
-    grad_accum_steps: int = 1  # micro-batches per optimizer update
-    lr: float = 1e-3  # peak AdamW learning rate of the autoencoder
-    disc_lr: float | None = None  # discriminator learning rate (None = lr)
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.9
-    weight_decay: float = 0.01  # on conv/linear weights only (not norms, biases, codebook)
-    warmup_steps: int = 50  # linear warm-up, then cosine decay to min_lr_ratio·lr
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
-    rec_loss: str = "l1"  # "l1" or "l2" pixel loss
-    rec_weight: float = 1.0
-    perceptual_weight: float = 0.0  # LPIPS weight; > 0 needs local VGG16 weights
-    vgg_path: str | None = None  # torchvision vgg16 state dict (None = torch hub cache file)
-    lpips_lin_path: str | None = None  # LPIPS linear weights (None = inside the lpips package)
-    disc_weight: float = 0.1  # GAN loss weight (times the adaptive λ); 0 = no GAN
-    disc_start: int = 0  # optimizer step at which the GAN loss and D training start
-    disc_channels: int = 32  # PatchGAN width
-    disc_layers: int = 2  # PatchGAN depth
-    adaptive_weight_max: float = 1e4  # clamp of λ = ||∇L_rec|| / (||∇L_G|| + 1e-4)
-    use_ema: bool = False  # keep an EMA of the weights; it is what gets evaluated and saved
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 2  # newest checkpoints kept
-    sample_every: int = 500  # steps between reconstruction grids; 0 = only at the end
-    num_sample_images: int = 8  # columns of the reconstruction grid
-    log_every: int = 10  # steps between metrics.jsonl lines
-    eval_batch_size: int = 128
-    num_workers: int = 0  # DataLoader workers
-    seed: int = 0
-    cpu: bool = False  # force CPU even when a GPU is present
-
-    def __post_init__(self) -> None:
-        def fail(msg: str) -> None:
-            raise ValueError(f"invalid tokenizer training config: {msg}")
-
-        for name in ("steps", "batch_size", "grad_accum_steps", "num_sample_images", "log_every", "eval_batch_size", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                fail(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "sample_every", "disc_start", "num_workers", "grad_clip", "weight_decay", "rec_weight", "perceptual_weight", "disc_weight"):
-            if getattr(self, name) < 0:
-                fail(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or (self.disc_lr is not None and self.disc_lr <= 0):
-            fail("lr and disc_lr must be > 0")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            fail(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.rec_loss not in ("l1", "l2"):
-            fail(f"rec_loss must be 'l1' or 'l2', got {self.rec_loss!r}")
-        if self.disc_layers < 1 or self.disc_channels < 1:
-            fail("disc_layers and disc_channels must be >= 1")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            fail(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 < self.ema_decay < 1.0:
-            fail(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0):
-            fail("adam_beta1 and adam_beta2 must be in [0, 1)")
-
-
-class WeightEMA(nn.Module):
-    """Exponential moving average of a VQGAN's weights.
-
-    Every float parameter/buffer is averaged, except the quantizer's: the codebook is a lookup
-    table whose rows get restarted, so averaging it would blend unrelated codes — it is copied.
-    The decay warms up as min(decay, (1 + n) / (10 + n)).
-    """
+    Every parameter — codebook included, as LlamaGen's tokenizer does — is averaged with
+    ``decay``; buffers (the quantizer's k-means flag and usage counters) are copied from the
+    live model, since an average of counters or flags means nothing. ``.module`` is the
+    averaged VQGAN: what gets evaluated and saved."""
 
     def __init__(self, model: VQGAN, decay: float):
-        super().__init__()
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self.module.eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: VQGAN) -> None:
-        self.num_updates += 1
-        n = int(self.num_updates)
-        decay = min(self.decay, (1 + n) / (10 + n))
-        current = model.state_dict()
-        for name, average in self.module.state_dict().items():
-            value = current[name].detach()
-            if name.startswith("quantizer.") or not average.is_floating_point():
-                average.copy_(value)
-            else:
-                average.lerp_(value.to(average.dtype), 1.0 - decay)
+        self.update_parameters(model)
+        for average, live in zip(self.module.buffers(), model.buffers()):
+            average.copy_(live)
 
 
 @dataclass
@@ -306,8 +225,8 @@ def train_tokenizer(
     perceptual = LPIPS(cfg.vgg_path, cfg.lpips_lin_path) if cfg.perceptual_weight > 0 else None  # fails early
     accelerator = _make_accelerator(cfg)
     is_main = accelerator.is_main_process
-    ckpt_root = out / CHECKPOINT_DIR
-    _prepare_out_dir(out, resume, overwrite, accelerator)
+    ckpt_root = out / ckpt.CHECKPOINT_DIR
+    ckpt.prepare_out_dir(out, resume, overwrite, accelerator)
 
     set_seed(cfg.seed)
     model = VQGAN(model_config)
@@ -315,10 +234,10 @@ def train_tokenizer(
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     ae_opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
     d_opt = torch.optim.AdamW(_param_groups(disc, cfg.weight_decay), lr=cfg.disc_lr or cfg.lr, betas=betas)
-    ae_sched = torch.optim.lr_scheduler.LambdaLR(ae_opt, _lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
-    d_sched = torch.optim.lr_scheduler.LambdaLR(
-        d_opt, _lr_lambda(cfg.warmup_steps, max(cfg.steps - cfg.disc_start, 1), cfg.min_lr_ratio)
-    )
+    ae_sched = get_cosine_with_min_lr_schedule_with_warmup(ae_opt, cfg.warmup_steps, cfg.steps,
+                                                           min_lr_rate=cfg.min_lr_ratio)
+    d_sched = get_cosine_with_min_lr_schedule_with_warmup(d_opt, cfg.warmup_steps, max(cfg.steps - cfg.disc_start, 1),
+                                                          min_lr_rate=cfg.min_lr_ratio)
     loader = DataLoader(
         train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -335,10 +254,11 @@ def train_tokenizer(
         accelerator.register_for_checkpointing(ema)
     parts = TrainParts(accelerator, model, disc, ae_opt, d_opt, ae_sched, d_sched, perceptual, ema)
 
+    record = {"model_config": model_config.to_dict()}  # trainer_state.json of every checkpoint
     step = 0
-    latest = _latest_checkpoint(ckpt_root) if resume else None
+    latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
     if latest is not None:
-        saved = json.loads((latest / TRAINER_STATE_FILE).read_text())
+        saved = json.loads((latest / ckpt.TRAINER_STATE_FILE).read_text())
         if saved.get("model_config", model_config.to_dict()) != model_config.to_dict():
             raise ValueError(f"the checkpoint in {latest} was trained with another model config; "
                              "resume with the same --preset/--config/--set as the first run")
@@ -348,15 +268,16 @@ def train_tokenizer(
     elif resume:
         logger.info("no checkpoint in %s; starting from step 0", ckpt_root)
     if is_main:
-        _truncate_metrics(out / METRICS_FILE, step)
+        ckpt.truncate_metrics(out / ckpt.METRICS_FILE, step)
 
-    sample_images = _sample_batch(val_data if val_data is not None else train_data, cfg.num_sample_images)
+    shown = val_data if val_data is not None else train_data
+    sample_images = torch.stack([shown[i]["image"] for i in range(min(cfg.num_sample_images, len(shown)))])
     batches_per_epoch = len(loader)
     micro = step * cfg.grad_accum_steps
     epoch, skip = divmod(micro, batches_per_epoch)
     bar = tqdm(total=cfg.steps, initial=step, desc="train tokenizer", dynamic_ncols=True, disable=not accelerator.is_local_main_process)
     start_time, images_seen = time.perf_counter(), 0
-    metrics_file = open(out / METRICS_FILE, "a") if is_main else None
+    metrics_file = open(out / ckpt.METRICS_FILE, "a") if is_main else None
     try:
         while step < cfg.steps:
             loader.set_epoch(epoch)  # seeds the shuffle: epoch e has the same order on resume
@@ -375,13 +296,13 @@ def train_tokenizer(
                 )
                 if metrics_file is not None and (step % cfg.log_every == 0 or step == cfg.steps):
                     elapsed = time.perf_counter() - start_time
-                    record = {"step": step, **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)}
-                    metrics_file.write(json.dumps(record) + "\n")
+                    line = {"step": step, **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)}
+                    metrics_file.write(json.dumps(line) + "\n")
                     metrics_file.flush()
                 if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                    _save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
+                    ckpt.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, model_config)
+                    ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record)
                 if step >= cfg.steps:
                     break
             epoch, skip = epoch + 1, 0
@@ -396,14 +317,14 @@ def train_tokenizer(
     summary: dict[str, Any] = {"steps": step, "train_seconds": train_seconds, "train_images_per_sec": images_seen / max(train_seconds, 1e-9)}
     if val_data is not None:
         summary.update(evaluate(final_model, val_data, cfg.eval_batch_size, accelerator))
-    _save_recon_grid(final_model, sample_images, out, step, accelerator)
+    ckpt.save_recon_grid(final_model, sample_images, out, step, accelerator)
     if is_main:
-        with open(out / METRICS_FILE, "a") as f:
+        with open(out / ckpt.METRICS_FILE, "a") as f:
             f.write(json.dumps({"step": step, "split": "validation", **{k: v for k, v in summary.items()}}) + "\n")
-        _plot_loss_curve(out / METRICS_FILE, out / LOSS_CURVE_FILE)
+        ckpt.plot_loss_curve(out / ckpt.METRICS_FILE, out / ckpt.LOSS_CURVE_FILE)
     accelerator.wait_for_everyone()
     if cfg.checkpoint_every:
-        _save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, model_config)
+        ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record)
     if is_main:
         final_model.save_pretrained(out)
     accelerator.wait_for_everyone()
@@ -418,22 +339,18 @@ def train_tokenizer(
 # Helpers of the loop
 # ---------------------------------------------------------------------------------------------
 def _make_accelerator(cfg: TokenizerTrainConfig) -> Accelerator:
-    kwargs = dict(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        cpu=cfg.cpu,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
     try:
-        return Accelerator(**kwargs)
-    except ValueError as err:
-        # In a single process (tests, the demo) an earlier run may have fixed accelerate's
-        # global state with another precision; start it afresh. Launched jobs keep the error.
-        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            cpu=cfg.cpu,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+    except ValueError as err:  # accelerate's state is per process and fixed by its first Accelerator
+        if "already been initialized" not in str(err):
             raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        return Accelerator(**kwargs)
+        raise ValueError(f"this process already runs accelerate with other settings than train.mixed_precision="
+                         f"{cfg.mixed_precision!r} / train.cpu={cfg.cpu}; train each stage in its own process") from None
 
 
 def _check_image(image: torch.Tensor, config: VQGANConfig) -> None:
@@ -453,136 +370,3 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or name.endswith("codebook") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _lr_lambda(warmup: int, total: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _prepare_out_dir(out: Path, resume: bool, overwrite: bool, accelerator: Accelerator) -> None:
-    complete = (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file()
-    ckpt_root = out / CHECKPOINT_DIR
-    has_ckpt = _latest_checkpoint(ckpt_root) is not None
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a folder")
-    if (out / "vqgpt_prior.json").is_file() or (out / "dataset_dict.json").is_file():
-        raise ValueError(f"{out} holds a prior or a token dataset, not a tokenizer run; choose another --out")
-    if resume and not has_ckpt:
-        raise FileNotFoundError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
-    if not overwrite and not resume:
-        if complete:
-            raise FileExistsError(f"{out} already holds a trained tokenizer; pass overwrite (--overwrite) to replace it")
-        if has_ckpt:
-            raise FileExistsError(
-                f"{out} holds checkpoints of an unfinished run; pass resume (--resume) to continue or overwrite (--overwrite)"
-            )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if overwrite and not resume:
-            for name in (CONFIG_NAME, WEIGHTS_NAME, METRICS_FILE, LOSS_CURVE_FILE):
-                (out / name).unlink(missing_ok=True)
-            for name in (CHECKPOINT_DIR, SAMPLES_DIR):
-                shutil.rmtree(out / name, ignore_errors=True)
-        elif complete:  # resuming over a finished model: it is rewritten at the end
-            (out / CONFIG_NAME).unlink()
-        (out / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-
-def _latest_checkpoint(ckpt_root: Path) -> Path | None:
-    if not ckpt_root.is_dir():
-        return None
-    found = []
-    for path in ckpt_root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / TRAINER_STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def _save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: int, model_config: VQGANConfig) -> None:
-    """accelerate.save_state into ``.tmp_step_N``, then rename to ``step_N`` (atomic)."""
-    final = ckpt_root / f"step_{step}"
-    tmp = ckpt_root / f".tmp_step_{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step, "model_config": model_config.to_dict()}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        steps = sorted(int(m.group(1)) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name)))
-        for old in steps[:-keep]:
-            shutil.rmtree(ckpt_root / f"step_{old}", ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics.jsonl lines logged after ``step`` (by a run killed after its checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line) if line.strip() else None
-        if record is not None and record.get("step", 0) <= step and "split" not in record:
-            kept.append(line + "\n")
-    path.write_text("".join(kept))
-
-
-def _sample_batch(data: Dataset, n: int) -> torch.Tensor:
-    return torch.stack([data[i]["image"] for i in range(min(n, len(data)))])  # (n, C, H, W)
-
-
-@torch.no_grad()
-def _save_recon_grid(model: VQGAN, images: torch.Tensor, out: Path, step: int, accelerator: Accelerator) -> None:
-    """Originals (top row) over reconstructions (bottom row) → samples/recon_step_XXXXXX.png."""
-    if not accelerator.is_main_process:
-        return
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    recon = model.decode(model.encode(images.to(device))).cpu()
-    model.train(was_training)
-    grid = make_grid(torch.cat([images, recon]), nrow=images.shape[0], padding=2, pad_value=1.0)
-    save_image((grid + 1.0) / 2.0, out / SAMPLES_DIR / f"recon_step_{step:06d}.png")
-
-
-def _plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
-    """Training losses against step (log scale) → loss_curve.png (Agg canvas, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "split" not in r]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_ae, ax_gan = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for key in ("rec_loss", "codebook_loss", "commitment_loss", "perceptual_loss"):
-        points = [(r["step"], r[key]) for r in records if key in r and r[key] > 0]
-        if points:
-            ax_ae.plot(*zip(*points), label=key)
-    for key in ("g_loss", "d_loss"):  # hinge losses can be negative: linear scale
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            ax_gan.plot(*zip(*points), label=key)
-    if ax_ae.lines:
-        ax_ae.set_yscale("log")
-    ax_ae.set_title("autoencoder losses")
-    ax_gan.set_title("GAN losses" if ax_gan.lines else "GAN losses (GAN not started)")
-    for ax in (ax_ae, ax_gan):
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path)

@@ -6,7 +6,8 @@
   image sits inside a first-level sub-folder and there are at least two of them, the
   sub-folder names are the classes (as torchvision's ``ImageFolder``); otherwise there
   are no classes. Hidden files and folders (``.name``) are ignored.
-- a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``):
+- a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``;
+  read by ``hf_sources.py``, as is the hub):
   the first ``datasets.Image`` column holds the images, the first ``ClassLabel`` column
   (else an integer ``label``/``labels`` column) the classes. Its own ``train`` and
   ``validation`` (or ``valid``/``val``/``test``) splits are used when present.
@@ -40,37 +41,23 @@ item, so memory does not grow with the size of the data set.
 from __future__ import annotations
 
 import abc
-import io
 import logging
 import os
-import socket
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
-from urllib.parse import urlparse
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
+
+from .images import check_decodes, check_many, decode_image, pil_to_model, resize_center_crop
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "PHOTOS",
-    "PHOTOS_HELD_OUT",
-    "ImageSource",
-    "load_images",
-    "pil_to_model",
-    "to_mode",
-    "resize_center_crop",
-    "split_indices",
-]
+__all__ = ["IMAGE_EXTENSIONS", "PHOTOS", "PHOTOS_HELD_OUT", "SPLITS", "ImageSource", "load_images", "split_indices"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "validation", "all")
@@ -86,86 +73,9 @@ PHOTOS = (
 # Photos whose crops only ever appear in the validation split.
 PHOTOS_HELD_OUT = ("chelsea.png", "coins.png", "gravel.png", "rocket.jpg")
 
-_VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
-_HUB_TIMEOUT_S = 4.0
 
 
 # --------------------------------------------------------------------------- images
-
-
-def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL image to "RGB" (channels=3) or "L" (channels=1); transparency is
-    composited on white, 16/32-bit grey is scaled to 8 bits."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(img, dtype=np.float32) / 257.0
-        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
-    elif img.mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.max(initial=0) > 255:  # 16-bit values stored as 32-bit
-            arr = arr / 257.0
-        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    target = "RGB" if channels == 3 else "L"
-    return img if img.mode == target else img.convert(target)
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bicubic, antialiased), then center-crop
-    to ``size × size``."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def pil_to_model(img: Image.Image) -> torch.Tensor:
-    """An 8-bit "L" or "RGB" PIL image → FloatTensor[C, H, W] in [-1, 1]."""
-    return pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (C, H, W)
-
-
-def _open(data: str | Path | bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
-
-
-def _decode(data: str | Path | bytes, channels: int, min_size: int) -> Image.Image:
-    """Decode fully; JPEGs are DCT-scaled to the smallest size whose shorter side is
-    still ≥ ``min_size`` (a large speed-up for big photos, no visible loss)."""
-    with _open(data) as img:
-        img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
-        img.load()
-        return to_mode(img, channels)
-
-
-def _check_decodes(data: str | Path | bytes) -> str | None:
-    """None when the file decodes, else a short reason. JPEGs are decoded at 1/8 scale,
-    which still reads (and checks) the whole entropy-coded stream."""
-    try:
-        with _open(data) as img:
-            img.draft(None, (1, 1))
-            img.load()
-        return None
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        return f"{type(err).__name__}: {err}".splitlines()[0][:200]
-
-
-def _check_many(items: Sequence[Any], check: Callable[[Any], str | None]) -> list[str | None]:
-    """Run ``check`` over ``items`` in a few threads (PIL decodes without the GIL)."""
-    if len(items) < 64:
-        return [check(x) for x in items]
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check, items, chunksize=64))
 
 
 # --------------------------------------------------------------------------- splits
@@ -198,7 +108,8 @@ class ImageSource(Dataset, abc.ABC):
     Attributes: ``spec`` (what was asked for), ``root`` (the folder, or None),
     ``split``, ``image_size``, ``channels``, ``class_names`` (``[]`` when there are no
     classes), ``skipped`` (``[(source, reason), ...]`` for files that could not be
-    decoded and are not in the dataset).
+    decoded and are not in the dataset), ``split_fraction`` (the validation share of a
+    seeded split, None when the source brings its own split).
 
     Subclasses implement ``__len__``, ``label_of``, ``source_of`` and ``load_pil`` (the
     full-resolution image, already in the model's colour mode); ``image_at`` may be
@@ -214,6 +125,7 @@ class ImageSource(Dataset, abc.ABC):
         self.class_names = list(class_names)
         self.root = root
         self.skipped: list[tuple[str, str]] = []
+        self.split_fraction: float | None = None  # set by sources split with split_indices
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -282,10 +194,11 @@ class _FolderSource(ImageSource):
         class_names = sorted(tops) if nested and len(tops) >= 2 else []
         super().__init__(spec, image_size, channels, split, class_names, root)
         chosen = [files[i] for i in split_indices(len(files), split, seed, val_fraction)]
+        self.split_fraction = val_fraction
         _require_nonempty(chosen, split, spec, len(files), val_fraction)
         skipped: list[tuple[str, str]] = []
         if check:
-            reasons = _check_many([root / f for f in chosen], _check_decodes)
+            reasons = check_many([root / f for f in chosen], check_decodes)
             skipped = [(f, r) for f, r in zip(chosen, reasons) if r is not None]
             chosen = [f for f, r in zip(chosen, reasons) if r is None]
         self.files = chosen  # relative posix paths
@@ -304,7 +217,7 @@ class _FolderSource(ImageSource):
 
     def load_pil(self, index: int, min_size: int) -> Image.Image:
         assert self.root is not None
-        return _decode(self.root / self.files[index], self.channels, min_size)
+        return decode_image(self.root / self.files[index], self.channels, min_size)
 
 
 def _scan_folder(root: Path) -> list[str]:
@@ -326,72 +239,6 @@ def _scan_folder(root: Path) -> list[str]:
     return sorted(found)
 
 
-class _HFSource(ImageSource):
-    """Rows of a ``datasets.Dataset`` with an ``Image`` column."""
-
-    def __init__(self, spec: str, root: Path | None, parts: list[tuple[str, Any, list[int]]],
-                 image_col: str, label_col: str | None, class_names: list[str],
-                 image_size: int, channels: int, split: str, check: bool) -> None:
-        import datasets
-
-        super().__init__(spec, image_size, channels, split, class_names, root)
-        # Images are decoded here (not by `datasets`) so errors and JPEG draft decoding
-        # behave like folders; raw = {"bytes": ..., "path": ...}.
-        self._parts: list[Any] = []
-        rows: list[tuple[int, int]] = []  # (part, row)
-        labels: list[int] = []
-        sources: list[str] = []
-        skipped: list[tuple[str, str]] = []
-        for p, (name, ds, indices) in enumerate(parts):
-            raw = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-            self._parts.append(raw)
-            part_labels = (ds.select_columns([label_col]).with_format("numpy")[:][label_col]
-                           if label_col else None)
-            good = [True] * len(indices)
-            if check:
-                good = []
-                for start in range(0, len(indices), 1024):
-                    chunk = indices[start:start + 1024]
-                    blobs = [_raw_payload(r) for r in raw.select(chunk)[image_col]]
-                    reasons = _check_many(blobs, lambda b: "no image data" if b is None else _check_decodes(b))
-                    for i, r in zip(chunk, reasons):
-                        good.append(r is None)
-                        if r is not None:
-                            skipped.append((f"{name}[{i}]", r))
-            for i, ok in zip(indices, good):
-                if ok:
-                    rows.append((p, i))
-                    labels.append(int(part_labels[i]) if part_labels is not None else -1)
-                    sources.append(f"{name}[{i}]")
-        self.rows = rows
-        self.labels = labels
-        self.sources = sources
-        self._image_col = image_col
-        self._set_skipped(skipped, len(rows) + len(skipped))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def label_of(self, index: int) -> int:
-        return self.labels[index]
-
-    def source_of(self, index: int) -> str:
-        return self.sources[index]
-
-    def load_pil(self, index: int, min_size: int) -> Image.Image:
-        part, row = self.rows[index]
-        payload = _raw_payload(self._parts[part][row][self._image_col])
-        if payload is None:
-            raise ValueError(f"{self.sources[index]} holds no image data")
-        return _decode(payload, self.channels, min_size)
-
-
-def _raw_payload(raw: dict | None) -> bytes | str | None:
-    if not raw:
-        return None
-    return raw.get("bytes") or raw.get("path")
-
-
 class _DigitsSource(ImageSource):
     """scikit-learn's handwritten digits: 8×8 values 0..16, upsampled bilinearly."""
 
@@ -403,6 +250,7 @@ class _DigitsSource(ImageSource):
         super().__init__("digits", image_size, channels, split, [str(d) for d in range(10)], None)
         n = len(digits.images)  # 1797
         self.indices = split_indices(n, split, seed, val_fraction)
+        self.split_fraction = val_fraction
         _require_nonempty(self.indices, split, "digits", n, val_fraction)
         self._images = torch.from_numpy(digits.images.astype(np.float32))  # (N, 8, 8) in 0..16
         self._targets = digits.target.astype(np.int64)
@@ -445,7 +293,7 @@ class _PhotoSource(ImageSource):
         self.root = folder
         self.seed = seed
         self.crops_per_photo = crops_per_photo
-        reasons = [_check_decodes(folder / p) for p in wanted]
+        reasons = [check_decodes(folder / p) for p in wanted]
         self.photos = [p for p, r in zip(wanted, reasons) if r is None]
         skipped = [(p, r) for p, r in zip(wanted, reasons) if r is not None]
         if not wanted:
@@ -486,7 +334,7 @@ class _PhotoSource(ImageSource):
     def _photo(self, name: str) -> Image.Image:
         if name not in self._cache:
             assert self.root is not None
-            self._cache[name] = _decode(self.root / name, self.channels, 1 << 16)
+            self._cache[name] = decode_image(self.root / name, self.channels, 1 << 16)
         return self._cache[name]
 
 
@@ -500,108 +348,6 @@ def _skimage_data_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- datasets
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (
-        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
-    )
-
-
-def _hf_columns(ds: Any, spec: str) -> tuple[str, str | None, list[str]]:
-    """(image column, label column or None, class names) of a ``datasets.Dataset``."""
-    import datasets
-
-    image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
-    if image_col is None:
-        raise ValueError(f"{spec} has no image column (a datasets.Image feature); columns: "
-                         f"{', '.join(ds.column_names)}")
-    label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
-    if label_col is not None:
-        return image_col, label_col, list(ds.features[label_col].names)
-    for name in ("label", "labels", "class", "target"):
-        f = ds.features.get(name)
-        if isinstance(f, datasets.Value) and f.dtype.startswith(("int", "uint")):
-            values = ds.select_columns([name]).with_format("numpy")[:][name]
-            top = int(values.max()) if len(values) else -1
-            return image_col, name, [str(v) for v in range(top + 1)]
-    return image_col, None, []
-
-
-def _hf_source(data: Any, spec: str, root: Path | None, image_size: int, channels: int,
-               split: str, seed: int, val_fraction: float, check: bool) -> ImageSource:
-    import datasets
-
-    if isinstance(data, datasets.DatasetDict):
-        names = list(data.keys())
-        if not names:
-            raise ValueError(f"{spec} holds no splits")
-        train_name = "train" if "train" in data else (names[0] if len(names) == 1 else None)
-        if train_name is None:
-            raise ValueError(f"{spec} has splits {names} and none is named 'train'")
-        val_name = next((n for n in _VAL_SPLIT_NAMES if n in data and n != train_name), None)
-    elif isinstance(data, datasets.Dataset):
-        data, train_name, val_name = datasets.DatasetDict(train=data), "train", None
-    else:
-        raise ValueError(f"{spec} is not a map-style datasets Dataset/DatasetDict")
-    base = data[train_name]
-    image_col, label_col, class_names = _hf_columns(base, spec)
-    if val_name is not None:  # the dataset's own split
-        wanted = {"train": [train_name], "validation": [val_name], "all": [train_name, val_name]}[split]
-        parts = [(n, data[n], list(range(len(data[n])))) for n in wanted]
-        for n in wanted:
-            missing = {c for c in (image_col, label_col) if c} - set(data[n].column_names)
-            if missing:
-                raise ValueError(f"split {n!r} of {spec} lacks column(s) {sorted(missing)}")
-        total = sum(len(data[n]) for n in wanted)
-    else:
-        indices = split_indices(len(base), split, seed, val_fraction)
-        parts, total = [(train_name, base, indices)], len(base)
-    _require_nonempty([i for *_, ix in parts for i in ix], split, spec, total, val_fraction)
-    return _HFSource(spec, root, parts, image_col, label_col, class_names, image_size,
-                     channels, split, check)
-
-
-def _hub_reachable(timeout: float) -> bool:
-    """Can a TCP connection to the hub endpoint be opened within ``timeout`` seconds?
-    Runs in a daemon thread so a stalled DNS lookup cannot block either."""
-    import datasets.config
-
-    url = urlparse(getattr(datasets.config, "HF_ENDPOINT", None) or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _load_hub(name: str) -> Any:
-    import datasets
-    import datasets.config
-
-    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or os.environ.get(
-        "HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not offline and not _hub_reachable(_HUB_TIMEOUT_S):
-        raise ValueError(f"could not reach the Hugging Face hub for {name} (no network?); "
-                         f"download it where there is one and pass its save_to_disk folder")
-    try:
-        return datasets.load_dataset(name)
-    except Exception as err:  # datasets/hub raise many types (HTTP, not found, gated, ...)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if offline:
-            raise ValueError(f"could not reach the Hugging Face hub for {name} (HF_HUB_OFFLINE is "
-                             f"set) and the local cache cannot provide it: {reason}") from None
-        raise ValueError(f"could not load {name} from the Hugging Face hub: {reason}") from None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -664,7 +410,9 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
         name = spec[3:].strip()
         if not name:
             raise ValueError("hf: needs a dataset name, e.g. hf:owner/name")
-        return _hf_source(_load_hub(name), spec, None, image_size, channels, split, seed,
+        from .hf_sources import hf_source, load_hub
+
+        return hf_source(load_hub(name), spec, None, image_size, channels, split, seed,
                           val_fraction, check)
 
     path = Path(spec).expanduser()
@@ -676,7 +424,9 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
     if not path.is_dir():
         raise ValueError(f"data source {path} is a file; give a folder of images or a "
                          f"save_to_disk folder")
-    if _is_saved_dataset(path):
+    from .hf_sources import hf_source, is_saved_dataset
+
+    if is_saved_dataset(path):
         import datasets
 
         try:
@@ -684,6 +434,6 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
         except Exception as err:  # corrupt or foreign save folders raise assorted errors
             raise ValueError(f"could not open the saved dataset {path}: "
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        return _hf_source(data, spec, path, image_size, channels, split, seed, val_fraction, check)
+        return hf_source(data, spec, path, image_size, channels, split, seed, val_fraction, check)
     return _FolderSource(spec, path, image_size, channels, split, seed, val_fraction, check)
 

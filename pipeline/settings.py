@@ -1,4 +1,7 @@
-"""Building frozen config dataclasses from presets, JSON files and ``--set key=value``.
+"""The pipeline's settings (``SampleConfig``, ``TokenizeConfig``) and how the CLI builds every
+stage's frozen config dataclasses from presets, JSON files and ``--set key=value``.
+
+No torch here: ``vqgpt --help`` builds its flags from these dataclasses' fields.
 
 Every concern has one frozen dataclass (tokenizer architecture, tokenizer training, prior
 architecture, prior training, sampling). The CLI never parses a setting by hand: it layers
@@ -17,15 +20,11 @@ import difflib
 import json
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_configs", "parse_sets", "read_config_file", "config_to_dict", "coerce"]
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass as a JSON-ready dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+__all__ = ["SampleConfig", "TokenizeConfig", "build_configs", "parse_sets", "read_config_file", "coerce"]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -185,3 +184,93 @@ def _unknown_key_message(key: str, types_by_section: dict[str, dict[str, Any]], 
     close = difflib.get_close_matches(bare, [c.rpartition(".")[2] for c in candidates], n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return f"unknown config key {key!r}{hint}"
+
+
+# --------------------------------------------------------------------------- settings of the pipeline's verbs
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Settings of one sampling call; the CLI's ``sample``/``complete`` flags are these fields."""
+
+    num: int = field(default=16, metadata={"help": "images to draw (per class when classes are given)"})
+    class_labels: tuple[int, ...] = ()  # class indices; empty = unconditional
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1 = none)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (> 0)"})
+    top_k: int | None = field(default=None, metadata={"help": "keep the K most likely codes"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling: keep codes up to mass P"})
+    seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same images"})
+    batch_size: int = field(default=64, metadata={"help": "images sampled per forward batch"})
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"--num must be at least 1, got {self.num}")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.guidance < 0:
+            raise ValueError(f"--guidance must be >= 0, got {self.guidance}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    @property
+    def labels_per_image(self) -> list[int] | None:
+        """One label per image: ``num`` images of each class, class by class."""
+        if not self.class_labels:
+            return None
+        return [c for c in self.class_labels for _ in range(self.num)]
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Settings of one tokenize run (image size and channels come from the tokenizer)."""
+
+    batch_size: int = field(default=64, metadata={"help": "rows per encode call"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
+    shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
+    flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
+    crops: int = field(default=0, metadata={"help": "also store this many random crops of each image"})
+    crop_resize: float = field(default=1.125, metadata={"help": "crops are cut from the image resized to crop_resize × image_size"})
+    augment_validation: bool = field(default=False, metadata={"help": "augment the validation split too (default: train only)"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
+    val_fraction: float = field(default=0.1, metadata={"help": "validation share for sources without their own split"})
+    crops_per_photo: int = field(default=256, metadata={"help": "'photos' source only: crops per photograph"})
+
+    def __post_init__(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"invalid tokenize config: {msg}")
+
+        if self.batch_size < 1:
+            fail(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            fail(f"num_workers must be ≥ 0, got {self.num_workers}")
+        if self.shard_size < 1:
+            fail(f"shard_size must be ≥ 1, got {self.shard_size}")
+        if self.crops < 0:
+            fail(f"crops must be ≥ 0, got {self.crops}")
+        if not 1.0 <= self.crop_resize <= 2.0:
+            fail(f"crop_resize must be in [1, 2], got {self.crop_resize}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            fail(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.crops_per_photo < 1:
+            fail(f"crops_per_photo must be ≥ 1, got {self.crops_per_photo}")
+
+    def variants(self, split: str) -> list[str]:
+        """Row suffixes stored per source image of ``split``: "" (the image itself), then
+        "#flip", then "#crop0" … "#crop{n-1}"."""
+        out = [""]
+        if split == "train" or self.augment_validation:
+            out += ["#flip"] * self.flip + [f"#crop{k}" for k in range(self.crops)]
+        return out
+
+    def augmentations(self) -> dict[str, Any]:
+        """The ``augmentations`` entry of the token dataset's metadata."""
+        splits = ["train", "validation"] if self.augment_validation else ["train"]
+        out: dict[str, Any] = {"flip": self.flip, "crops": self.crops}
+        if self.crops:
+            out["crop_resize"] = self.crop_resize
+        out["splits"] = splits if (self.flip or self.crops) else []
+        return out

@@ -1,0 +1,233 @@
+"""The ``vqgpt`` verbs: one function per verb, each a thin layer over the library.
+
+``cli.py`` parses the command line (without importing torch) and calls ``cmd_<verb>`` here;
+each builds its configs (preset → ``--config`` → ``--set``), calls its stage and prints the
+figures a person wants to see. Results go to stdout from the main process only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cmd_train_tokenizer", "cmd_reconstruct", "cmd_tokenize", "cmd_train_prior", "cmd_sample",
+           "cmd_complete", "cmd_evaluate", "cmd_demo"]
+
+
+def _is_main() -> bool:
+    """Rank 0 of a launched job (or a plain process), read from the launcher's environment:
+    no accelerate state is created before the stage's own ``Accelerator``."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _print(*parts: Any) -> None:
+    """Results go to stdout, from the main process only."""
+    if _is_main():
+        print(*parts, flush=True)
+
+
+def _layers(preset_registry: dict[str, dict], preset: str | None, config: str | None, sets: list[str] | None) -> list[dict]:
+    from .settings import parse_sets, read_config_file
+
+    layers: list[dict] = []
+    if preset is not None:
+        if preset not in preset_registry:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(preset_registry)}")
+        layers.append(preset_registry[preset])
+    if config:
+        layers.append(read_config_file(config))
+    layers.append(parse_sets(sets))
+    return layers
+
+
+def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    import dataclasses
+    import typing
+
+    from .settings import coerce
+
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = dict(fixed)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        raw = getattr(args, f.name, None)
+        if raw is not None:
+            values[f.name] = coerce(raw, hints[f.name], "--" + f.name.replace("_", "-"))
+    return cls(**values)
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from vqgpt import tokenizer as tk
+
+    from .settings import build_configs
+    from .sources import load_images
+
+    cfg = build_configs(
+        {"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
+        _layers(tk.PRESETS, args.preset, args.config, args.set),
+    )
+    model_cfg, train_cfg = cfg["model"], cfg["train"]
+    train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)
+    val = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="validation", seed=args.data_seed)
+    _print(f"data: {args.data} — {len(train)} train / {len(val)} validation images, "
+           f"{model_cfg.image_size}px, {model_cfg.channels} channel(s)")
+    summary = tk.train_tokenizer(model_cfg, train_cfg, train, val, args.out, resume=args.resume, overwrite=args.overwrite)
+    for src in (train, val):
+        if src.skipped:
+            _print(src.skip_report())
+    _print(_format_metrics("tokenizer", summary))
+    _print(f"tokenizer saved to {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from vqgpt import tokenizer as tk
+
+    from .reconstruct import reconstruct
+    from .sources import load_images
+
+    device = _device(args.device)
+    model = tk.VQGAN.from_pretrained(args.tokenizer, device=device)
+    data = load_images(args.data, model.config.image_size, model.config.channels, split=args.split, seed=args.data_seed)
+    result = reconstruct(model, data, args.out, num_images=args.num, batch_size=args.batch_size)
+    if data.skipped:
+        _print(data.skip_report())
+    _print(_format_metrics(f"reconstruct ({args.split}, {len(data)} images)", result))
+    _print(f"side-by-side grid (originals | reconstructions) written to {args.out}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .inspect_tokens import inspect_tokens
+    from .settings import TokenizeConfig
+    from .tokenize import tokenize_dataset
+
+    if args.inspect:
+        given = [f"--{f}" for f in ("data", "out") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--inspect reads a token dataset; {', '.join(given)} cannot be used with it")
+        report = inspect_tokens(args.inspect, tokenizer=args.tokenizer, png=args.png)
+        _print(_format_metrics("tokens", report))
+        return 0
+    if args.png:
+        raise ValueError("--png goes with --inspect DIR --tokenizer DIR")
+    for flag in ("tokenizer", "data", "out"):
+        if getattr(args, flag) is None:
+            raise ValueError(f"tokenize needs --{flag} (or --inspect DIR)")
+    config = _dataclass_from_args(TokenizeConfig, args)
+    summary = tokenize_dataset(args.tokenizer, args.data, args.out, config, overwrite=args.overwrite,
+                               device=_device(args.device))
+    _print(_format_metrics("tokenize", summary))
+    for line in summary.get("skipped_files", []):
+        _print(f"  skipped {line}")
+    _print(f"token dataset written to {args.out}")
+    return 0
+
+
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from vqgpt import prior as pr
+
+    from .settings import build_configs
+
+    cfg = build_configs(
+        {"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
+        _layers(pr.PRESETS, args.preset, args.config, args.set),
+    )
+    callback = None
+    if args.tokenizer:
+        from .outputs import sample_grid_writer
+
+        callback = sample_grid_writer(args.tokenizer, Path(args.out) / "samples", tokens_dir=args.tokens)
+    summary = pr.train_prior(cfg["model"], cfg["train"], args.tokens, args.out, resume=args.resume,
+                             overwrite=args.overwrite, sample_callback=callback)
+    _print(_format_metrics("prior", summary))
+    _print(f"prior saved to {args.out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .outputs import prepare_out, write_samples
+    from .settings import SampleConfig
+
+    pipe = _load_pipeline(args)
+    labels = pipe.resolve_classes(args.classes)
+    settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
+    out = prepare_out(args.out, args.overwrite)
+    images = pipe.generate(settings)
+    paths = write_samples(images, settings, pipe, out)
+    _print(f"{len(images)} images written to {args.out} (grid: {paths['grid']}, settings: {paths['settings']})")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from .outputs import complete_to_files
+    from .settings import SampleConfig
+
+    pipe = _load_pipeline(args)
+    labels = pipe.resolve_classes(args.classes)
+    if labels and len(labels) != 1:
+        raise ValueError("complete takes at most one --class")
+    settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
+    paths = complete_to_files(pipe, args.image, args.keep_rows, settings, args.out, overwrite=args.overwrite)
+    _print(f"{settings.num} completions of {args.image} (top {args.keep_rows} code rows kept) "
+           f"written to {args.out} (grid: {paths['grid']})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    report = evaluate_run(run=args.run, tokenizer=args.tokenizer, prior=args.prior, data=args.data,
+                          tokens=args.tokens, num_samples=args.num_samples, seed=args.seed,
+                          device=_device(args.device))
+    for section, figures in report.items():
+        _print(_format_metrics(section, figures))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, overwrite=args.overwrite, device=_device(args.device), quick=args.quick)
+    return 0
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from .generate import Pipeline
+
+    if args.run and (args.tokenizer or args.prior):
+        raise ValueError("give either --run DIR or --tokenizer DIR --prior DIR, not both")
+    if args.run:
+        return Pipeline.from_pretrained(args.run, device=_device(args.device))
+    if not (args.tokenizer and args.prior):
+        raise ValueError("give --run DIR, or both --tokenizer DIR and --prior DIR")
+    return Pipeline.from_pretrained(args.tokenizer, args.prior, device=_device(args.device))
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here")
+    return name
+
+
+def _format_metrics(title: str, figures: dict[str, Any]) -> str:
+    parts = []
+    for key, value in figures.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, (int, str)):
+            parts.append(f"{key}={value}")
+    return f"{title}: " + "  ".join(parts)

@@ -1,0 +1,134 @@
+"""The prior's training folder: checkpoints, the final prior files, the loss curve — in one place.
+
+    out/config.json, model.safetensors, generation_config.json, vqgpt_prior.json   (at the end)
+    out/metrics.jsonl, out/loss_curve.png
+    out/checkpoints/step_N/   accelerate `save_state` + trainer_state.json (written atomically)
+    out/checkpoints/best/     best prior by held-out loss (when early stopping is on)
+
+Only the main process writes; `save_checkpoint` is called on every process (`save_state` and the
+barriers need them all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+from transformers import PreTrainedModel
+
+from .config import PriorConfig
+from .model import SPEC_FILE, PriorSpec, save_prior
+
+__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "checkpoints", "save_checkpoint", "publish", "move_prior_files",
+           "plot_loss_curve", "prepare_out_dir", "check_resume"]
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    out = []
+    for path in root.glob("step_*") if root.is_dir() else []:
+        if path.is_dir() and path.name[5:].isdigit() and (path / STATE_FILE).is_file():
+            out.append((int(path.name[5:]), path))
+    return sorted(out)
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dict, keep: int) -> None:
+    """`save_state` into a temporary folder, add trainer_state.json (`record`), then rename (atomic)."""
+    final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in checkpoints(root)[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
+    """Write the final prior into out_dir (which also holds logs): save to a temporary folder,
+    move the files in one by one, the JSON that makes it a prior last."""
+    staged = save_prior(model, spec, out_dir / ".final.tmp")
+    move_prior_files(staged, out_dir)
+
+
+def move_prior_files(src: Path, out_dir: Path) -> None:
+    (out_dir / SPEC_FILE).unlink(missing_ok=True)
+    names = sorted(p.name for p in src.iterdir() if p.name != SPEC_FILE)
+    for name in names + [SPEC_FILE]:
+        if (src / name).is_file():
+            os.replace(src / name, out_dir / name)
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def plot_loss_curve(metrics_path: Path, png: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, val = [], []
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train":
+            train.append((rec["step"], rec["bits_per_code"]))
+        elif rec.get("split") == "validation":
+            val.append((rec["step"], rec["bits_per_code"]))
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="held-out", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per code")
+    ax.set_title("prior loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, png)
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another --out")
+    if resume:
+        if not checkpoints(out_dir / "checkpoints"):
+            raise FileNotFoundError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint; run without --resume")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it or --resume to continue")
+        ours = (out_dir / SPEC_FILE).is_file() or any(
+            "tokens_dir" in p.read_text() for p in (out_dir / "checkpoints").glob("step_*/trainer_state.json"))
+        if not ours:
+            raise ValueError(f"--overwrite refused: {out_dir} does not look like a prior training folder; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_resume(saved: dict, spec: PriorSpec, model_config: PriorConfig, tokens_dir: str) -> None:
+    """Refuse to continue a checkpoint on tokens of another tokenizer, codebook, grid or classes."""
+    if saved.get("tokenizer_fingerprint") != spec.tokenizer_fingerprint:
+        raise ValueError(f"cannot resume: {tokens_dir} comes from tokenizer {spec.tokenizer_fingerprint or '?'}, "
+                         f"the checkpoint was trained on {saved.get('tokenizer_fingerprint') or '?'}")
+    if saved.get("codebook_size") != spec.codebook_size:
+        raise ValueError(f"cannot resume: {tokens_dir} has codebook size {spec.codebook_size}, the checkpoint {saved.get('codebook_size')}")
+    if tuple(saved.get("grid", ())) != spec.grid or tuple(saved.get("class_names", ())) != spec.class_names:
+        raise ValueError(f"cannot resume: {tokens_dir} has grid {list(spec.grid)} and {spec.num_classes} classes, "
+                         f"the checkpoint grid {saved.get('grid')} and {len(saved.get('class_names', []))} classes")
+    given = dataclasses.asdict(model_config)
+    changed = [k for k, v in saved.get("model_config", {}).items() if given.get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume with different model settings ({', '.join(changed)}); use the checkpoint's")
