@@ -33,27 +33,42 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
-import queue
 import shutil
-import threading
 import time
-import zlib
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vqgpt.prior.data import SPLITS, code_counts, is_token_dataset, save_token_dataset, token_features, token_meta
+from vqgpt.prior.data import (
+    SPLITS,
+    code_counts,
+    is_token_dataset,
+    save_token_dataset,
+    token_features,
+    token_meta,
+)
 from vqgpt.tokenizer import VQGAN, codebook_stats
 
 from .settings import TokenizeConfig
+from .shards import (
+    Rows,
+    Shard,
+    collate,
+    open_shards,
+    plan_batches,
+    plan_shards,
+    prefetch,
+    shard_done,
+    shard_failures,
+    write_json,
+    write_shard,
+)
 from .sources import ImageSource, load_images
 
 logger = logging.getLogger(__name__)
@@ -62,127 +77,6 @@ __all__ = ["tokenize_dataset", "load_tokenizer", "code_summary"]
 
 PARTIAL_NAME = ".partial"
 MANIFEST_NAME = "manifest.json"
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class _Rows(Dataset):
-    """Item ``(split, i)`` → every stored row of source image ``i``: the image, its flip,
-    its crops. Never raises: an image that fails to load comes back with a reason, so
-    DataLoader workers survive files that change under them."""
-
-    def __init__(self, sources: dict[str, ImageSource], config: TokenizeConfig) -> None:
-        self.sources = sources
-        self.config = config
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.sources.values())
-
-    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
-        split, i = key
-        src = self.sources[split]
-        variants = self.config.variants(split)
-        size = src.image_size
-        try:
-            image = src.image_at(i, size)  # (C, S, S)
-            rows = [image]
-            if "#flip" in variants:
-                rows.append(image.flip(-1))
-            n_crops = sum(v.startswith("#crop") for v in variants)
-            if n_crops:
-                big_size = max(size, round(size * self.config.crop_resize))
-                big = src.image_at(i, big_size)  # (C, S', S')
-                g = torch.Generator().manual_seed(
-                    zlib.crc32(f"{self.config.seed}:{split}:{i}:crops".encode()))
-                offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
-                rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
-            images = torch.stack(rows)  # (V, C, S, S)
-            reason = ""
-        except Exception as err:  # a file that vanished or broke after indexing
-            images = torch.zeros(len(variants), src.channels, size, size)
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        name = src.source_of(i)
-        return {"images": images, "label": src.label_of(i),
-                "sources": [name + v for v in variants], "origin": name, "reason": reason}
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [not it["reason"] for it in items]
-    images = [it["images"] for it, good in zip(items, ok) if good]
-    return {
-        "images": torch.cat(images) if images else None,  # (R, C, S, S)
-        "labels": [it["label"] for it, good in zip(items, ok) if good for _ in it["sources"]],
-        "sources": [s for it, good in zip(items, ok) if good for s in it["sources"]],
-        "failed": [(it["origin"], it["reason"]) for it, good in zip(items, ok) if not good],
-        "num_images": len(items),
-    }
-
-
-@dataclass(frozen=True)
-class _Shard:
-    split: str
-    index: int  # shard number within its split
-    number: int  # global shard number (train first), decides the process
-    start: int  # first source image
-    stop: int  # one past the last source image
-
-    @property
-    def stem(self) -> str:
-        return f"{self.split}-{self.index:05d}"
-
-
-def _plan_shards(sizes: dict[str, int], shard_size: int) -> list[_Shard]:
-    shards: list[_Shard] = []
-    for split in SPLITS:
-        for k in range(math.ceil(sizes[split] / shard_size)):
-            shards.append(_Shard(split, k, len(shards), k * shard_size,
-                                 min(sizes[split], (k + 1) * shard_size)))
-    return shards
-
-
-def _batches(shards: list[_Shard], images_per_batch: int) -> list[tuple[_Shard, list[tuple[str, int]]]]:
-    """Batches of (split, index) keys that never cross a shard boundary."""
-    out = []
-    for shard in shards:
-        for start in range(shard.start, shard.stop, images_per_batch):
-            stop = min(shard.stop, start + images_per_batch)
-            out.append((shard, [(shard.split, i) for i in range(start, stop)]))
-    return out
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _write_shard(partial: Path, shard: _Shard, codes: list[np.ndarray], labels: list[int],
-                 sources: list[str], failed: list[tuple[str, str]], features: Any) -> None:
-    """Write one shard as an Arrow file (then its JSON marker, which means "done")."""
-    from datasets.arrow_writer import ArrowWriter
-
-    dtype = np.dtype(features["codes"].dtype)
-    shape = features["codes"].shape
-    array = np.concatenate(codes).astype(dtype) if codes else np.zeros((0, *shape), dtype)
-    tmp = partial / f"{shard.stem}.arrow.tmp-{os.getpid()}"
-    writer = ArrowWriter(features=features, path=str(tmp))
-    try:
-        writer.write_batch({"codes": array, "label": np.asarray(labels, dtype=np.int32),
-                            "source": list(sources)})
-        writer.finalize()
-    finally:
-        writer.close()
-    os.replace(tmp, partial / f"{shard.stem}.arrow")
-    marker = {"rows": len(sources), "images": shard.stop - shard.start, "failed": failed}
-    _write_json(partial / f"{shard.stem}.json", marker)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _shard_done(partial: Path, shard: _Shard) -> bool:
-    return (partial / f"{shard.stem}.json").is_file() and (partial / f"{shard.stem}.arrow").is_file()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -343,13 +237,13 @@ def tokenize_dataset(
         _check_manifest(json.loads(manifest_path.read_text()), manifest, out)
     state.wait_for_everyone()
     if state.is_main_process and not manifest_path.is_file():
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
 
     # -- encode this process's pending shards --------------------------------------------------
-    shards = _plan_shards(sizes, config.shard_size)
-    done_before = [s for s in shards if _shard_done(partial, s)]
+    shards = plan_shards(sizes, config.shard_size)
+    done_before = [s for s in shards if shard_done(partial, s)]
     mine = [s for s in shards if s.number % state.num_processes == state.process_index
-            and not _shard_done(partial, s)]
+            and not shard_done(partial, s)]
     if done_before:
         logger.info("resuming %s: %d of %d shards already done", out, len(done_before), len(shards))
     _encode_shards(model, sources, config, mine, partial, features, device, K,
@@ -406,18 +300,18 @@ def _check_manifest(found: dict[str, Any], expected: dict[str, Any], out: Path) 
 
 
 def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: TokenizeConfig,
-                   shards: list[_Shard], partial: Path, features: Any, device: torch.device,
+                   shards: list[Shard], partial: Path, features: Any, device: torch.device,
                    K: int, progress: bool, on_shard: Callable[[str, int], None] | None) -> None:
     if not shards:
         return
     rows_per_image = max(len(config.variants(s)) for s in SPLITS)
     images_per_batch = max(1, config.batch_size // rows_per_image)
-    plan = _batches(shards, images_per_batch)
+    plan = plan_batches(shards, images_per_batch)
     loader = DataLoader(
-        _Rows(sources, config),
+        Rows(sources, config),
         batch_sampler=[keys for _, keys in plan],
         num_workers=config.num_workers,
-        collate_fn=_collate,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
@@ -425,8 +319,8 @@ def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: Toke
     total = sum(s.stop - s.start for s in shards)
     bar = tqdm(total=total, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
     buf: dict[str, list[Any]] = {"codes": [], "labels": [], "sources": [], "failed": []}
-    current: _Shard | None = None
-    batches = iter(loader) if config.num_workers > 0 else _prefetch(loader)
+    current: Shard | None = None
+    batches = iter(loader) if config.num_workers > 0 else prefetch(loader)
     try:
         for (shard, _keys), batch in zip(plan, batches):
             if current is not None and shard != current:
@@ -448,51 +342,9 @@ def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: Toke
         bar.close()
 
 
-def _prefetch(iterable: Any, depth: int = 2) -> Iterator[Any]:
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so reading
-    images (PIL decodes without the GIL) overlaps encoding when there are no DataLoader
-    workers. Exceptions are re-raised here."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def run() -> None:
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(("end", done))
-        except BaseException as err:  # handed to the consumer
-            items.put(("error", err))
-
-    thread = threading.Thread(target=run, name="tokenize-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                thread.join(0.1)
-
-
-def _flush(partial: Path, shard: _Shard, buf: dict[str, list[Any]], features: Any,
+def _flush(partial: Path, shard: Shard, buf: dict[str, list[Any]], features: Any,
            on_shard: Callable[[str, int], None] | None) -> None:
-    _write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
+    write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
     for failed in buf["failed"]:
         logger.warning("could not read %s (%s); left out", *failed)
     for v in buf.values():
@@ -501,41 +353,28 @@ def _flush(partial: Path, shard: _Shard, buf: dict[str, list[Any]], features: An
         on_shard(shard.split, shard.index)
 
 
-def _open_shards(partial: Path, shards: list[_Shard], split: str) -> list[Any]:
-    from datasets import Dataset
-
-    return [Dataset.from_file(str(partial / f"{s.stem}.arrow")) for s in shards if s.split == split]
-
-
-def _shard_failures(partial: Path, shards: list[_Shard]) -> list[tuple[str, str]]:
-    failed: list[tuple[str, str]] = []
-    for s in shards:
-        failed += [tuple(f) for f in json.loads((partial / f"{s.stem}.json").read_text())["failed"]]
-    return failed
-
-
-def _assemble(out: Path, partial: Path, shards: list[_Shard], features: Any,
+def _assemble(out: Path, partial: Path, shards: list[Shard], features: Any,
               meta: dict[str, Any], K: int) -> dict[str, Any]:
     """Concatenate the memory-mapped shards and save them as the token dataset (prior's
     writer: a temporary sibling folder swapped into place; ``out`` holds only ``.partial``)."""
     import datasets
 
-    missing = [s.stem for s in shards if not _shard_done(partial, s)]
+    missing = [s.stem for s in shards if not shard_done(partial, s)]
     if missing:
         raise RuntimeError(f"shards {missing[:3]} of {out} were not written; rerun to finish")
     parts: dict[str, Any] = {}
     for split in SPLITS:
-        pieces = _open_shards(partial, shards, split)
+        pieces = open_shards(partial, shards, split)
         parts[split] = (datasets.concatenate_datasets(pieces) if pieces else
                         datasets.Dataset.from_dict({"codes": [], "label": [], "source": []}, features=features))
     counts = code_counts(list(parts.values()), K)
     summary = {f"{split}_rows": len(ds) for split, ds in parts.items()}
-    summary.update({"codebook_size": K, **code_summary(counts), "_failed": _shard_failures(partial, shards)})
+    summary.update({"codebook_size": K, **code_summary(counts), "_failed": shard_failures(partial, shards)})
     save_token_dataset(parts, meta, out)
     return summary
 
 
-def _summary_from_disk(out: Path, partial: Path, shards: list[_Shard], K: int) -> dict[str, Any]:
+def _summary_from_disk(out: Path, partial: Path, shards: list[Shard], K: int) -> dict[str, Any]:
     """Non-main processes: the same summary, read from the assembled dataset."""
     import datasets
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgpt.pipeline.sources import load_images
 from vqgpt.pipeline.inspect_tokens import inspect_tokens
 from vqgpt.pipeline.settings import TokenizeConfig
+from vqgpt.pipeline.sources import load_images
 from vqgpt.pipeline.tokenize import tokenize_dataset
 from vqgpt.prior.data import codes_dtype
 from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig

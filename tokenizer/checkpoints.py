@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from torchvision.utils import make_grid, save_image
 
-from .model import CONFIG_NAME, WEIGHTS_NAME, VQGAN
+from .model import CONFIG_NAME, VQGAN, WEIGHTS_NAME
 
 __all__ = ["CHECKPOINT_DIR", "SAMPLES_DIR", "METRICS_FILE", "LOSS_CURVE_FILE", "TRAINER_STATE_FILE",
            "prepare_out_dir", "latest_checkpoint", "save_checkpoint", "truncate_metrics",

@@ -33,7 +33,6 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from . import checkpoints as ckpt
 from .config import TokenizerTrainConfig, VQGANConfig
-
 from .losses import (
     LPIPS,
     NLayerDiscriminator,

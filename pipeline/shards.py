@@ -1,0 +1,205 @@
+"""Shards of a tokenize run: the unit of resume and of multi-process work.
+
+Source images are numbered per split and cut into shards of ``shard_size``; ``Rows`` reads
+every stored row of one image (the image, its flip, its crops) and never raises, so DataLoader
+workers survive files that break under them; ``write_shard`` writes one shard's rows as an
+Arrow file, then a JSON marker that means "done"; ``prefetch`` overlaps image reading with
+encoding when there are no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vqgpt.prior.data import SPLITS
+
+from .settings import TokenizeConfig
+from .sources import ImageSource
+
+__all__ = ["Rows", "collate", "Shard", "plan_shards", "plan_batches", "write_shard", "write_json", "shard_done",
+           "prefetch", "open_shards", "shard_failures"]
+
+
+class Rows(Dataset):
+    """Item ``(split, i)`` → every stored row of source image ``i``: the image, its flip,
+    its crops. Never raises: an image that fails to load comes back with a reason, so
+    DataLoader workers survive files that change under them."""
+
+    def __init__(self, sources: dict[str, ImageSource], config: TokenizeConfig) -> None:
+        self.sources = sources
+        self.config = config
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources.values())
+
+    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
+        split, i = key
+        src = self.sources[split]
+        variants = self.config.variants(split)
+        size = src.image_size
+        try:
+            image = src.image_at(i, size)  # (C, S, S)
+            rows = [image]
+            if "#flip" in variants:
+                rows.append(image.flip(-1))
+            n_crops = sum(v.startswith("#crop") for v in variants)
+            if n_crops:
+                big_size = max(size, round(size * self.config.crop_resize))
+                big = src.image_at(i, big_size)  # (C, S', S')
+                g = torch.Generator().manual_seed(
+                    zlib.crc32(f"{self.config.seed}:{split}:{i}:crops".encode()))
+                offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
+                rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
+            images = torch.stack(rows)  # (V, C, S, S)
+            reason = ""
+        except Exception as err:  # a file that vanished or broke after indexing
+            images = torch.zeros(len(variants), src.channels, size, size)
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        name = src.source_of(i)
+        return {"images": images, "label": src.label_of(i),
+                "sources": [name + v for v in variants], "origin": name, "reason": reason}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [not it["reason"] for it in items]
+    images = [it["images"] for it, good in zip(items, ok) if good]
+    return {
+        "images": torch.cat(images) if images else None,  # (R, C, S, S)
+        "labels": [it["label"] for it, good in zip(items, ok) if good for _ in it["sources"]],
+        "sources": [s for it, good in zip(items, ok) if good for s in it["sources"]],
+        "failed": [(it["origin"], it["reason"]) for it, good in zip(items, ok) if not good],
+        "num_images": len(items),
+    }
+
+
+@dataclass(frozen=True)
+class Shard:
+    split: str
+    index: int  # shard number within its split
+    number: int  # global shard number (train first), decides the process
+    start: int  # first source image
+    stop: int  # one past the last source image
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}-{self.index:05d}"
+
+
+def plan_shards(sizes: dict[str, int], shard_size: int) -> list[Shard]:
+    shards: list[Shard] = []
+    for split in SPLITS:
+        for k in range(math.ceil(sizes[split] / shard_size)):
+            shards.append(Shard(split, k, len(shards), k * shard_size,
+                                 min(sizes[split], (k + 1) * shard_size)))
+    return shards
+
+
+def plan_batches(shards: list[Shard], images_per_batch: int) -> list[tuple[Shard, list[tuple[str, int]]]]:
+    """Batches of (split, index) keys that never cross a shard boundary."""
+    out = []
+    for shard in shards:
+        for start in range(shard.start, shard.stop, images_per_batch):
+            stop = min(shard.stop, start + images_per_batch)
+            out.append((shard, [(shard.split, i) for i in range(start, stop)]))
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_shard(partial: Path, shard: Shard, codes: list[np.ndarray], labels: list[int],
+                 sources: list[str], failed: list[tuple[str, str]], features: Any) -> None:
+    """Write one shard as an Arrow file (then its JSON marker, which means "done")."""
+    from datasets.arrow_writer import ArrowWriter
+
+    dtype = np.dtype(features["codes"].dtype)
+    shape = features["codes"].shape
+    array = np.concatenate(codes).astype(dtype) if codes else np.zeros((0, *shape), dtype)
+    tmp = partial / f"{shard.stem}.arrow.tmp-{os.getpid()}"
+    writer = ArrowWriter(features=features, path=str(tmp))
+    try:
+        writer.write_batch({"codes": array, "label": np.asarray(labels, dtype=np.int32),
+                            "source": list(sources)})
+        writer.finalize()
+    finally:
+        writer.close()
+    os.replace(tmp, partial / f"{shard.stem}.arrow")
+    marker = {"rows": len(sources), "images": shard.stop - shard.start, "failed": failed}
+    write_json(partial / f"{shard.stem}.json", marker)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def shard_done(partial: Path, shard: Shard) -> bool:
+    return (partial / f"{shard.stem}.json").is_file() and (partial / f"{shard.stem}.arrow").is_file()
+
+
+def prefetch(iterable: Any, depth: int = 2) -> Iterator[Any]:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so reading
+    images (PIL decodes without the GIL) overlaps encoding when there are no DataLoader
+    workers. Exceptions are re-raised here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", done))
+        except BaseException as err:  # handed to the consumer
+            items.put(("error", err))
+
+    thread = threading.Thread(target=run, name="tokenize-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)
+
+
+def open_shards(partial: Path, shards: list[Shard], split: str) -> list[Any]:
+    from datasets import Dataset
+
+    return [Dataset.from_file(str(partial / f"{s.stem}.arrow")) for s in shards if s.split == split]
+
+
+def shard_failures(partial: Path, shards: list[Shard]) -> list[tuple[str, str]]:
+    failed: list[tuple[str, str]] = []
+    for s in shards:
+        failed += [tuple(f) for f in json.loads((partial / f"{s.stem}.json").read_text())["failed"]]
+    return failed
