@@ -6,7 +6,9 @@
     out/checkpoints/best/     best prior by held-out loss (when early stopping is on)
 
 Only the main process writes; `save_checkpoint` is called on every process (`save_state` and the
-barriers need them all).
+barriers need them all). No checkpoint file is read back as an arbitrary pickle: the schedule's
+state is JSON inside trainer_state.json, and accelerate reads the optimizer, RNG and sampler
+states with `weights_only=True`; `load_checkpoint` checks them and names a damaged file.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from transformers import PreTrainedModel
 
 from .config import PriorConfig
 from .model import SPEC_FILE, PriorSpec, save_prior
 
-__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "checkpoints", "save_checkpoint", "publish", "move_prior_files",
+__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "checkpoints", "save_checkpoint", "read_state", "load_checkpoint", "publish", "move_prior_files",
            "plot_loss_curve", "prepare_out_dir", "check_resume"]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -38,21 +41,54 @@ def checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dict, keep: int) -> None:
-    """`save_state` into a temporary folder, add trainer_state.json (`record`), then rename (atomic)."""
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dict, keep: int, scheduler) -> None:
+    """`save_state` into a temporary folder, add trainer_state.json (`record` plus the schedule's
+    state), then rename (atomic); keep the newest `keep`."""
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        state = {**record, "scheduler": scheduler.state_dict()}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         for _, old in checkpoints(root)[:-keep] if keep else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's trainer_state.json; a damaged one is a one-line ValueError."""
+    try:
+        saved = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise ValueError("it holds no integer 'step'")
+        return saved
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot resume: {path / STATE_FILE} is damaged ({err}); delete {path.name} to resume "
+                         "from an earlier checkpoint, or start again with --overwrite") from None
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, scheduler) -> dict:
+    """Restore model, optimizer, RNG and sampler states (accelerate) and the schedule (JSON) from
+    `path`; returns trainer_state.json. Every process checks its own RNG file first, because
+    accelerate skips an unreadable one with an INFO line and the resume would silently drift."""
+    saved = read_state(path)
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    parts = [(rng.name, lambda: accelerate_load(rng)),
+             ("model, optimizer or sampler state", lambda: accelerator.load_state(str(path))),
+             ("schedule state", lambda: scheduler.load_state_dict(saved["scheduler"]))]
+    for what, load in parts:
+        try:
+            load()
+        except Exception as err:  # torch, safetensors and accelerate raise assorted types
+            reason = (str(err).splitlines() or [""])[0][:200]
+            raise ValueError(f"cannot resume: {what} in {path} is damaged ({type(err).__name__}: {reason}); "
+                             f"delete {path.name} to resume from an earlier checkpoint, or --overwrite") from None
+    return saved
 
 
 def publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:

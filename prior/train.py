@@ -183,7 +183,7 @@ def train_prior(
         ckpt.prepare_out_dir(out_dir, resume, overwrite)
     accelerator.wait_for_everyone()
     resume_from = ckpt.checkpoints(ckpt_root)[-1][1] if resume else None
-    saved = json.loads((resume_from / ckpt.STATE_FILE).read_text()) if resume_from else None
+    saved = ckpt.read_state(resume_from) if resume_from else None
     if saved is not None:
         ckpt.check_resume(saved, spec, model_config, str(tokens_dir))
 
@@ -202,11 +202,12 @@ def train_prior(
     val_loader = DataLoader(data.validation, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                             generator=torch.Generator().manual_seed(cfg.seed))
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    accelerator.register_for_checkpointing(scheduler)
+    # the scheduler is stepped by hand once per optimizer step (not per process), so it is not
+    # prepared; checkpoints keep its state as JSON
 
     state = TrainState()
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))  # model, optimizer, scheduler, RNG states
+        ckpt.load_checkpoint(accelerator, resume_from, scheduler)  # model, optimizer, schedule, RNG states
         state = TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState)})
         if saved.get("train_config", {}).get("max_steps") != cfg.max_steps:
             logger.warning("max_steps changed from %s to %s: the cosine schedule is stretched accordingly",
@@ -286,7 +287,7 @@ def train_prior(
                             state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
-                                 cfg.keep_checkpoints)
+                                 cfg.keep_checkpoints, scheduler)
             last_ckpt = state.step
         if cfg.sample_every and state.step % cfg.sample_every == 0:
             draw_samples(state.step)
@@ -300,7 +301,7 @@ def train_prior(
         val = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
     if last_ckpt != state.step:
         ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
-                             cfg.keep_checkpoints)
+                             cfg.keep_checkpoints, scheduler)
 
     use_best = cfg.early_stopping_patience is not None and (ckpt_root / "best" / SPEC_FILE).is_file()
     if main:

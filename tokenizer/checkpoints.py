@@ -1,13 +1,20 @@
 """The tokenizer's run folder: what ``train_tokenizer`` writes besides the model, in one place.
 
     out/config.json, model.safetensors        the finished tokenizer (``VQGAN.save_pretrained``)
-    out/checkpoints/step_N/                   ``accelerator.save_state`` + trainer_state.json
+    out/checkpoints/step_N/                   ``accelerator.save_state`` (models as safetensors, optimizers,
+                                              RNG states) + ema.safetensors + trainer_state.json
     out/samples/recon_step_XXXXXX.png         originals over reconstructions during training
     out/metrics.jsonl, out/loss_curve.png     training log and its plot
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a run killed
 while saving never leaves a ``step_N`` that ``--resume`` would pick up half-written. Only the
 main process writes; every process takes part in ``save_state`` and waits at the barriers.
+
+Nothing in a checkpoint is unpickled with ``weights_only=False``: the learning-rate schedules
+are JSON in trainer_state.json and the EMA weights safetensors (rather than accelerate's
+``register_for_checkpointing``, whose files it reads back as arbitrary pickles); what
+accelerate itself reads back (optimizer, RNG and sampler states) it reads with
+``weights_only=True``. ``load_checkpoint`` turns a damaged file into one clear error.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors.torch import load_file, save_file
 from torchvision.utils import make_grid, save_image
 
 from .model import CONFIG_NAME, VQGAN, WEIGHTS_NAME
 
 __all__ = ["CHECKPOINT_DIR", "SAMPLES_DIR", "METRICS_FILE", "LOSS_CURVE_FILE", "TRAINER_STATE_FILE",
-           "prepare_out_dir", "latest_checkpoint", "save_checkpoint", "truncate_metrics",
+           "EMA_FILE", "prepare_out_dir", "latest_checkpoint", "save_checkpoint", "read_trainer_state", "load_checkpoint", "truncate_metrics",
            "save_recon_grid", "plot_loss_curve"]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -34,6 +43,7 @@ SAMPLES_DIR = "samples"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 TRAINER_STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Files of the other stages' folders: a tokenizer run never goes into one of those.
 _FOREIGN_MARKERS = ("vqgpt_prior.json", "dataset_dict.json")
@@ -89,9 +99,11 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: int, record: dict[str, Any]) -> None:
-    """``save_state`` into ``.tmp_step_N``, add trainer_state.json (``{"step", **record}``),
-    rename to ``step_N``; then keep only the newest ``keep`` checkpoints."""
+def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: int, record: dict[str, Any],
+                    schedulers: list[Any] = (), ema: torch.nn.Module | None = None) -> None:
+    """``save_state`` into ``.tmp_step_N``, add the EMA weights and trainer_state.json
+    (``{"step", **record, "schedulers": [state dicts]}``), rename to ``step_N``; then keep
+    only the newest ``keep`` checkpoints."""
     final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".tmp_step_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,13 +111,56 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step, **record}) + "\n")
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / EMA_FILE))
+        state = {"step": step, **record, "schedulers": [s.state_dict() for s in schedulers]}
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         for _, old in _step_dirs(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _damaged(path: Path, what: str, err: BaseException) -> ValueError:
+    reason = (str(err).splitlines() or [""])[0][:200]
+    return ValueError(f"checkpoint {path} is damaged ({what}: {type(err).__name__}: {reason}); delete it to "
+                      f"resume from an earlier one, or start again with --overwrite")
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint folder (one clear error when unreadable)."""
+    try:
+        saved = json.loads((path / TRAINER_STATE_FILE).read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise ValueError("no integer 'step'")
+        return saved
+    except (OSError, ValueError) as err:
+        raise _damaged(path, TRAINER_STATE_FILE, err) from None
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, schedulers: list[Any] = (),
+                    ema: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore a ``step_N`` folder written by ``save_checkpoint`` into the prepared objects;
+    returns its trainer_state.json. Any damaged or missing file is one ValueError naming it."""
+    saved = read_trainer_state(path)
+    # accelerate logs and skips an unreadable RNG file; a resume that silently changes the
+    # random stream is not bit-identical, so every process checks its own file first.
+    rng_file = path / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        accelerate_load(rng_file)
+    except Exception as err:  # torch raises assorted types for truncated or foreign pickles
+        raise _damaged(path, rng_file.name, err) from None
+    try:
+        accelerator.load_state(str(path))
+        for scheduler, state in zip(schedulers, saved["schedulers"], strict=True):
+            scheduler.load_state_dict(state)
+        if ema is not None:
+            ema.load_state_dict(load_file(str(path / EMA_FILE), device=str(accelerator.device)))
+    except Exception as err:  # safetensors, torch and accelerate raise assorted types
+        raise _damaged(path, "weights, optimizer or schedule", err) from None
+    return saved
 
 
 def truncate_metrics(path: Path, step: int) -> None:

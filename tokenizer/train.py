@@ -246,22 +246,20 @@ def train_tokenizer(
         perceptual = perceptual.to(accelerator.device)
     raw_model: VQGAN = accelerator.unwrap_model(model)
     ema = WeightEMA(raw_model, cfg.ema_decay).to(accelerator.device) if cfg.use_ema else None
-    # schedulers are stepped by hand once per optimizer update (not per process), so they are
-    # registered for checkpointing rather than prepared
-    accelerator.register_for_checkpointing(ae_sched, d_sched)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    # schedulers are stepped by hand once per optimizer update (not per process), so they are not
+    # prepared; checkpoints keep their state (and the EMA) themselves, without pickles
+    schedulers = [ae_sched, d_sched]
     parts = TrainParts(accelerator, model, disc, ae_opt, d_opt, ae_sched, d_sched, perceptual, ema)
 
     record = {"model_config": model_config.to_dict()}  # trainer_state.json of every checkpoint
     step = 0
     latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
     if latest is not None:
-        saved = json.loads((latest / ckpt.TRAINER_STATE_FILE).read_text())
+        saved = ckpt.read_trainer_state(latest)
         if saved.get("model_config", model_config.to_dict()) != model_config.to_dict():
             raise ValueError(f"the checkpoint in {latest} was trained with another model config; "
                              "resume with the same --preset/--config/--set as the first run")
-        accelerator.load_state(str(latest))
+        ckpt.load_checkpoint(accelerator, latest, schedulers, ema)
         step = int(saved["step"])
         logger.info("resumed from %s (step %d)", latest, step)
     elif resume:
@@ -301,7 +299,7 @@ def train_tokenizer(
                 if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
                     ckpt.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record)
+                    ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record, schedulers, ema)
                 if step >= cfg.steps:
                     break
             epoch, skip = epoch + 1, 0
@@ -323,7 +321,7 @@ def train_tokenizer(
         ckpt.plot_loss_curve(out / ckpt.METRICS_FILE, out / ckpt.LOSS_CURVE_FILE)
     accelerator.wait_for_everyone()
     if cfg.checkpoint_every:
-        ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record)
+        ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record, schedulers, ema)
     if is_main:
         final_model.save_pretrained(out)
     accelerator.wait_for_everyone()
