@@ -151,7 +151,8 @@ def tokenize_dataset(
             (moved to ``device``). Its ``image_size`` and ``channels`` decide how images
             are read.
         data: any ``--data`` spec (``pipeline.data.load_images``).
-        out_dir: the output folder. An unfinished run there (``.partial/``) is resumed.
+        out_dir: the output folder. An unfinished run there (``.partial/``) is resumed. With
+            ``overwrite`` a finished dataset there stays intact until the new one replaces it.
         config: a ``TokenizeConfig``; keyword ``overrides`` replace its fields
             (``batch_size=32, flip=True, crops=4, seed=1, ...``).
         overwrite: replace a finished token dataset / restart an unfinished one.
@@ -184,7 +185,10 @@ def tokenize_dataset(
     state = PartialState()
     device = torch.device(device) if device is not None else state.device
     out = Path(out_dir).expanduser()
-    partial = out / PARTIAL_NAME
+    # Shards go inside the output folder while it holds nothing finished; when it holds a finished
+    # dataset (being overwritten) they go beside it, so the old dataset stays whole until the new
+    # one is swapped in.
+    partial = out.parent / f".{out.name}{PARTIAL_NAME}" if is_token_dataset(out) else out / PARTIAL_NAME
 
     # -- the output folder --------------------------------------------------------------------
     if out.exists() and not out.is_dir():
@@ -228,8 +232,8 @@ def tokenize_dataset(
 
     # -- the partial folder (main process decides, everyone waits) ---------------------------
     if state.is_main_process:
-        if overwrite and out.exists():
-            shutil.rmtree(out)
+        if overwrite:  # restart an unfinished run; a finished dataset is only replaced at the swap
+            shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     manifest_path = partial / MANIFEST_NAME
@@ -259,6 +263,7 @@ def tokenize_dataset(
     if state.is_main_process:
         with _datasets_bars(progress):
             summary = _assemble(out, partial, shards, features, meta, K)
+        shutil.rmtree(partial, ignore_errors=True)  # beside the dataset (inside, it went with the swap)
     state.wait_for_everyone()
     if not state.is_main_process:
         summary = _summary_from_disk(out, partial, shards, K) if is_token_dataset(out) else {}
@@ -356,7 +361,7 @@ def _flush(partial: Path, shard: Shard, buf: dict[str, list[Any]], features: Any
 def _assemble(out: Path, partial: Path, shards: list[Shard], features: Any,
               meta: dict[str, Any], K: int) -> dict[str, Any]:
     """Concatenate the memory-mapped shards and save them as the token dataset (prior's
-    writer: a temporary sibling folder swapped into place; ``out`` holds only ``.partial``)."""
+    writer: a temporary sibling folder swapped into place)."""
     import datasets
 
     missing = [s.stem for s in shards if not shard_done(partial, s)]

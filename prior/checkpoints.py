@@ -77,6 +77,10 @@ def load_checkpoint(accelerator: Accelerator, path: Path, scheduler) -> dict:
     `path`; returns trainer_state.json. Every process checks its own RNG file first, because
     accelerate skips an unreadable one with an INFO line and the resume would silently drift."""
     saved = read_state(path)
+    planted = sorted(p.name for p in path.glob("custom_checkpoint_*"))
+    if planted:  # vqgpt never writes these; accelerate would unpickle them with weights_only=False
+        raise ValueError(f"cannot resume: {path} holds {', '.join(planted)}, which vqgpt never writes and will not "
+                         "load (pickles can run code); remove them or resume from a checkpoint you made")
     rng = path / f"random_states_{accelerator.process_index}.pkl"
     parts = [(rng.name, lambda: accelerate_load(rng)),
              ("model, optimizer or sampler state", lambda: accelerator.load_state(str(path))),

@@ -203,6 +203,7 @@ def load_token_dataset(path: str | Path) -> TokenData:
     if not root.is_dir():
         raise ValueError(f"token dataset {root} is a file, not a folder written by `vqgpt tokenize`")
     if not (root / "dataset_dict.json").is_file():
+        read_token_meta(root)  # an unfinished dataset gets its own message
         raise ValueError(f"{root} is not a token dataset (no dataset_dict.json); make one with `vqgpt tokenize`")
     try:
         dsd = load_from_disk(str(root))

@@ -163,8 +163,16 @@ def test_existing_output_and_bad_inputs(tok: Path, images: Path, tmp_path: Path)
     with pytest.raises(FileExistsError, match="overwrite"):
         tokenize_dataset(tok, str(images), out, progress=False)
     before = _load(out)
+
+    def die(split: str, index: int) -> None:
+        raise KeyboardInterrupt  # killed after the first shard of the new dataset
+
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_dataset(tok, str(images), out, overwrite=True, shard_size=2, progress=False, on_shard=die)
+    _assert_same(before, _load(out))  # the old dataset is intact until the new one is complete
     tokenize_dataset(tok, str(images), out, overwrite=True, progress=False)
     _assert_same(before, _load(out))
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")

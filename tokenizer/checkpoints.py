@@ -145,6 +145,10 @@ def load_checkpoint(accelerator: Accelerator, path: Path, schedulers: list[Any] 
     """Restore a ``step_N`` folder written by ``save_checkpoint`` into the prepared objects;
     returns its trainer_state.json. Any damaged or missing file is one ValueError naming it."""
     saved = read_trainer_state(path)
+    planted = sorted(p.name for p in path.glob("custom_checkpoint_*"))
+    if planted:  # vqgpt never writes these; accelerate would unpickle them with weights_only=False
+        raise ValueError(f"cannot resume: {path} holds {', '.join(planted)}, which vqgpt never writes and will not "
+                         "load (pickles can run code); remove them or resume from a checkpoint you made")
     # accelerate logs and skips an unreadable RNG file; a resume that silently changes the
     # random stream is not bit-identical, so every process checks its own file first.
     rng_file = path / f"random_states_{accelerator.process_index}.pkl"
