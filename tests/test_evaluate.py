@@ -245,8 +245,10 @@ def test_without_weights_fid_is_absent_in_one_line_and_the_rest_runs(capsys, tin
     code, out, err = run_cli(capsys, "evaluate", "--run", tiny_run, "--num-samples", 3)
     assert code == 0, err
     assert "rfid" in out and "gfid" in out and "psnr" in out and "validation_bits_per_code" in out
-    absent = [line for line in out.splitlines() if "absent: no Inception weights file" in line]
-    assert len(absent) == 2  # rfid and gfid, one line each
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["rfid"], ["gfid"])}
+    assert set(rows) == {"rfid", "gfid"}  # one line each, saying why
+    assert all("absent: no Inception weights file" in line for line in rows.values())
+    assert out.count("FID protocol: none (FID absent: no Inception weights file)") == 2
 
 
 def test_lpips_with_local_vgg_weights(capsys, tiny_run, image_folder, tmp_path, monkeypatch):
