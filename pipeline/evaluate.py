@@ -352,12 +352,15 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
                                       "absent": evaluator.fid_absent}}
     vq = tk.VQGAN.from_pretrained(tokenizer, device=device) if tokenizer else None
 
+    sources: list = []  # the split is read (and its files checked) once for both sections
+
     def real_images(limit: int | None = None) -> Images | None:
         if vq is None or not data:
             return None
-        source = load_images(data, vq.config.image_size, vq.config.channels, split=split, seed=split_seed,
-                             val_fraction=val_fraction)
-        return Images(source, split, split_seed, source.split_fraction, limit=limit, subset_seed=seed)
+        if not sources:
+            sources.append(load_images(data, vq.config.image_size, vq.config.channels, split=split, seed=split_seed,
+                                       val_fraction=val_fraction))
+        return Images(sources[0], split, split_seed, sources[0].split_fraction, limit=limit, subset_seed=seed)
 
     if vq is not None and what in ("tokenizer", "all"):
         if not data:
@@ -383,7 +386,7 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
         report["prior"] = {"path": str(prior), "tokens": tokens,
                            **evaluate_prior(model, spec, pipe, images, evaluator, sampling, num_samples, seed, token_data, stats_dir)}
         if data == "digits" and spec.num_classes == 10 and vq is not None:
-            report["digits"] = _digits_check(pipe, num_samples or 200, seed, sampling)
+            report["digits"] = _digits_check(pipe, report["prior"].get("num_samples") or 200, seed, sampling)
     return report
 
 

@@ -264,6 +264,26 @@ def test_lpips_with_local_vgg_weights(capsys, tiny_run, image_folder, tmp_path, 
     assert t["lpips"] is not None and t["lpips"] >= 0 and t["lpips_absent"] is None
 
 
+def test_weights_are_found_in_the_torch_hub_cache(capsys, tiny_run, image_folder, random_inception, tmp_path,
+                                                  monkeypatch):
+    """Without --inception-weights the file is looked for where torch keeps checkpoints, under
+    pytorch-fid's name (or torch-fidelity's)."""
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / fid.INCEPTION_FILES[1]).symlink_to(random_inception)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    assert fid.find_inception_weights(None) == (checkpoints / fid.INCEPTION_FILES[1], None)
+    (checkpoints / fid.INCEPTION_FILES[0]).symlink_to(random_inception)
+    assert fid.find_inception_weights(None) == (checkpoints / fid.INCEPTION_FILES[0], None)
+    code, out, err = run_cli(capsys, "evaluate", "tokenizer", "--tokenizer", tiny_run / "tokenizer", "--data",
+                             image_folder, "--stats-cache", tmp_path / "stats", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["fid"]["weights"] == str(checkpoints / fid.INCEPTION_FILES[0]) and report["fid"]["absent"] is None
+    assert report["tokenizer"]["rfid"] >= 0
+    assert report["tokenizer"]["reference"]["statistics"].startswith(str(tmp_path / "stats"))
+
+
 @pytest.mark.parametrize("args, needle", [
     (["tokenizer", "--guidance", 2], "evaluate prior"),
     (["prior", "--vgg-weights", "x.pth"], "evaluate tokenizer"),
