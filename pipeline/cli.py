@@ -144,12 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
-    p = verb("evaluate", "tokenizer and prior metrics on held-out data")
+    p = verb("evaluate", "tokenizer metrics (PSNR, SSIM, LPIPS, codebook usage, rFID) and prior metrics "
+             "(held-out bits per code, gFID, per class) under one printed protocol")
+    p.add_argument("what", nargs="?", default="all", choices=["tokenizer", "prior", "all"],
+                   help="what to evaluate (default: all that --run or the folders given hold)")
     stage_args(p)
-    p.add_argument("--data", help="data source for tokenizer metrics (validation split)")
-    p.add_argument("--tokens", help="token dataset for held-out prior loss (validation split)")
-    p.add_argument("--num-samples", type=int, default=200, help="samples drawn for sample metrics")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="data source of the real images (default: the one the token dataset names)")
+    p.add_argument("--tokens", help="token dataset: held-out bits per code, its data source and split (--run: tokens/)")
+    p.add_argument("--split", default="validation", choices=["validation", "train", "all"],
+                   help="split of the real images (default: validation, the images the models never saw)")
+    p.add_argument("--num-samples", type=int, metavar="N",
+                   help="prior: samples drawn (default: as many as the split has images); tokenizer: a seeded "
+                        "subset of N images of the split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of a --num-samples subset")
+    p.add_argument("--data-seed", type=int, help="seed of the train/validation split (default: the token dataset's, else 0)")
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth; default: looked for in the "
+                        "torch hub checkpoints folder; never downloaded — without them FID is reported absent)")
+    p.add_argument("--vgg-weights", metavar="FILE",
+                   help="torchvision vgg16 weights for LPIPS (default: vgg16-397923af.pth in the torch hub checkpoints folder)")
+    p.add_argument("--stats-cache", metavar="DIR",
+                   help="where reference statistics are cached (default: inside the token dataset, else ~/.cache/vqgpt)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    _add_dataclass_args(p, SampleConfig, skip=("num", "class_labels", "seed", "batch_size"))
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
     p = verb("demo", "the whole chain on the bundled digits, end to end, on a CPU")
     p.add_argument("--out", default="demo-run", help="run folder (default: demo-run)")

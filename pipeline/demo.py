@@ -1,6 +1,6 @@
 """``vqgpt demo``: the whole chain on the bundled digits, end to end, on a CPU.
 
-train the tokenizer → reconstruct held-out digits → tokenize → train the class-conditional
+train the tokenizer → reconstruct held-out digits (figures from ``evaluate``'s code) → tokenize → train the class-conditional
 prior → sample a grid of every class → judge the samples with an independent classifier.
 Finished stages in an existing run folder are reused; ``--overwrite`` starts again.
 """
@@ -16,9 +16,10 @@ from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
 
 from .digits_check import check_digit_samples
+from .evaluate import Evaluator, Images, evaluate_tokenizer
 from .generate import Pipeline
 from .outputs import prepare_out, sample_grid_writer, write_samples
-from .reconstruct import reconstruct
+from .reconstruct import write_reconstruction_grid
 from .settings import SampleConfig, build_configs
 from .sources import load_images
 from .tokenize import tokenize_dataset
@@ -90,11 +91,17 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         tk.train_tokenizer(cfg["model"], cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
     model = tk.VQGAN.from_pretrained(tok_dir, device=device)
     fingerprint = model.fingerprint()
-    recon = reconstruct(model, val, out / "reconstructions.png", num_images=32)
+    write_reconstruction_grid(model, val, out / "reconstructions.png", num_images=32)
+    # The figures come from `vqgpt evaluate tokenizer`'s own code (rFID when the Inception
+    # weights file is in the torch hub cache, else a one-line reason).
+    recon = evaluate_tokenizer(model, Images(val, "validation", 0, val.split_fraction),
+                               Evaluator.create(lpips=True, device=device, batch_size=128))
     figures["tokenizer"] = {**recon, "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"      held-out PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}, "
          f"codebook usage {recon['codebook_usage']:.1f}%, perplexity {recon['perplexity']:.1f} "
          f"→ {out / 'reconstructions.png'}")
+    _say(f"      rFID {recon['rfid']:.2f} ({recon['protocol']})" if recon["rfid"] is not None
+         else f"      rFID absent: {recon['rfid_absent']}")
 
     # 2. tokenize --------------------------------------------------------------------------
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 __all__ = ["to_mode", "resize_center_crop", "pil_to_model", "decode_image", "check_decodes", "check_many",
-           "to_pil", "from_pil", "fit_image", "load_image_file"]
+           "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -98,9 +98,16 @@ def check_many(items: Sequence[Any], check: Callable[[Any], str | None]) -> list
         return list(pool.map(check, items, chunksize=64))
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """FloatTensor[B, C, H, W] in [-1, 1] → ByteTensor[B, C, H, W] in 0..255 (rounded), the
+    8-bit image a PNG would hold. Samples, reconstructions and real images are quantised here
+    alike (saved files and the FID protocol both go through it)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """FloatTensor[B, C, H, W] in [-1, 1] → PIL images (mode L for 1 channel, RGB for 3)."""
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (B, C, H, W)
+    arr = to_uint8(images).cpu()  # (B, C, H, W)
     out = []
     for img in arr:
         if img.shape[0] == 1:

@@ -178,13 +178,25 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    import json
 
-    report = evaluate_run(run=args.run, tokenizer=args.tokenizer, prior=args.prior, data=args.data,
-                          tokens=args.tokens, num_samples=args.num_samples, seed=args.seed,
-                          device=_device(args.device))
-    for section, figures in report.items():
-        _print(_format_metrics(section, figures))
+    from .eval_report import format_report
+    from .evaluate import evaluate
+    from .settings import SampleConfig
+
+    sampling_flags = [f"--{n.replace('_', '-')}" for n in ("guidance", "temperature", "top_k", "top_p")
+                      if getattr(args, n) is not None]
+    if args.what == "tokenizer" and (sampling_flags or args.prior):
+        raise ValueError(f"{', '.join(sampling_flags or ['--prior'])} belong to evaluate prior, not evaluate tokenizer")
+    if args.what == "prior" and args.vgg_weights:
+        raise ValueError("--vgg-weights (LPIPS) belongs to evaluate tokenizer, not evaluate prior")
+    sampling = _dataclass_from_args(SampleConfig, args, seed=args.seed, batch_size=args.batch_size)
+    report = evaluate(args.what, run=args.run, tokenizer=args.tokenizer, prior=args.prior, data=args.data,
+                      tokens=args.tokens, split=args.split, num_samples=args.num_samples, seed=args.seed,
+                      data_seed=args.data_seed, inception_weights=args.inception_weights,
+                      vgg_weights=args.vgg_weights, stats_cache=args.stats_cache, sampling=sampling,
+                      batch_size=args.batch_size, device=_device(args.device))
+    _print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 

@@ -2,8 +2,9 @@
 """Benchmark the VQGAN tokenizer on the bundled data sets.
 
 For each data set (``digits``, ``photos``) it trains the matching preset (or loads a trained
-tokenizer with ``--tokenizer``) and prints, on the held-out split: PSNR, SSIM, codebook usage
-and perplexity, plus training images/s and encode images/s.
+tokenizer with ``--tokenizer``) and prints, on the held-out split: PSNR, SSIM, codebook usage,
+perplexity and rFID (``vqgpt evaluate tokenizer``'s code: rFID needs the Inception weights file,
+``--inception-weights`` or the torch hub cache), plus training images/s and encode images/s.
 
     python scripts/bench_tokenizer.py                         # both, preset step counts
     python scripts/bench_tokenizer.py --data digits
@@ -26,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vqgpt import tokenizer as tk  # noqa: E402
+from vqgpt.pipeline.evaluate import Evaluator, Images, evaluate_tokenizer  # noqa: E402
 from vqgpt.pipeline.sources import load_images  # noqa: E402
 
 PRESET_FOR = {"digits": "digits", "photos": "photos"}
@@ -45,7 +47,7 @@ def encode_throughput(model: tk.VQGAN, images: torch.Tensor, batch_size: int = 1
             return done / elapsed
 
 
-def bench_one(spec: str, args: argparse.Namespace, work: Path) -> dict:
+def bench_one(spec: str, args: argparse.Namespace, work: Path, evaluator: Evaluator) -> dict:
     preset = tk.PRESETS[PRESET_FOR[spec]]
     if args.tokenizer:
         model = tk.VQGAN.from_pretrained(args.tokenizer)
@@ -64,7 +66,7 @@ def bench_one(spec: str, args: argparse.Namespace, work: Path) -> dict:
         train_ips = summary["train_images_per_sec"]
         model = tk.VQGAN.from_pretrained(work / spec)
     model.eval()
-    metrics = tk.evaluate(model, val, batch_size=128)
+    metrics = evaluate_tokenizer(model, Images(val, "validation", 0, val.split_fraction), evaluator)
     images = torch.stack([val[i]["image"] for i in range(len(val))])
     return {
         "data": spec,
@@ -75,6 +77,9 @@ def bench_one(spec: str, args: argparse.Namespace, work: Path) -> dict:
         "codebook_usage_pct": metrics["codebook_usage"],
         "perplexity": metrics["perplexity"],
         "val_images": metrics["num_images"],
+        "rfid": metrics["rfid"],
+        "rfid_absent": metrics["rfid_absent"],
+        "protocol": metrics["protocol"],
         "train_images_per_sec": train_ips,
         "encode_images_per_sec": encode_throughput(model, images),
         "fingerprint": model.fingerprint(),
@@ -90,27 +95,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     parser.add_argument("--json", action="store_true", help="print one JSON line per data set")
+    parser.add_argument("--inception-weights", help="FID Inception weights file (default: the torch hub cache)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    evaluator = Evaluator.create(args.inception_weights, batch_size=128)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         rows = []
         for spec in args.data:
             start = time.perf_counter()
-            row = bench_one(spec, args, work)
+            row = bench_one(spec, args, work, evaluator)
             row["seconds"] = time.perf_counter() - start
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        header = f"{'data':8} {'grid':>6} {'K':>6} {'PSNR dB':>8} {'SSIM':>6} {'usage %':>8} {'perplex':>8} {'train img/s':>12} {'encode img/s':>13} {'seconds':>8}"
+        header = f"{'data':8} {'grid':>6} {'K':>6} {'PSNR dB':>8} {'SSIM':>6} {'usage %':>8} {'perplex':>8} {'rFID':>8} {'train img/s':>12} {'encode img/s':>13} {'seconds':>8}"
         print(header)
         for r in rows:
+            rfid = f"{r['rfid']:>8.2f}" if r["rfid"] is not None else f"{'—':>8}"
             print(
                 f"{r['data']:8} {r['grid'][0]:>3}x{r['grid'][1]:<2} {r['codebook_size']:>6} {r['psnr']:>8.2f} {r['ssim']:>6.3f} "
-                f"{r['codebook_usage_pct']:>8.1f} {r['perplexity']:>8.1f} {r['train_images_per_sec']:>12.1f} "
+                f"{r['codebook_usage_pct']:>8.1f} {r['perplexity']:>8.1f} {rfid} {r['train_images_per_sec']:>12.1f} "
                 f"{r['encode_images_per_sec']:>13.1f} {r['seconds']:>8.1f}"
             )
+        for r in rows:
+            print(f"{r['data']}: {r['protocol']}" if r["rfid"] is not None else f"{r['data']}: rFID absent: {r['rfid_absent']}")
 
 
 if __name__ == "__main__":

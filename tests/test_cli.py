@@ -129,7 +129,7 @@ def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tm
     assert code == 0 and (done / "grid.png").is_file() and len(list(done.glob("completion_*.png"))) == 3
 
     code, stdout, _ = run_cli(capsys, "evaluate", "--run", tiny_run, "--data", image_folder, "--num-samples", 10)
-    assert code == 0 and "validation_bits_per_code=" in stdout and "psnr=" in stdout
+    assert code == 0 and "validation_bits_per_code" in stdout and "psnr" in stdout and "FID protocol:" in stdout
 
 
 def test_sample_and_complete_bad_input(capsys, tiny_run, tmp_path):

@@ -5,8 +5,9 @@ Three layers, as everywhere in vqgpt:
 - ``train_step(parts, images, step, config) -> dict`` — one micro-batch: autoencoder update
   (reconstruction + perceptual + quantizer + adaptive-weighted GAN loss) then discriminator
   update (hinge loss on real vs *detached* reconstructions). Returns numbers; logs nothing.
-- ``evaluate(model, val_data) -> dict`` — PSNR, SSIM, codebook usage and perplexity of
-  encode→decode on held-out images (works sharded over processes when given an accelerator).
+- ``evaluate(model, val_data) -> dict`` — PSNR, SSIM (LPIPS when given one), codebook usage
+  and perplexity of encode→decode on held-out images (sharded over processes when given an
+  accelerator); ``vqgpt evaluate`` adds rFID through its ``on_batch`` hook.
 - ``train_tokenizer(...)`` — the loop: out-dir checks, checkpoints (``accelerator.save_state``
   into a temp dir, then renamed), resume, tqdm bar, metrics.jsonl, reconstruction grids, loss
   curve, final save. Only the main process writes files.
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -158,10 +159,16 @@ def evaluate(
     batch_size: int = 128,
     accelerator: Accelerator | None = None,
     device: str | torch.device | None = None,
+    lpips: nn.Module | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Encode→decode every image of ``val_data``; returns psnr (dB, mean over images), ssim,
     codebook_usage (% of codes used over the whole split), perplexity (of the split's code
-    histogram) and num_images. With an ``accelerator`` the split is sharded over processes."""
+    histogram) and num_images. With an ``accelerator`` the split is sharded over processes.
+
+    ``lpips``: a perceptual distance module ((B, C, H, W) pairs in [-1, 1] → (B,)), adds
+    ``lpips`` (mean over images). ``on_batch(images, reconstructions)`` sees every batch of
+    this process (both (B, C, H, W) in [-1, 1]), e.g. to collect features for an rFID."""
     if len(val_data) == 0:
         raise ValueError("evaluate() needs a non-empty validation set")
     was_training = model.training
@@ -172,26 +179,33 @@ def evaluate(
     device = device or next(model.parameters()).device
     k = model.config.codebook_size
     histogram = torch.zeros(k, dtype=torch.long)
-    psnrs, ssims = [], []
+    figures: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "lpips": []}
     for batch in loader:
         images = batch["image"].to(device)
         codes = model.encode(images)
         recon = model.decode(codes)
-        p, s = psnr(recon, images), ssim(recon, images)
+        per_image = {"psnr": psnr(recon, images), "ssim": ssim(recon, images)}
+        if lpips is not None:
+            per_image["lpips"] = lpips(recon.float(), images.float())
+        if on_batch is not None:
+            on_batch(images, recon)
         if accelerator is not None:
-            p, s, codes = accelerator.gather_for_metrics((p, s, codes))
-        psnrs.append(p.cpu())
-        ssims.append(s.cpu())
+            per_image, codes = accelerator.gather_for_metrics((per_image, codes))
+        for name, values in per_image.items():
+            figures[name].append(values.float().cpu())
         histogram += code_histogram(codes.cpu(), k)
     model.train(was_training)
     usage, perplexity = codebook_stats(histogram)
-    return {
-        "psnr": float(torch.cat(psnrs).mean()),
-        "ssim": float(torch.cat(ssims).mean()),
+    out = {
+        "psnr": float(torch.cat(figures["psnr"]).mean()),
+        "ssim": float(torch.cat(figures["ssim"]).mean()),
         "codebook_usage": 100.0 * usage,
         "perplexity": perplexity,
-        "num_images": int(torch.cat(psnrs).numel()),
+        "num_images": int(torch.cat(figures["psnr"]).numel()),
     }
+    if figures["lpips"]:
+        out["lpips"] = float(torch.cat(figures["lpips"]).mean())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
