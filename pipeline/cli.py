@@ -101,10 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="PNG file for the side-by-side grid")
-    p.add_argument("--split", default="validation", choices=["train", "validation", "all"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--split", choices=["train", "validation", "all"],
+                   help="images scored (default: the validation split of the source the tokenizer was trained on, "
+                        "all of any other source)")
     p.add_argument("--num", type=int, default=32, help="images shown in the grid")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, help="seed of the train/validation split (default: the tokenizer's)")
 
     p = verb("tokenize", "turn a data source into a token dataset (or --inspect one)")
     p.add_argument("--tokenizer", help="tokenizer folder")
@@ -128,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("sample", "draw images from the prior and decode them")
     stage_args(p)
-    p.add_argument("--class", dest="classes", action="append", default=[], metavar="LABEL",
-                   help="class name or index (repeatable; each class gets --num images)")
+    p.add_argument("--class", dest="classes", action="extend", nargs="+", default=[], metavar="LABEL",
+                   help="class names or indices: --class A B C (or --class repeated); each class gets --num images")
     _add_dataclass_args(p, SampleConfig, skip=("class_labels",))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -151,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage_args(p)
     p.add_argument("--data", help="data source of the real images (default: the one the token dataset names)")
     p.add_argument("--tokens", help="token dataset: held-out bits per code, its data source and split (--run: tokens/)")
-    p.add_argument("--split", default="validation", choices=["validation", "train", "all"],
-                   help="split of the real images (default: validation, the images the models never saw)")
+    p.add_argument("--split", choices=["validation", "train", "all"],
+                   help="split of the real images (default: validation — the images the models never saw — of the "
+                        "source they were trained on; all of any other source)")
     p.add_argument("--num-samples", type=int, metavar="N",
                    help="prior: samples drawn (default: as many as the split has images); tokenizer: a seeded "
                         "subset of N images of the split (default: all)")
@@ -194,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{message}: {err.filename}"
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # training diverged: not a user mistake, but no traceback either
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

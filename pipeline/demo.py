@@ -7,6 +7,7 @@ Finished stages in an existing run folder are reused; ``--overwrite`` starts aga
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -88,7 +89,8 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         _say(f"[1/5] tokenizer: reusing {tok_dir}")
     else:
         _say(f"[1/5] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
-        tk.train_tokenizer(cfg["model"], cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
+        model_cfg = dataclasses.replace(cfg["model"], trained_on="digits", trained_val_fraction=val.split_fraction)
+        tk.train_tokenizer(model_cfg, cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
     model = tk.VQGAN.from_pretrained(tok_dir, device=device)
     fingerprint = model.fingerprint()
     write_reconstruction_grid(model, val, out / "reconstructions.png", num_images=32)

@@ -31,7 +31,7 @@ from vqgpt import tokenizer as tk
 from . import fid
 from .eval_report import SCHEMA, machine_info, protocol_line
 from .settings import SampleConfig
-from .sources import load_images
+from .sources import default_split, load_images
 
 __all__ = ["EVAL_TARGETS", "Evaluator", "Images", "evaluate", "evaluate_tokenizer", "evaluate_prior",
            "prior_bits_per_code"]
@@ -325,7 +325,7 @@ def _resolve(what: str, run: str | None, tokenizer: str | None, prior: str | Non
 
 
 def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = None, prior: str | None = None,
-             data: str | None = None, tokens: str | None = None, split: str = "validation",
+             data: str | None = None, tokens: str | None = None, split: str | None = None,
              num_samples: int | None = None, seed: int = 0, data_seed: int | None = None,
              inception_weights: str | None = None, vgg_weights: str | None = None, stats_cache: str | None = None,
              sampling: SampleConfig | None = None, batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
@@ -343,6 +343,10 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
     split_seed = data_seed if data_seed is not None else int(split_meta.get("seed", 0))
     val_fraction = split_meta.get("val_fraction") or 0.1
     data = data or meta.get("data") or None
+    vq = tk.VQGAN.from_pretrained(tokenizer, device=device) if tokenizer else None
+    if split is None:  # held-out images of the source the models learnt from; all of any other source
+        trained_on = meta.get("data") or (vq.config.trained_on if vq is not None else "")
+        split = default_split(data, trained_on)[0] if data else "validation"
     stats_dir = Path(tokens) / "reference_stats" if tokens else None  # next to the token dataset's data
 
     evaluator = Evaluator.create(inception_weights, vgg_weights, lpips=tokenizer is not None and what != "prior",
@@ -350,7 +354,6 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
     report: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(device),
                               "fid": {**(evaluator.inception.describe() if evaluator.inception else {}),
                                       "absent": evaluator.fid_absent}}
-    vq = tk.VQGAN.from_pretrained(tokenizer, device=device) if tokenizer else None
 
     sources: list = []  # the split is read (and its files checked) once for both sections
 

@@ -139,6 +139,9 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.I
         with Image.open(path) as im:
             im.load()
             img = im.copy()
-    except (UnidentifiedImageError, OSError) as err:
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+                         "PIL's decompression-bomb limit)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{path} is not an image this tool can read ({err.__class__.__name__})") from None
     return fit_image(img, image_size, channels)

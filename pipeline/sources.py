@@ -57,7 +57,8 @@ from .images import check_decodes, check_many, decode_image, pil_to_model, resiz
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "PHOTOS", "PHOTOS_HELD_OUT", "SPLITS", "ImageSource", "load_images", "split_indices"]
+__all__ = ["IMAGE_EXTENSIONS", "PHOTOS", "PHOTOS_HELD_OUT", "SPLITS", "BUNDLED", "ImageSource", "load_images",
+           "split_indices", "canonical_spec", "default_split"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "validation", "all")
@@ -359,6 +360,28 @@ def _require_nonempty(items: Sequence[Any], split: str, spec: str, total: int,
         hint = " (raise val_fraction)" if split == "validation" else ""
         raise ValueError(f"the {split} split of {spec} has no images ({total} in all, "
                          f"val_fraction={val_fraction}){hint}")
+
+
+BUNDLED = ("digits", "photos")
+
+
+def canonical_spec(spec: str | os.PathLike) -> str:
+    """``--data`` as recorded in saved folders: bundled names and ``hf:`` names as given, folders as
+    resolved absolute paths (so ``./shapes`` and ``/home/me/shapes`` are the same source)."""
+    text = str(spec).strip()
+    if text in BUNDLED or text.startswith("hf:"):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def default_split(spec: str | os.PathLike, trained_on: str, split_seed: int = 0,
+                  val_fraction: float | None = None) -> tuple[str, int, float]:
+    """Which images of ``spec`` an evaluation scores by default: the validation split (with the
+    recorded seed and share) when the models were trained on this very source, else all of it.
+    Returns (split, seed, val_fraction)."""
+    if trained_on and canonical_spec(spec) == trained_on:
+        return "validation", split_seed, 0.1 if val_fraction is None else val_fraction
+    return "all", split_seed, 0.1 if val_fraction is None else val_fraction
 
 
 def load_images(spec: str, image_size: int, channels: int, split: str = "train", seed: int = 0,

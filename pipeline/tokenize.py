@@ -69,7 +69,7 @@ from .shards import (
     write_json,
     write_shard,
 )
-from .sources import ImageSource, load_images
+from .sources import ImageSource, canonical_spec, load_images
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def tokenize_dataset(
     # -- assemble (main process) ---------------------------------------------------------------
     meta = token_meta(tokenizer_fingerprint=fingerprint, grid=grid, codebook_size=K,
                       class_names=sources["train"].class_names, image_size=mcfg.image_size,
-                      channels=mcfg.channels, augmentations=config.augmentations(), data=str(data),
+                      channels=mcfg.channels, augmentations=config.augmentations(), data=canonical_spec(data),
                       split_seed=config.seed, val_fraction=sources["train"].split_fraction)
     summary: dict[str, Any] = {}
     if state.is_main_process:

@@ -8,6 +8,7 @@ figures a person wants to see. Results go to stdout from the main process only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from vqgpt import tokenizer as tk
 
     from .settings import build_configs
-    from .sources import load_images
+    from .sources import canonical_spec, load_images
 
     cfg = build_configs(
         {"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
@@ -72,6 +73,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = cfg["model"], cfg["train"]
     train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)
     val = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="validation", seed=args.data_seed)
+    model_cfg = dataclasses.replace(model_cfg, trained_on=canonical_spec(args.data), trained_split_seed=args.data_seed,
+                                    trained_val_fraction=val.split_fraction)
     _print(f"data: {args.data} — {len(train)} train / {len(val)} validation images, "
            f"{model_cfg.image_size}px, {model_cfg.channels} channel(s)")
     summary = tk.train_tokenizer(model_cfg, train_cfg, train, val, args.out, resume=args.resume, overwrite=args.overwrite)
@@ -87,15 +90,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from vqgpt import tokenizer as tk
 
     from .reconstruct import reconstruct
-    from .sources import load_images
+    from .sources import default_split, load_images
 
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} already exists; pass --overwrite to replace it")
     device = _device(args.device)
     model = tk.VQGAN.from_pretrained(args.tokenizer, device=device)
-    data = load_images(args.data, model.config.image_size, model.config.channels, split=args.split, seed=args.data_seed)
+    mc = model.config
+    split, seed, fraction = default_split(args.data, mc.trained_on, mc.trained_split_seed, mc.trained_val_fraction)
+    split = args.split or split
+    seed = seed if args.data_seed is None else args.data_seed
+    data = load_images(args.data, mc.image_size, mc.channels, split=split, seed=seed, val_fraction=fraction)
+    total = len(data) if split == "all" else len(data) + len(load_images(
+        args.data, mc.image_size, mc.channels, split="train" if split == "validation" else "validation", seed=seed,
+        val_fraction=fraction, check=False))
     result = reconstruct(model, data, args.out, num_images=args.num, batch_size=args.batch_size)
     if data.skipped:
         _print(data.skip_report())
-    _print(_format_metrics(f"reconstruct ({args.split}, {len(data)} images)", result))
+    why = ("the images the tokenizer never saw" if split == "validation" and not args.split else
+           "not the tokenizer's training source" if split == "all" and not args.split else "as asked")
+    _print(f"scored {len(data)} of {total} images of {args.data}: the {split} split ({why})")
+    _print(_format_metrics(f"reconstruct ({split}, {len(data)} images)", result))
     _print(f"side-by-side grid (originals | reconstructions) written to {args.out}")
     return 0
 

@@ -102,9 +102,19 @@ def publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
     move_prior_files(staged, out_dir)
 
 
+_PRIOR_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                "model-*-of-*.safetensors")
+
+
 def move_prior_files(src: Path, out_dir: Path) -> None:
+    """Replace the prior files in `out_dir` by those in `src`: the spec JSON (what makes the folder a
+    prior) goes first and comes back last; stale weight shards of an older prior are removed."""
     (out_dir / SPEC_FILE).unlink(missing_ok=True)
     names = sorted(p.name for p in src.iterdir() if p.name != SPEC_FILE)
+    for pattern in _PRIOR_FILES:
+        for old in out_dir.glob(pattern):
+            if old.name not in names:
+                old.unlink()
     for name in names + [SPEC_FILE]:
         if (src / name).is_file():
             os.replace(src / name, out_dir / name)
@@ -154,7 +164,12 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
             "tokens_dir" in p.read_text() for p in (out_dir / "checkpoints").glob("step_*/trainer_state.json"))
         if not ours:
             raise ValueError(f"--overwrite refused: {out_dir} does not look like a prior training folder; choose another --out")
-        shutil.rmtree(out_dir)
+        # Only what a training run writes goes, and the finished prior stays usable until the new
+        # one replaces it (`publish`); a user's other files in the folder are never touched.
+        for name in ("checkpoints", "samples", ".final.tmp"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "loss_curve.png"):
+            (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 

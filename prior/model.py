@@ -216,7 +216,12 @@ def load_prior(prior_dir: str | Path, device: str | torch.device = "cpu") -> tup
     prior_dir = Path(prior_dir)
     if not (prior_dir / "config.json").is_file():
         raise FileNotFoundError(f"{prior_dir} has {SPEC_FILE} but no config.json; the prior folder is incomplete")
-    model, info = AutoModelForCausalLM.from_pretrained(prior_dir, output_loading_info=True)
+    try:  # never run code a folder asks for; a damaged config or weights file is one line, not a traceback
+        model, info = AutoModelForCausalLM.from_pretrained(prior_dir, output_loading_info=True, trust_remote_code=False)
+    except Exception as err:  # transformers/safetensors raise OSError, ValueError, RuntimeError, JSON errors…
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{prior_dir} could not be loaded as a prior ({type(err).__name__}: {reason}); "
+                         "the folder is damaged or not written by `vqgpt train-prior`") from None
     problems = {k: sorted(v) for k, v in info.items() if k.endswith("_keys") and v}
     if problems:  # a strict load: missing or stray weights are an error, never silently re-initialised
         raise ValueError(f"{prior_dir}: weights do not match config.json ({problems}); the prior folder is damaged")

@@ -74,11 +74,20 @@ def sequence_nll(model: nn.Module, batch: torch.Tensor, spec: PriorSpec) -> torc
     return nll.view(targets.shape)  # (B, N)
 
 
-def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float) -> torch.Tensor:
-    """Replace the condition token by the null token with probability p (classifier-free guidance)."""
+def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, row_offset: int = 0,
+                global_rows: int | None = None) -> torch.Tensor:
+    """Replace the condition token by the null token with probability p (classifier-free guidance).
+
+    The draws come from their own generator seeded by `seed` (the loop passes one per step and
+    micro-batch): `global_rows` uniforms for the whole global batch, of which this process takes
+    rows `row_offset …`. So every process drops different rows, a resumed run drops the same ones,
+    and N processes × B rows drop exactly what 1 process × N·B rows would."""
     if p <= 0 or spec.num_classes == 0:
         return batch
-    drop = torch.rand(batch.shape[0], device=batch.device) < p  # (B,)
+    rows = batch.shape[0]
+    total = max(global_rows or rows, row_offset + rows)
+    uniform = torch.rand(total, generator=torch.Generator().manual_seed(seed))[row_offset:row_offset + rows]
+    drop = (uniform < p).to(batch.device)  # (B,)
     batch = batch.clone()
     batch[:, 0] = torch.where(drop, torch.full_like(batch[:, 0], spec.null_token_id), batch[:, 0])
     return batch
@@ -92,13 +101,17 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     accelerator: Accelerator,
     config: PriorTrainConfig,
+    step: int = 0,
 ) -> dict:
-    """One optimizer step over `micro_batches` (LongTensor[B, 1 + h·w] each) → metrics."""
+    """One optimizer step (number `step`, from 0) over `micro_batches` (LongTensor[B, 1 + h·w] each)
+    → metrics."""
     model.train()
     total, grad_norm = 0.0, float("nan")
-    for batch in micro_batches:
+    for micro, batch in enumerate(micro_batches):
         with accelerator.accumulate(model):
-            batch = drop_labels(batch, spec, config.label_dropout)
+            seed = hash((config.seed, step, micro)) & 0x7FFF_FFFF_FFFF_FFFF  # ints hash the same in every process
+            batch = drop_labels(batch, spec, config.label_dropout, seed, accelerator.process_index * config.batch_size,
+                                config.batch_size * accelerator.num_processes)
             with accelerator.autocast():
                 loss = sequence_nll(model, batch, spec).mean()
             accelerator.backward(loss)
@@ -267,7 +280,15 @@ def train_prior(
     stopped_early = False
     while state.step < cfg.max_steps:
         micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        metrics = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg)
+        metrics = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg, step=state.step)
+        # a NaN/Inf loss on any process stops every process before anything is saved
+        if float(accelerator.reduce(torch.tensor(float(not math.isfinite(metrics["loss"])), device=accelerator.device),
+                                    "sum")) > 0:
+            done = ckpt.checkpoints(ckpt_root)
+            kept = f"the last good checkpoint is {done[-1][1].name}" if done else "no checkpoint was written yet"
+            raise FloatingPointError(f"the prior's loss became {metrics['loss']} at step {state.step + 1}; stopped "
+                                     f"without saving ({kept}); resume with a lower learning rate "
+                                     "(--resume --set train.learning_rate=...) or mixed precision off")
         state.step += 1
         steps_run += 1
         running.append(metrics["bits_per_code"])

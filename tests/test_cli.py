@@ -122,6 +122,9 @@ def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tm
     assert code == 0
     for a in sorted(out.glob("sample_*.png")):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(tmp_path / "again" / a.name)))
+    together = ["sample", "--run", tiny_run, "--num", 1, "--class", "circle", "square"]  # several labels, one flag
+    code, _, _ = run_cli(capsys, *together, "--out", tmp_path / "together")
+    assert code == 0 and json.loads((tmp_path / "together" / "settings.json").read_text())["class_labels"] == [0, 1]
 
     done = tmp_path / "completed"
     code, _, _ = run_cli(capsys, "complete", "--run", tiny_run, "--image", image_folder / "circle" / "01.png",

@@ -114,7 +114,18 @@ def test_output_folder_rules(tmp_path):
     train_prior(MODEL, TRAIN, tok, tmp_path / "out")
     with pytest.raises(FileExistsError, match="--overwrite"):
         train_prior(MODEL, TRAIN, tok, tmp_path / "out")
+    (tmp_path / "out" / "notes.txt").write_text("mine")  # a user's own file beside the prior
+    before = load_prior(tmp_path / "out")[1]
+
+    def killed(codes, step):  # dies during the new run, after its first samples
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(MODEL, dataclasses.replace(TRAIN, sample_every=1), tok, tmp_path / "out", overwrite=True,
+                    sample_callback=killed)
+    assert load_prior(tmp_path / "out")[1] == before  # the old prior is still whole
     assert train_prior(MODEL, TRAIN, tok, tmp_path / "out", overwrite=True)["steps"] == 2
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_prior(MODEL, TRAIN, tok, tmp_path / "fresh", resume=True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -166,3 +177,35 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     assert summary["steps"] == 4 and len(lrs) == 4 and len(set(lrs)) == 4
     optim = torch.load(tmp_path / "out" / "checkpoints" / "step_4" / "optimizer.bin", weights_only=True)
     assert {float(s["step"]) for s in optim["state"].values()} == {4.0}  # no extra step at the epoch end
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vqgpt.prior.train as pt
+
+    real, calls = pt.sequence_nll, []
+
+    def poisoned(model, batch, spec):
+        nll = real(model, batch, spec)
+        calls.append(model.training)
+        return nll * float("nan") if sum(calls) == 3 else nll  # the third training forward diverges
+
+    monkeypatch.setattr(pt, "sequence_nll", poisoned)
+    cfg = dataclasses.replace(TRAIN, max_steps=5, checkpoint_every=2, eval_every=10)
+    with pytest.raises(FloatingPointError, match="step 3.*step_2"):
+        train_prior(MODEL, cfg, tokens(tmp_path / "tok"), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("step_*")) == ["step_2"]
+    assert not (tmp_path / "out" / "vqgpt_prior.json").exists()
+
+
+def test_label_dropout_draws_differ_per_process_and_add_up_to_one_process():
+    from vqgpt.prior import PriorSpec
+    from vqgpt.prior.train import drop_labels
+
+    spec = PriorSpec(16, (2, 2), ("a", "b"))
+    batch = torch.zeros(8, 5, dtype=torch.long)  # class 0 everywhere
+    whole = drop_labels(batch, spec, 0.5, seed=7, row_offset=0, global_rows=8)[:, 0]
+    ranks = [drop_labels(batch[:4], spec, 0.5, seed=7, row_offset=4 * r, global_rows=8)[:, 0] for r in (0, 1)]
+    assert torch.equal(torch.cat(ranks), whole)  # 2 processes × 4 rows drop what 1 × 8 rows drops
+    assert not torch.equal(ranks[0], ranks[1])
+    assert set(whole.tolist()) == {spec.class_token_offset, spec.null_token_id}
+    assert torch.equal(drop_labels(batch, spec, 0.5, seed=7, global_rows=8)[:, 0], whole)  # reproducible

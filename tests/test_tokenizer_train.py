@@ -175,3 +175,21 @@ def test_overwrite_refuses_another_stage_folder(tmp_path):
     with pytest.raises(ValueError, match="not a tokenizer run"):
         train_tokenizer(MODEL, train_cfg(steps=2), TinyImages(24), TinyImages(8, seed=1), prior_dir, overwrite=True)
     assert (prior_dir / "vqgpt_prior.json").is_file()
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vqgpt.tokenizer.train as tt
+
+    real, calls = tt.reconstruction_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(tt, "reconstruction_loss", poisoned)
+    out = tmp_path / "tok"
+    with pytest.raises(FloatingPointError, match="step 3.*step_2"):
+        train_tokenizer(MODEL, train_cfg(steps=4, checkpoint_every=2), TinyImages(16), None, out)
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_2"]
+    assert not (out / "model.safetensors").exists()

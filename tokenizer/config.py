@@ -34,6 +34,12 @@ class VQGANConfig:
     kmeans_iters: int = 10  # k-means iterations for that initialisation
     restart_after_steps: int = 20  # restart a code unused for this many training steps; 0 = never
     distance_chunk_rows: int = 1024  # rows per chunk of the N×K distance computation
+    # What it was trained on (the pipeline records it; "" = unknown): the data source and the seed
+    # and validation share of its train/validation split (None: the source's own split), so an
+    # evaluation of the same source scores exactly the held-out images, and of another, all of it.
+    trained_on: str = ""
+    trained_split_seed: int = 0
+    trained_val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:

@@ -17,9 +17,12 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from .quantizer import is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +203,10 @@ def adaptive_gan_weight(
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if is_distributed():  # autograd.grad bypasses DDP's all-reduce: use the global batch's gradients
+        grads = torch.stack([rec_grad.float(), g_grad.float()])
+        dist.all_reduce(grads)
+        rec_grad, g_grad = grads / dist.get_world_size()
     weight = rec_grad.float().norm() / (g_grad.float().norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
 

@@ -216,8 +216,9 @@ class VectorQuantizer(nn.Module):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
-        pick = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
-        fresh = flat[pick] + 1e-3 * torch.randn(num_dead, flat.shape[1], device=flat.device)
+        rows = _gather_rows(flat)  # candidates from every process's batch (rank 0's choice is broadcast)
+        pick = torch.randint(0, rows.shape[0], (num_dead,), device=rows.device)
+        fresh = rows[pick] + 1e-3 * torch.randn(num_dead, rows.shape[1], device=rows.device)
         self.codebook.data[dead] = F.normalize(fresh, dim=1).to(self.codebook.dtype)
         _broadcast(self.codebook.data)
         self.steps_unused.masked_fill_(dead, 0)
@@ -228,25 +229,25 @@ class VectorQuantizer(nn.Module):
 
 
 # -- multi-process helpers: no-ops when torch.distributed is not initialised ------------------
-def _distributed() -> bool:
+def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _broadcast(tensor: torch.Tensor) -> None:
     """Make rank 0's codebook every rank's codebook (k-means / restarts use random picks)."""
-    if _distributed():
+    if is_distributed():
         dist.broadcast(tensor, src=0)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if _distributed():
+    if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def _gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Concatenate (N_r, D) rows from every rank (equal N_r assumed, as with DDP batches)."""
-    if not _distributed():
+    if not is_distributed():
         return rows
     parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, rows.contiguous())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -299,6 +300,7 @@ def train_tokenizer(
                 images_seen += batch["image"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
+                _stop_if_diverged(accelerator, metrics["loss"], step + 1, ckpt_root)
                 step += 1
                 bar.update(1)
                 bar.set_postfix(
@@ -362,6 +364,17 @@ def _make_accelerator(cfg: TokenizerTrainConfig) -> Accelerator:
             raise
         raise ValueError(f"this process already runs accelerate with other settings than train.mixed_precision="
                          f"{cfg.mixed_precision!r} / train.cpu={cfg.cpu}; train each stage in its own process") from None
+
+
+def _stop_if_diverged(accelerator: Accelerator, loss: float, step: int, ckpt_root: Path) -> None:
+    """A NaN/Inf loss on any process stops every process before anything is saved, so the last
+    checkpoint on disk is the last good state."""
+    bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss)), device=accelerator.device), "sum")
+    if float(bad) > 0:
+        latest = ckpt.latest_checkpoint(ckpt_root)
+        kept = f"the last good checkpoint is {latest.name}; " if latest else "no checkpoint was written yet; "
+        raise FloatingPointError(f"the tokenizer's loss became {loss} at step {step}; stopped without saving: {kept}"
+                                 "resume with a lower learning rate (--resume --set train.lr=...) or mixed precision off")
 
 
 def _check_image(image: torch.Tensor, config: VQGANConfig) -> None:
