@@ -172,6 +172,7 @@ def tokenize_dataset(
         FileNotFoundError: the tokenizer or data folder does not exist.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     config = config or TokenizeConfig()
     if overrides:
@@ -182,7 +183,9 @@ def tokenize_dataset(
                              f"known: {', '.join(sorted(known))}")
         config = dataclasses.replace(config, **overrides)
     started = time.monotonic()
-    state = PartialState()
+    # ACCELERATE_USE_CPU=1 (as for the trainers, whose Accelerator reads it) makes a launched CPU
+    # job one gloo group; a bare PartialState() would leave every process believing it is alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     device = torch.device(device) if device is not None else state.device
     out = Path(out_dir).expanduser()
     # Shards go inside the output folder while it holds nothing finished; when it holds a finished
