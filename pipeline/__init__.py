@@ -1,6 +1,6 @@
 """vqgpt's pipeline: data sources, tokenizing datasets, sampling + decoding, the CLI and the demo.
 
-Where things live: ``sources.py``/``hf_sources.py`` read images from a ``--data`` source,
+Where things live: ``sources.py``/``hf_sources.py``/``bundled.py`` read images from a ``--data`` source,
 ``images.py`` converts them, ``tokenize.py`` builds token datasets (``inspect_tokens.py``
 describes one), ``generate.py`` holds ``Pipeline`` (sample + decode), ``outputs.py`` writes
 results, ``cli.py`` parses the command line and ``verbs.py`` runs each verb (``reconstruct.py``,
@@ -13,7 +13,7 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["cli", "demo", "digits_check", "eval_report", "evaluate", "fid", "generate", "hf_sources", "images",
+    submodules=["cli", "demo", "digits_check", "eval_report", "evaluate", "fid", "bundled", "generate", "hf_sources", "images",
                 "inspect_tokens", "outputs", "reconstruct", "settings", "sources", "tokenize", "verbs"],
     submod_attrs={
         "generate": ["Pipeline"],

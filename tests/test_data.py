@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgpt.pipeline.sources import PHOTOS_HELD_OUT, load_images, split_indices
+from vqgpt.pipeline.bundled import PHOTOS_HELD_OUT
+from vqgpt.pipeline.sources import load_images, split_indices
 
 
 def _img(path: Path, size: tuple[int, int] = (20, 12), mode: str = "RGB", color=(200, 30, 30)) -> Path:

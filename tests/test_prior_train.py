@@ -202,7 +202,8 @@ def test_label_dropout_draws_differ_per_process_and_add_up_to_one_process():
     from vqgpt.prior.train import drop_labels
 
     spec = PriorSpec(16, (2, 2), ("a", "b"))
-    batch = torch.zeros(8, 5, dtype=torch.long)  # class 0 everywhere
+    batch = torch.zeros(8, 5, dtype=torch.long)
+    batch[:, 0] = spec.class_token_offset  # class 0 everywhere
     whole = drop_labels(batch, spec, 0.5, seed=7, row_offset=0, global_rows=8)[:, 0]
     ranks = [drop_labels(batch[:4], spec, 0.5, seed=7, row_offset=4 * r, global_rows=8)[:, 0] for r in (0, 1)]
     assert torch.equal(torch.cat(ranks), whole)  # 2 processes × 4 rows drop what 1 × 8 rows drops
