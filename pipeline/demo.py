@@ -33,9 +33,8 @@ DEMO_SETTINGS = {
     "tokenizer_preset": "digits",
     "prior_preset": "digits",
     "tokenize": {"flip": False, "crops": 0, "batch_size": 128},
-    # Sampling: mild guidance and a lowered temperature (measured best on held-out checks).
-    "guidance": 2.0,
-    "temperature": 0.5,
+    # Sampling: none set here — the prior chooses its guidance and temperature on held-out digits
+    # at the end of training, exactly as for any user's data (prior/selection.py).
     "check_samples": 200,
 }
 
@@ -146,19 +145,17 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     # 4. sample ----------------------------------------------------------------------------
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(out, device=device)
-    settings = SampleConfig(num=10, class_labels=tuple(range(pipe.spec.num_classes)),
-                            guidance=DEMO_SETTINGS["guidance"], temperature=DEMO_SETTINGS["temperature"], seed=0)
+    settings = pipe.resolve(SampleConfig(num=10, class_labels=tuple(range(pipe.spec.num_classes)), seed=0))
     images = pipe.generate(settings)
     paths = write_samples(images, settings, pipe, prepare_out(out / "samples", overwrite=True))
     figures["sample"] = {"images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
-    _say(f"[4/5] sampled 10 images of every class (guidance {settings.guidance}, temperature "
-         f"{settings.temperature}) → {paths['grid']}")
+    _say(f"[4/5] sampled 10 images of every class with the prior's defaults (guidance {settings.guidance}, "
+         f"temperature {settings.temperature}, chosen on held-out digits) → {paths['grid']}")
 
     # 5. check -----------------------------------------------------------------------------
     t0 = time.perf_counter()
     n = 50 if quick else DEMO_SETTINGS["check_samples"]
-    check = check_digit_samples(pipe, num_samples=n, guidance_scale=DEMO_SETTINGS["guidance"],
-                                temperature=DEMO_SETTINGS["temperature"], seed=1)
+    check = check_digit_samples(pipe, num_samples=n, seed=1)  # with the prior's own defaults, as `vqgpt sample`
     figures["check"] = {**check, "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"[5/5] an SVM trained on real digits ({100 * check['real_digit_accuracy']:.1f}% on held-out real digits) "
          f"recognises {100 * check['conditional_accuracy']:.1f}% of {n} class-conditional samples; "

@@ -76,11 +76,12 @@ def near_copy_distances(features: np.ndarray, reference: np.ndarray) -> np.ndarr
     return np.sqrt(np.clip(d2, 0, None).min(axis=1))
 
 
-def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float = 1.0, seed: int = 0,
-                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | None = None, seed: int = 0,
+                        temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                         judge: DigitJudge | None = None) -> dict[str, float]:
     """Sample ``num_samples`` class-conditional digits (balanced over the classes) and as many
-    unconditional ones; judge them. ``pipe`` is a :class:`pipeline.Pipeline` on digits."""
+    unconditional ones; judge them. ``pipe`` is a :class:`vqgpt.Pipeline` on digits; guidance and
+    temperature default to what the prior recorded (as ``vqgpt sample`` does)."""
     if pipe.spec.num_classes != 10:
         raise ValueError("the digit check needs a prior trained on the 10 digit classes")
     if num_samples < 10:

@@ -7,6 +7,7 @@ What the ``sample``/``complete`` verbs write to disk lives in ``outputs.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -96,20 +97,39 @@ class Pipeline:
             raise ValueError(f"got {labels.numel()} class labels for {num_images} images")
         return labels.to(self.device)
 
+    def sampling_defaults(self, conditional: bool) -> tuple[float, float]:
+        """(guidance, temperature) used when none are given: for class-conditional draws, what
+        `train-prior` chose on held-out data and recorded in the prior's folder; otherwise (and for
+        priors without a record) plain sampling, 1 and 1."""
+        recorded = self.spec.sampling or {}
+        if conditional and recorded:
+            return float(recorded["guidance"]), float(recorded["temperature"])
+        return 1.0, 1.0
+
+    def resolve(self, settings: SampleConfig) -> SampleConfig:
+        """``settings`` with the prior's defaults filled in where guidance/temperature are None."""
+        guidance, temperature = self.sampling_defaults(bool(settings.class_labels))
+        return dataclasses.replace(settings, guidance=guidance if settings.guidance is None else settings.guidance,
+                                   temperature=temperature if settings.temperature is None else settings.temperature)
+
     @torch.inference_mode()
     def sample_codes(
         self,
         num_images: int,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         prefix_codes: torch.Tensor | None = None,
         batch_size: int = 64,
     ) -> torch.Tensor:
-        """Draw code grids: LongTensor[num_images, h, w]."""
+        """Draw code grids: LongTensor[num_images, h, w]. Guidance and temperature default to the
+        prior's recorded choice (``sampling_defaults``)."""
+        guidance, temp = self.sampling_defaults(class_labels is not None)
+        guidance_scale = guidance if guidance_scale is None else guidance_scale
+        temperature = temp if temperature is None else temperature
         return pr.sample(
             self.prior, self.spec, num_images,
             class_labels=self._labels_tensor(num_images, class_labels),
@@ -127,8 +147,8 @@ class Pipeline:
         self,
         num_images: int,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
@@ -142,6 +162,7 @@ class Pipeline:
 
     def generate(self, settings: SampleConfig) -> list[Image.Image]:
         """Images for a :class:`SampleConfig` (``num`` per class, class by class)."""
+        settings = self.resolve(settings)
         labels = settings.labels_per_image
         total = len(labels) if labels else settings.num
         return self(total, labels, settings.guidance, settings.temperature, settings.top_k, settings.top_p,
@@ -157,8 +178,8 @@ class Pipeline:
         keep_rows: int,
         num_images: int,
         class_label: int | None = None,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,

@@ -96,6 +96,7 @@ def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, 
                       out: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """``vqgpt complete``: write the completions, and a grid with the original first."""
     out = prepare_out(out, overwrite)
+    settings = pipe.resolve(settings)
     label = settings.class_labels[0] if settings.class_labels else None
     image = load_image_file(image_path, pipe.tokenizer.config.image_size, pipe.tokenizer.config.channels)
     codes, completions = pipe.complete(

@@ -195,8 +195,11 @@ class SampleConfig:
 
     num: int = field(default=16, metadata={"help": "images to draw (per class when classes are given)"})
     class_labels: tuple[int, ...] = ()  # class indices; empty = unconditional
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1 = none)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (> 0)"})
+    guidance: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance scale (1 = none; default: what train-prior chose on held-out data, "
+                "recorded in the prior folder)"})
+    temperature: float | None = field(default=None, metadata={
+        "help": "softmax temperature (> 0; default: the prior's recorded choice, else 1)"})
     top_k: int | None = field(default=None, metadata={"help": "keep the K most likely codes"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling: keep codes up to mass P"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same images"})
@@ -205,13 +208,13 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"--num must be at least 1, got {self.num}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.guidance < 0:
+        if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {self.guidance}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")

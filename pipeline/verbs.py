@@ -169,7 +169,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
-    settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
+    settings = pipe.resolve(_dataclass_from_args(SampleConfig, args, class_labels=labels))
     out = prepare_out(args.out, args.overwrite)
     images = pipe.generate(settings)
     paths = write_samples(images, settings, pipe, out)

@@ -88,7 +88,8 @@ class PriorTrainConfig:
     keep_checkpoints: int = 2  # newest step_N checkpoints kept on disk
     sample_every: int = 0  # steps between calls of the sample callback (0 = only at the end, when one is given)
     sample_per_class: int = 1  # grids per class (or 8 × this when unconditional) passed to the callback
-    sample_guidance_scale: float = 2.0  # classifier-free guidance for those grids
+    sample_guidance_scale: float = 2.0  # classifier-free guidance for those grids (before the final selection)
+    select_sampling: bool = True  # at the end, choose guidance/temperature on held-out rows (prior/selection.py)
     log_every: int = 25  # steps between metrics.jsonl records of the training loss
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # model init, data order, label dropout
@@ -131,7 +132,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # Seconds on a CPU: unit tests and smoke runs.
     "tiny": {
         "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.0},
-        "train": {"batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
+        "train": {"select_sampling": False, "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
                   "checkpoint_every": 10, "log_every": 5},
     },
     # The bundled digits (8×8 grid, K≈256–512, 10 classes, ~3.2k rows with flips) on a 2-core CPU

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ class PriorSpec:
     # condition was never trained, so unconditional rows and classifier-free guidance are refused
     # (None: not known — a hand-made spec, or a folder written before vqgpt recorded it)
     label_dropout: float | None = field(default=None, compare=False)
+    # sampling defaults chosen at the end of training (prior/selection.py) and how; None = none recorded
+    sampling: dict | None = field(default=None, compare=False)
     path: str = field(default="", compare=False)  # folder it was loaded from (not saved)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,7 @@ class PriorSpec:
             "vocab_size": self.vocab_size,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "label_dropout": self.label_dropout,
+            **({"sampling": self.sampling} if self.sampling else {}),
         }
 
     @classmethod
@@ -121,13 +125,25 @@ class PriorSpec:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         try:
             spec = cls(int(data["codebook_size"]), tuple(data["grid"]), tuple(data["class_names"]),
-                       str(data.get("tokenizer_fingerprint", "")), None if data.get("label_dropout") is None else float(data["label_dropout"]))
+                       str(data.get("tokenizer_fingerprint", "")), None if data.get("label_dropout") is None else float(data["label_dropout"]),
+                       _sampling(data.get("sampling"), where))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from None
         for key in ("num_classes", "class_token_offset", "null_token_id", "vocab_size"):
             if key in data and data[key] != getattr(spec, key):
                 raise ValueError(f"{where}: {key} is {data[key]} but the codebook and classes imply {getattr(spec, key)}")
         return spec
+
+
+def _sampling(value, where: str) -> dict | None:
+    """The recorded sampling defaults, checked (they decide what `vqgpt sample` does)."""
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and all(isinstance(value.get(k), (int, float)) and math.isfinite(value[k]) and value[k] > 0
+                                         for k in ("guidance", "temperature"))
+    if not ok:
+        raise ValueError(f"{where}: 'sampling' must hold a positive guidance and temperature, got {value!r}")
+    return value
 
 
 def build_prior_model(config: PriorConfig, spec: PriorSpec) -> PreTrainedModel:

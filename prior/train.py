@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from .config import PriorConfig, PriorTrainConfig
 from .data import TokenData, load_token_dataset
 from .model import SPEC_FILE, PriorSpec, build_prior_model, code_logits, load_prior, save_prior
 from .sampling import sample
+from .selection import SelectionConfig, select_sampling
 
 __all__ = ["train_prior", "train_step", "evaluate", "TrainState", "sequence_nll", "param_groups"]
 
@@ -325,22 +325,25 @@ def train_prior(
                              cfg.keep_checkpoints, scheduler)
 
     use_best = cfg.early_stopping_patience is not None and (ckpt_root / "best" / SPEC_FILE).is_file()
+    final_model = load_prior(ckpt_root / "best", device=accelerator.device)[0] if use_best else \
+        accelerator.unwrap_model(model)
+    selection: dict = {}
     if main:
-        if use_best:
-            staged = out_dir / ".final.tmp"
-            shutil.rmtree(staged, ignore_errors=True)
-            shutil.copytree(ckpt_root / "best", staged)
-            ckpt.move_prior_files(staged, out_dir)
-        else:
-            ckpt.publish(accelerator.unwrap_model(model), spec, out_dir)
+        if cfg.select_sampling:  # sampling defaults chosen on held-out rows, recorded with the prior
+            selection = select_sampling(final_model, spec, data.train, data.validation,
+                                        SelectionConfig(seed=cfg.seed), batch_size=cfg.batch_size * 4)
+            logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
+                        selection["temperature"], selection["selected_by"])
+        ckpt.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)
     accelerator.wait_for_everyone()
     if sample_callback is not None:
-        if use_best and main:  # show the model that was saved, not the last one
-            best_model, _ = load_prior(out_dir, device=accelerator.device)
+        if main:  # the model that was saved, with the settings `sample` will use
             gen = torch.Generator(accelerator.device).manual_seed(cfg.seed)
-            sample_callback(sample(best_model, spec, *_sample_args(spec, cfg), generator=gen), state.best_step)
-        elif not use_best:
-            draw_samples(state.step)
+            n, labels, guidance = _sample_args(spec, cfg)
+            sample_callback(sample(final_model, spec, n, labels, guidance_scale=selection.get("guidance", guidance),
+                                   temperature=selection.get("temperature", 1.0), generator=gen),
+                            state.best_step if use_best else state.step)
+        accelerator.wait_for_everyone()
     summary = {
         "steps": state.step,
         "stopped_early": stopped_early,
