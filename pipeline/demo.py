@@ -41,7 +41,7 @@ DEMO_SETTINGS = {
 # --quick: the same chain with a fraction of the steps (used by the end-to-end test).
 QUICK_OVERRIDES = {
     "tokenizer": {"train.steps": 20, "train.warmup_steps": 2, "train.sample_every": 10, "train.checkpoint_every": 0},
-    "prior": {"train.max_steps": 20, "train.warmup_steps": 2, "train.eval_every": 10, "train.sample_every": 10,
+    "prior": {"train.max_steps": 20, "train.selection_samples": 20, "train.warmup_steps": 2, "train.eval_every": 10, "train.sample_every": 10,
               "train.checkpoint_every": 0},
 }
 

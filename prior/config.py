@@ -90,12 +90,14 @@ class PriorTrainConfig:
     sample_per_class: int = 1  # grids per class (or 8 × this when unconditional) passed to the callback
     sample_guidance_scale: float = 2.0  # classifier-free guidance for those grids (before the final selection)
     select_sampling: bool = True  # at the end, choose guidance/temperature on held-out rows (prior/selection.py)
+    selection_samples: int = 200  # grids drawn per candidate setting for that choice
     log_every: int = 25  # steps between metrics.jsonl records of the training loss
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # model init, data order, label dropout
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_every", "log_every", "sample_per_class")
+        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_every", "log_every", "sample_per_class",
+                    "selection_samples")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")

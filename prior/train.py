@@ -331,7 +331,7 @@ def train_prior(
     if main:
         if cfg.select_sampling:  # sampling defaults chosen on held-out rows, recorded with the prior
             selection = select_sampling(final_model, spec, data.train, data.validation,
-                                        SelectionConfig(seed=cfg.seed), batch_size=cfg.batch_size * 4)
+                                        SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed), batch_size=cfg.batch_size * 4)
             logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
                         selection["temperature"], selection["selected_by"])
         ckpt.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)

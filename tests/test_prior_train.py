@@ -16,7 +16,7 @@ from vqgpt.prior.train import param_groups
 
 MODEL = PriorConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, dropout=0.1)
 TRAIN = PriorTrainConfig(batch_size=8, max_steps=2, warmup_steps=1, learning_rate=3e-3, eval_every=1, log_every=1,
-                         checkpoint_every=0, label_dropout=0.2)
+                         checkpoint_every=0, label_dropout=0.2, select_sampling=False)
 
 
 def tokens(path, fingerprint: str = "fp-A", k: int = 16, seed: int = 0):

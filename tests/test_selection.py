@@ -1,0 +1,65 @@
+"""Sampling defaults chosen on held-out rows at the end of train-prior, recorded, and used."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior
+from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, select_sampling
+
+from test_prior_train import MODEL, TRAIN, tokens
+
+
+def test_code_judge_learns_separable_classes():
+    spec = PriorSpec(16, (3, 3), ("a", "b", "c"))
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (90,), generator=g)
+    codes = (labels[:, None] * 4 + torch.randint(0, 4, (90, 9), generator=g)) % 16
+    judge = CodeJudge.fit(codes[:60], labels[:60], spec)
+    assert judge.accuracy(codes[60:], labels[60:]) > 0.95
+    assert judge.accuracy(codes[60:], (labels[60:] + 1) % 3) < 0.05
+
+
+def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
+    tok = tokens(tmp_path / "tok")
+    cfg = dataclasses.replace(TRAIN, max_steps=30, eval_every=10, select_sampling=True, selection_samples=60)
+    train_prior(dataclasses.replace(MODEL, dropout=0.0), cfg, tok, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "vqgpt_prior.json").read_text())["sampling"]
+    grid = SelectionConfig()
+    assert record["guidance"] in grid.guidances and record["temperature"] in grid.temperatures
+    assert len(record["candidates"]) == len(grid.guidances) * len(grid.temperatures)
+    chosen = next(c for c in record["candidates"]
+                  if (c["guidance"], c["temperature"]) == (record["guidance"], record["temperature"]))
+    allowed = [c for c in record["candidates"] if c["variety"] >= grid.min_variety
+               and c["near_copies"] <= grid.max_near_copies]
+    assert chosen in allowed and chosen["accuracy"] >= max(c["accuracy"] for c in allowed) - 0.02
+    assert record["judge_accuracy"] > 0.9  # the token data's classes are easy to tell apart
+
+    _, spec = load_prior(tmp_path / "out")
+    assert spec.sampling == record
+
+    from vqgpt.pipeline.generate import Pipeline
+    from vqgpt.pipeline.settings import SampleConfig
+
+    pipe = Pipeline.__new__(Pipeline)  # resolve() reads only the prior's spec
+    pipe.spec = spec
+    resolved = pipe.resolve(SampleConfig(num=2, class_labels=(0,)))
+    assert (resolved.guidance, resolved.temperature) == (record["guidance"], record["temperature"])
+    assert pipe.resolve(SampleConfig(num=2)).guidance == 1.0  # unconditional draws sample plainly
+    assert pipe.resolve(SampleConfig(num=2, class_labels=(0,), guidance=1.0)).guidance == 1.0  # flags win
+
+
+def test_without_classes_or_null_condition_nothing_is_chosen(tmp_path):
+    tok = tokens(tmp_path / "tok")
+    data = load_token_dataset(tok)
+    train_prior(MODEL, dataclasses.replace(TRAIN, select_sampling=False), tok, tmp_path / "out")
+    model, _ = load_prior(tmp_path / "out")
+    unconditional = PriorSpec(data.spec.codebook_size, data.spec.grid, ())
+    record = select_sampling(model, unconditional, data.train, data.validation)
+    assert {k: record[k] for k in FALLBACK_SAMPLING} == FALLBACK_SAMPLING and "unconditional" in record["selected_by"]
+    no_null = dataclasses.replace(data.spec, label_dropout=0.0)
+    record = select_sampling(model, no_null, data.train, data.validation, SelectionConfig(samples=30))
+    assert {c["guidance"] for c in record.get("candidates", [])} <= {1.0}
