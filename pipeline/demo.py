@@ -27,11 +27,23 @@ from .tokenize import tokenize_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
-# Everything the demo chooses, in one place (presets of each stage plus the sampling call).
+# Everything the demo chooses, in one place: its own settings of each stage (the commands for
+# your data derive theirs from the data instead), tuned on the bundled digits.
+DEMO_TOKENIZER = {
+    "model": {"image_size": 32, "channels": 1, "base_channels": 16, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
+              "z_channels": 32, "norm_groups": 8, "codebook_size": 64, "codebook_dim": 8},
+    "train": {"steps": 300, "batch_size": 16, "lr": 2e-3, "adam_beta1": 0.9, "adam_beta2": 0.99, "warmup_steps": 30,
+              "disc_weight": 0.05, "disc_start": 220, "disc_channels": 16, "disc_layers": 2, "checkpoint_every": 150,
+              "sample_every": 100},
+}
+DEMO_PRIOR = {
+    "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
+    "train": {"batch_size": 64, "max_steps": 400, "learning_rate": 1e-3, "warmup_steps": 40, "weight_decay": 0.1,
+              "label_dropout": 0.1, "eval_every": 50, "early_stopping_patience": 3, "checkpoint_every": 200,
+              "sample_every": 100, "log_every": 10},
+}
 DEMO_SETTINGS = {
     "data": "digits",
-    "tokenizer_preset": "digits",
-    "prior_preset": "digits",
     "tokenize": {"flip": False, "crops": 0, "batch_size": 128},
     # Sampling: none set here — the prior chooses its guidance and temperature on held-out digits
     # at the end of training, exactly as for any user's data (prior/selection.py).
@@ -41,8 +53,8 @@ DEMO_SETTINGS = {
 # --quick: the same chain with a fraction of the steps (used by the end-to-end test).
 QUICK_OVERRIDES = {
     "tokenizer": {"train.steps": 20, "train.warmup_steps": 2, "train.sample_every": 10, "train.checkpoint_every": 0},
-    "prior": {"train.max_steps": 20, "train.selection_samples": 20, "train.warmup_steps": 2, "train.eval_every": 10, "train.sample_every": 10,
-              "train.checkpoint_every": 0},
+    "prior": {"train.max_steps": 20, "train.selection_samples": 20, "train.warmup_steps": 2, "train.eval_every": 10,
+              "train.sample_every": 10, "train.checkpoint_every": 0},
 }
 
 
@@ -81,7 +93,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     t0 = time.perf_counter()
     tok_dir = out / "tokenizer"
     cfg = build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
-                        [tk.PRESETS[DEMO_SETTINGS["tokenizer_preset"]], QUICK_OVERRIDES["tokenizer"] if quick else {}])
+                        [DEMO_TOKENIZER, QUICK_OVERRIDES["tokenizer"] if quick else {}])
     train = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="train")
     val = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="validation")
     if (tok_dir / tk.model.WEIGHTS_NAME).is_file():
@@ -132,7 +144,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     else:
         _say("[3/5] training the class-conditional prior…")
         pcfg = build_configs({"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
-                             [pr.PRESETS[DEMO_SETTINGS["prior_preset"]], QUICK_OVERRIDES["prior"] if quick else {}])
+                             [DEMO_PRIOR, QUICK_OVERRIDES["prior"] if quick else {}])
         callback = sample_grid_writer(tok_dir, prior_dir.parent / "prior_samples", tokens_dir=tokens_dir, device=device)
         mode = _stage_mode(prior_dir) if not prior_done else {"overwrite": True}
         prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback, **mode)

@@ -29,10 +29,12 @@ def _print(*parts: Any) -> None:
         print(*parts, flush=True)
 
 
-def _layers(preset_registry: dict[str, dict], preset: str | None, config: str | None, sets: list[str] | None) -> list[dict]:
+def _layers(preset_registry: dict[str, dict], preset: str | None, config: str | None, sets: list[str] | None,
+            derived: dict | None = None) -> list[dict]:
+    """Settings layers, later ones winning: derived from the data → preset → --config → --set."""
     from .settings import parse_sets, read_config_file
 
-    layers: list[dict] = []
+    layers: list[dict] = [derived] if derived else []
     if preset is not None:
         if preset not in preset_registry:
             raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(preset_registry)}")
@@ -61,15 +63,23 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> A
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    import torch
+
     from vqgpt import tokenizer as tk
 
+    from . import auto
     from .settings import build_configs
     from .sources import canonical_spec, load_images
 
+    preset = tk.PRESETS.get(args.preset, {})
+    batch = preset.get("train", {}).get("batch_size", tk.TokenizerTrainConfig.batch_size)
+    derived, why = auto.tokenizer_defaults(auto.survey(args.data, seed=args.data_seed), torch.cuda.is_available(), batch)
     cfg = build_configs(
         {"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
-        _layers(tk.PRESETS, args.preset, args.config, args.set),
+        _layers(tk.PRESETS, args.preset, args.config, args.set, derived),
     )
+    for line in why:  # what was derived (a preset, --config or --set may have overridden some of it)
+        _print(f"derived from the data: {line}")
     model_cfg, train_cfg = cfg["model"], cfg["train"]
     train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)
     val = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="validation", seed=args.data_seed)
@@ -145,12 +155,19 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_train_prior(args: argparse.Namespace) -> int:
     from vqgpt import prior as pr
 
+    from . import auto
     from .settings import build_configs
 
+    data = pr.load_token_dataset(args.tokens)
+    preset = pr.PRESETS.get(args.preset, {})
+    batch = preset.get("train", {}).get("batch_size", pr.PriorTrainConfig.batch_size)
+    derived, why = auto.prior_defaults(len(data.train), data.spec.num_codes, batch)
     cfg = build_configs(
         {"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
-        _layers(pr.PRESETS, args.preset, args.config, args.set),
+        _layers(pr.PRESETS, args.preset, args.config, args.set, derived),
     )
+    for line in why:
+        _print(f"derived from the data: {line}")
     callback = None
     if args.tokenizer:
         from .outputs import sample_grid_writer

@@ -137,14 +137,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "train": {"select_sampling": False, "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
                   "checkpoint_every": 10, "log_every": 5},
     },
-    # The bundled digits (8×8 grid, K≈256–512, 10 classes, ~3.2k rows with flips) on a 2-core CPU
-    # in a few minutes; dropout, weight decay and early stopping against memorising them.
-    "digits": {
+    # CPU size (128 wide, 4 layers). Training length, evaluation cadence and early stopping come
+    # from the token data (vqgpt.pipeline.auto) unless set.
+    "mini": {
         "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
-        # ~400 steps ≈ 4 min at ~1.6 steps/s on 2 cores (measured on a loaded machine: slower).
-        "train": {"batch_size": 64, "max_steps": 400, "learning_rate": 1e-3, "warmup_steps": 40,
-                  "weight_decay": 0.1, "label_dropout": 0.1, "eval_every": 50, "early_stopping_patience": 3,
-                  "checkpoint_every": 200, "sample_every": 100, "log_every": 10},
+        "train": {"batch_size": 64, "learning_rate": 1e-3, "weight_decay": 0.1, "label_dropout": 0.1, "log_every": 10},
     },
     # GPU sizes (LlamaGen-like widths/depths). Token data decides the vocabulary and length.
     "small": {
@@ -166,4 +163,4 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "sample_every": 10_000, "log_every": 100},
     },
 }
-DEFAULT_PRESET = "digits"
+DEFAULT_PRESET = "mini"

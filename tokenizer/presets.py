@@ -2,49 +2,24 @@
 
 ``PRESETS[name] = {"model": {VQGANConfig overrides}, "train": {TokenizerTrainConfig overrides}}``
 
-- ``digits`` (default): 32×32 grey scikit-learn digits → 8×8 codes, 64 codes; under a minute
-  on an idle 2-core CPU, no VGG needed; light GAN for the last quarter of training.
+Presets name model sizes, not data sets; what depends on the data (channels, resolution,
+codebook size, training length) is derived from it by ``vqgpt train-tokenizer``
+(``vqgpt.pipeline.auto``) and recorded in the tokenizer's ``config.json``.
+
 - ``tiny``: for tests — trains in seconds, quality irrelevant.
-- ``photos``: 32×32 RGB crops (scikit-image photographs) → 8×8 codes; a CPU-sized RGB model
-  (a few minutes on a 2-core CPU).
-- ``base``: 256×256 RGB real images → 16×16 codes, 16,384 codes of dimension 8 (LlamaGen
-  VQ-16 style), LPIPS + PatchGAN; GPU-scale (bf16).
+- ``small`` (default): a CPU-sized model, 32 px → 8×8 codes; minutes on a 2-core CPU.
+- ``base``: 256×256 RGB → 16×16 codes, 16,384 codes of dimension 8 (LlamaGen VQ-16 style),
+  LPIPS + PatchGAN + EMA; GPU-scale (bf16).
 """
+
 
 from __future__ import annotations
 
 __all__ = ["PRESETS", "DEFAULT_PRESET"]
 
-DEFAULT_PRESET = "digits"
+DEFAULT_PRESET = "small"
 
 PRESETS: dict[str, dict[str, dict]] = {
-    "digits": {
-        "model": {
-            "image_size": 32,
-            "channels": 1,
-            "base_channels": 16,
-            "channel_mult": (1, 2, 2),
-            "num_res_blocks": 1,
-            "z_channels": 32,
-            "norm_groups": 8,
-            "codebook_size": 64,  # small enough for the prior to learn on a CPU; 30 dB
-            "codebook_dim": 8,
-        },
-        "train": {
-            "steps": 300,
-            "batch_size": 16,
-            "lr": 2e-3,
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.99,
-            "warmup_steps": 30,
-            "disc_weight": 0.05,
-            "disc_start": 220,
-            "disc_channels": 16,
-            "disc_layers": 2,
-            "checkpoint_every": 150,
-            "sample_every": 100,
-        },
-    },
     "tiny": {
         "model": {
             "image_size": 16,
@@ -73,31 +48,25 @@ PRESETS: dict[str, dict[str, dict]] = {
             "num_sample_images": 4,
         },
     },
-    "photos": {
+    # CPU size: 32 px → 8×8 codes. Channels, resolution, codebook and training length come from
+    # the data (pipeline/auto.py) unless set; these are the widths and the optimiser.
+    "small": {
         "model": {
-            "image_size": 32,
-            "channels": 3,
             "base_channels": 32,
             "channel_mult": (1, 2, 2),
             "num_res_blocks": 1,
             "z_channels": 32,
             "norm_groups": 8,
-            "codebook_size": 512,
             "codebook_dim": 8,
         },
         "train": {
-            "steps": 600,
             "batch_size": 16,
             "lr": 2e-3,
             "adam_beta1": 0.9,
             "adam_beta2": 0.99,
-            "warmup_steps": 30,
             "disc_weight": 0.05,
-            "disc_start": 450,
             "disc_channels": 16,
             "disc_layers": 2,
-            "checkpoint_every": 300,
-            "sample_every": 100,
         },
     },
     "base": {
