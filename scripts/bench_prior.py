@@ -65,7 +65,7 @@ def time_training(model, spec: PriorSpec, batch: int, steps: int, device: torch.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="digits", choices=list(PRESETS), help="model size preset")
+    parser.add_argument("--preset", default="mini", choices=list(PRESETS), help="model size preset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--codebook-size", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=10)

@@ -1,7 +1,7 @@
 """Benchmark ``vqgpt tokenize``: throughput against bare ``encode``, and peak memory.
 
     python scripts/bench_tokenize.py                      # digits preset, 2,000 and 20,000 images
-    python scripts/bench_tokenize.py --preset photos --sizes 1000 10000 --batch-size 32
+    python scripts/bench_tokenize.py --preset small --sizes 1000 10000 --batch-size 32
 
 It builds a random-init tokenizer from a preset (throughput does not depend on training),
 generates a folder of PNG images at the preset's resolution, and runs, each in its own
@@ -114,7 +114,7 @@ def _run_child(args: list[str]) -> tuple[dict, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="digits", help="tokenizer preset (random init)")
+    p.add_argument("--preset", default="small", help="tokenizer preset (random init)")
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="images per tokenize run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of tokenize")

@@ -27,10 +27,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vqgpt import tokenizer as tk  # noqa: E402
+from vqgpt.pipeline import auto  # noqa: E402
+from vqgpt.pipeline.demo import DEMO_TOKENIZER  # noqa: E402
 from vqgpt.pipeline.evaluate import Evaluator, Images, evaluate_tokenizer  # noqa: E402
 from vqgpt.pipeline.sources import load_images  # noqa: E402
 
-PRESET_FOR = {"digits": "digits", "photos": "photos"}
+
+def settings_for(spec: str) -> dict:
+    """What a user gets: the demo's own settings for digits; for any other source the `small`
+    preset over the defaults `vqgpt train-tokenizer` derives from the data."""
+    if spec == "digits":
+        return DEMO_TOKENIZER
+    derived, _ = auto.tokenizer_defaults(auto.survey(spec), torch.cuda.is_available())
+    return auto.merge(derived, tk.PRESETS["small"])
 
 
 @torch.no_grad()
@@ -48,7 +57,7 @@ def encode_throughput(model: tk.VQGAN, images: torch.Tensor, batch_size: int = 1
 
 
 def bench_one(spec: str, args: argparse.Namespace, work: Path, evaluator: Evaluator) -> dict:
-    preset = tk.PRESETS[PRESET_FOR[spec]]
+    preset = settings_for(spec)
     if args.tokenizer:
         model = tk.VQGAN.from_pretrained(args.tokenizer)
         model_config = model.config
@@ -88,7 +97,7 @@ def bench_one(spec: str, args: argparse.Namespace, work: Path, evaluator: Evalua
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", default=["digits", "photos"], choices=sorted(PRESET_FOR))
+    parser.add_argument("--data", nargs="+", default=["digits", "photos"], help="bundled names or image folders")
     parser.add_argument("--tokenizer", help="evaluate this trained tokenizer folder instead of training")
     parser.add_argument("--steps", type=int, help="override the preset's training steps")
     parser.add_argument("--out", help="where trained tokenizers go (default: a temporary folder)")

@@ -23,8 +23,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="demo-run", help="run folder with tokenizer/ and prior/")
     parser.add_argument("--num", type=int, default=1000, help="samples per check")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="CFG scales to try (demo: 2)")
-    parser.add_argument("--temperature", type=float, nargs="+", default=[0.5, 1.0], help="temperatures to try (demo: 0.5)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[None],
+                        help="CFG scales to try (default: the prior's recorded choice, as `vqgpt sample`)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[None],
+                        help="temperatures to try (default: the prior's recorded choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     pipe = Pipeline.from_pretrained(args.run, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -34,7 +36,8 @@ def main() -> None:
             t0 = time.perf_counter()
             figures = check_digit_samples(pipe, num_samples=args.num, guidance_scale=scale, temperature=temperature,
                                           seed=args.seed)
-            figures["temperature"] = temperature
+            figures["guidance"], figures["temperature"] = pipe.sampling_defaults(True) if scale is None and \
+                temperature is None else (scale, temperature)
             figures["seconds"] = round(time.perf_counter() - t0, 1)
             print(json.dumps(figures))
 
