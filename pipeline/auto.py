@@ -9,7 +9,7 @@ layered *under* the preset, ``--config`` and ``--set`` (any of which wins):
   the downsampling to an 8×8 code grid at CPU sizes, the codebook size (64 grey, 256 colour
   codes: small enough for the prior to learn on a CPU), and the training length (about three
   passes over the data, 300–3,000 steps) with the GAN phase in its last quarter;
-- prior: the training length (about 16 passes over the token rows, 200–5,000 steps), held-out
+- prior: the training length (about 32 passes over the token rows, 200–5,000 steps), held-out
   evaluation about eight times a run with early stopping and best-checkpoint selection, and the
   regularisation (dropout and weight decay) by data-set size.
 
@@ -28,6 +28,7 @@ __all__ = ["DataSurvey", "survey", "tokenizer_defaults", "prior_defaults"]
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 CPU_MAX_RESOLUTION = 32
+PRIOR_PASSES = 32  # over the token rows; early stopping and the best checkpoint guard against over-fitting
 
 
 @dataclass
@@ -99,7 +100,7 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16) -> 
 
 def prior_defaults(rows: int, num_codes: int, batch_size: int = 64) -> tuple[dict[str, dict], list[str]]:
     """Training overrides for a prior on ``rows`` training sequences of ``num_codes`` codes."""
-    steps = int(min(5000, max(200, round(16 * rows / batch_size))))
+    steps = int(min(5000, max(200, round(PRIOR_PASSES * rows / batch_size))))
     eval_every = max(10, steps // 8)
     small = rows < 20_000
     train = {"max_steps": steps, "warmup_steps": min(200, max(10, steps // 10)), "eval_every": eval_every,

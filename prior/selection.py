@@ -43,7 +43,7 @@ FALLBACK_SAMPLING = {"guidance": 1.0, "temperature": 1.0, "top_k": None, "top_p"
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    guidances: tuple[float, ...] = (1.0, 2.0, 3.0)
+    guidances: tuple[float, ...] = (1.0, 2.0, 3.0, 4.5)
     temperatures: tuple[float, ...] = (1.0, 0.75, 0.55)
     samples: int = 200  # grids drawn per candidate (spread evenly over the classes)
     min_variety: float = 0.8  # same-class Hamming variety, relative to held-out real grids

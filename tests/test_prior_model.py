@@ -135,6 +135,6 @@ def test_presets_build_and_grow_from_tiny_to_hundreds_of_millions():
         with torch.device("meta"):
             model = build_prior_model(PriorConfig(**preset["model"]), spec)
         sizes[name] = sum(p.numel() for p in model.parameters())
-    order = ["tiny", "digits", "small", "base", "large"]
+    order = ["tiny", "mini", "small", "base", "large"]
     assert [sizes[n] for n in order] == sorted(sizes[n] for n in order)
     assert sizes["large"] > 300e6 and sizes["base"] > 100e6
