@@ -43,8 +43,8 @@ FALLBACK_SAMPLING = {"guidance": 1.0, "temperature": 1.0, "top_k": None, "top_p"
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    guidances: tuple[float, ...] = (1.0, 2.0, 3.0, 4.5)
-    temperatures: tuple[float, ...] = (1.0, 0.75, 0.55)
+    guidances: tuple[float, ...] = (1.0, 2.0, 3.0)
+    temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35)
     samples: int = 200  # grids drawn per candidate (spread evenly over the classes)
     min_variety: float = 0.8  # same-class Hamming variety, relative to held-out real grids
     max_near_copies: float = 0.1  # share of samples closer to a training row than 95 % of held-out rows are

@@ -51,7 +51,7 @@ def test_tokenizer_training_length_from_the_data_size(images, steps):
     assert train["steps"] == steps and train["disc_start"] == int(steps * 0.75)
 
 
-@pytest.mark.parametrize("rows, steps, dropout", [(300, 200, 0.1), (1500, 750, 0.1), (1_000_000, 5000, 0.0)])
+@pytest.mark.parametrize("rows, steps, dropout", [(300, 200, 0.1), (1500, 375, 0.1), (1_000_000, 5000, 0.0)])
 def test_prior_training_length_and_regularisation_from_the_data_size(rows, steps, dropout):
     derived, why = auto.prior_defaults(rows, 64, batch_size=64)
     assert derived["train"]["max_steps"] == steps and derived["train"]["early_stopping_patience"] == 3
