@@ -90,7 +90,7 @@ def evaluate_run(run: str | None = None, tokenizer: str | None = None, prior: st
             from .generate import Pipeline
 
             pipe = Pipeline(vq, model, spec, device=device)
-            codes = pipe.sample_codes(num_samples, None, generator=pipe.generator(seed))
+            codes = pipe.sample_codes(num_samples, None, seed=seed)
             report["samples"] = {"distinct_codes": int(codes.unique().numel()), "codebook_size": spec.codebook_size}
             if data == "digits" and spec.num_classes == 10:
                 from .demo import DEMO_SETTINGS

@@ -60,6 +60,10 @@ class TransformersKV:
         self.seen = 0  # columns held by the cache
         self.passes = 0
 
+    def begin(self) -> None:
+        """A new batch: a new cache."""
+        self.cache, self.seen = None, 0
+
     def __call__(self, tokens: torch.Tensor, start: torch.Tensor, width: int, lo: int, hi: int) -> torch.Tensor:
         full = hi - lo == width and hi <= self.limit  # every row at the same columns, all of them real
         hi = min(hi, self.limit)  # windows running past the grid: what they predict there is ignored
@@ -99,21 +103,29 @@ def static_kv_unsupported(model: PreTrainedModel) -> str | None:
 
 
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Llama's RMSNorm: one fused op in float32, the module itself otherwise (its casts)."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-    return norm(x)
+    """Llama's RMSNorm, as its module computes it (in float32; F.rms_norm is slower on a CPU)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+FUSE_MAX_PARAMETERS = 50_000_000  # up to this size per-pass overhead dominates: fuse projections
 
 
 class StaticKV:
-    """Preallocated key/value buffers [layers, R, kv_heads, L, head_dim], written in place."""
+    """Preallocated key/value buffers [layers, R, kv_heads, L, head_dim], written in place.
+
+    For models up to FUSE_MAX_PARAMETERS it keeps fused copies of the Llama q/k/v and gate/up
+    weights (one matrix product where the model does three or two): small priors are bound by the
+    number of operations per pass, not by arithmetic. Bigger models use their weights in place.
+    """
 
     def __init__(self, model: PreTrainedModel, spec: PriorSpec, rows: int, length: int):
         why = static_kv_unsupported(model)
         if why is not None:
             raise ValueError(f"the static KV cache does not support {why}; use kv_cache='dynamic'")
         cfg = model.config
-        self.model, self.rows, self.length, self.num_codes_vocab = model, rows, length, spec.codebook_size
+        self.model, self.rows, self.length = model, rows, length
         self.llama = cfg.model_type == "llama"
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
@@ -126,6 +138,9 @@ class StaticKV:
             cos, sin = model.model.rotary_emb(probe, self.columns[None])  # the model's own RoPE tables
             self.cos, self.sin = cos[0], sin[0]  # (L, head_dim)
             self.scales = [block.self_attn.scaling for block in self.blocks]
+            fuse = sum(p.numel() for p in model.parameters()) <= FUSE_MAX_PARAMETERS
+            plain_mlp = cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)
+            self.fused = [_fuse_llama_block(block, plain_mlp) if fuse else None for block in self.blocks]
         else:
             self.blocks, self.final_norm = model.transformer.h, model.transformer.ln_f
             self.max_position = model.transformer.wpe.num_embeddings - 1
@@ -134,54 +149,65 @@ class StaticKV:
             self.scales = [scale / (i + 1) if by_layer else scale for i in range(len(self.blocks))]
         self.head = model.lm_head.weight[: spec.codebook_size]  # only codes are ever predicted
         self.keys = self.values = None  # allocated at the first pass, in the dtype the layers produce
+        self.primed = False  # the batch's first pass is done (the columns before it are in the buffers)
         self.passes = 0
 
-    def _buffers(self, like: torch.Tensor) -> None:
-        shape = (len(self.blocks), self.rows, self.kv_heads, self.length, self.head_dim)
-        self.keys = torch.zeros(shape, dtype=like.dtype, device=self.device)
-        self.values = torch.zeros(shape, dtype=like.dtype, device=self.device)
+    def begin(self) -> None:
+        """A new batch (at most `rows` rows): nothing of the last one is reused."""
+        self.primed = False
 
     def __call__(self, tokens: torch.Tensor, start: torch.Tensor, width: int, lo: int, hi: int) -> torch.Tensor:
-        R = tokens.shape[0]
-        uniform = hi - lo == width  # every row at the same columns: slices instead of scatters, no mask
+        if not self.primed and lo > 0:  # a batch's first pass: its condition token and given codes first
+            self._forward(tokens[:, :lo], self.columns[None, :lo], 0, lo, True, head=False)
+        self.primed = True  # from now on every pass writes what later passes read (see the module's doc)
         cols = start[:, None] + self.columns[:width]  # (R, W) input columns
-        ids = tokens.gather(1, cols)
+        self.passes += 1
+        return self._forward(tokens.gather(1, cols), cols, lo, hi, hi - lo == width)
+
+    def _forward(self, ids, cols, lo, hi, uniform, head=True):
+        """ids LongTensor[R, W] at columns cols [R or 1, W]; uniform: every row at columns lo … hi-1."""
+        R, W = ids.shape
         if self.llama:
             h = self.model.model.embed_tokens(ids)  # (R, W, C)
-            rope = (self.cos[cols], self.sin[cols])  # (R, W, head_dim) each
+            rope = (self.cos[cols][:, None], self.sin[cols][:, None])  # (R, 1, W, head_dim) each
         else:
             h = self.model.transformer.wte(ids) + self.model.transformer.wpe(cols.clamp(max=self.max_position))
             rope = None
         # a query at column t sees keys at columns ≤ t (later columns hold stale drafts or nothing)
-        mask = None if uniform and width == 1 else self.columns[:hi] <= cols[:, None, :, None]  # (R, 1, W, hi)
-        index = None if uniform else cols[:, None, :, None].expand(R, self.kv_heads, width, self.head_dim)
+        mask = None if uniform and W == 1 else self.columns[:hi] <= cols[:, None, :, None]  # (R, 1, W, hi)
+        index = None if uniform else cols[:, None, :, None].expand(R, self.kv_heads, W, self.head_dim)
         for i, block in enumerate(self.blocks):
             h = self._block(i, block, h, rope, mask, index, lo, hi)
+        if not head:
+            return None
         h = _rms_norm(self.final_norm, h) if self.llama else self.final_norm(h)
-        self.passes += 1
         return F.linear(h, self.head.to(h.dtype)).float()  # (R, W, K)
 
     def _block(self, i, block, h, rope, mask, index, lo, hi) -> torch.Tensor:
         R, W, _ = h.shape
+        H, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        fused = self.llama and self.fused[i]
         if self.llama:
             attn = block.self_attn
             x = _rms_norm(block.input_layernorm, h)
-            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias)
-            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias)
-            v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias)
+            if fused:
+                qkv = F.linear(x, fused["qkv"], fused["qkv_bias"])
+            else:
+                qkv = torch.cat([F.linear(x, m.weight, m.bias) for m in (attn.q_proj, attn.k_proj, attn.v_proj)], -1)
         else:
             attn = block.attn
-            q, k, v = attn.c_attn(block.ln_1(h)).split(self.heads * self.head_dim, dim=2)
-        q = q.view(R, W, self.heads, self.head_dim).transpose(1, 2)  # (R, H, W, D)
-        k = k.view(R, W, self.kv_heads, self.head_dim).transpose(1, 2)  # (R, Hkv, W, D)
-        v = v.view(R, W, self.kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope[0][:, None].to(q.dtype), rope[1][:, None].to(q.dtype)  # (R, 1, W, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qkv = attn.c_attn(block.ln_1(h))
+        qkv = qkv.view(R, W, H + 2 * Hkv, D).transpose(1, 2)  # (R, H + 2·Hkv, W, D): q heads, k heads, v heads
+        qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv :]
+        if rope is not None:  # one rotation for q and k together
+            cos, sin = rope[0].to(qk.dtype), rope[1].to(qk.dtype)
+            qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk[:, :H], qk[:, H:]
         if self.keys is None:
-            self._buffers(k)
-        keys, values = self.keys[i], self.values[i]  # (R, Hkv, L, D)
+            shape = (len(self.blocks), self.rows, Hkv, self.length, D)
+            self.keys = torch.zeros(shape, dtype=k.dtype, device=self.device)
+            self.values = torch.zeros(shape, dtype=k.dtype, device=self.device)
+        keys, values = self.keys[i, :R], self.values[i, :R]  # (R, Hkv, L, D)
         if index is None:
             keys[:, :, lo:hi] = k
             values[:, :, lo:hi] = v
@@ -189,16 +215,33 @@ class StaticKV:
             keys.scatter_(2, index, k)
             values.scatter_(2, index, v)
         keys, values = keys[:, :, :hi], values[:, :, :hi]
-        if self.kv_heads != self.heads:  # grouped-query attention
-            keys = keys.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            values = values.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        if Hkv != H:  # grouped-query attention
+            keys = keys.repeat_interleave(H // Hkv, dim=1)
+            values = values.repeat_interleave(H // Hkv, dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scales[i])  # (R, H, W, D)
-        y = y.transpose(1, 2).reshape(R, W, self.heads * self.head_dim)
-        if self.llama:
-            h = h + F.linear(y, attn.o_proj.weight, attn.o_proj.bias)
-            return h + block.mlp(_rms_norm(block.post_attention_layernorm, h))
-        h = h + attn.c_proj(y)
-        return h + block.mlp(block.ln_2(h))
+        y = y.transpose(1, 2).reshape(R, W, H * D)
+        if not self.llama:
+            h = h + attn.c_proj(y)
+            return h + block.mlp(block.ln_2(h))
+        h = h + F.linear(y, attn.o_proj.weight, attn.o_proj.bias)
+        x = _rms_norm(block.post_attention_layernorm, h)
+        if fused and fused["gate_up"] is not None:
+            gate, up = F.linear(x, fused["gate_up"]).chunk(2, dim=-1)
+            return h + F.linear(F.silu(gate) * up, block.mlp.down_proj.weight)
+        return h + block.mlp(x)
+
+
+def _fuse_llama_block(block: torch.nn.Module, plain_mlp: bool) -> dict:
+    """Concatenated q/k/v (and, for a bias-free SiLU MLP, gate/up) weights of one Llama block."""
+    attn, mlp = block.self_attn, block.mlp
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    biases = [m.bias for m in projections]
+    return {
+        "qkv": torch.cat([m.weight for m in projections]).detach(),
+        "qkv_bias": None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else torch.zeros(m.out_features, device=m.weight.device) for m, b in zip(projections, biases)]),
+        "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach() if plain_mlp else None,
+    }
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,7 @@ def _sample_batch(
     sampler: str = "ar",
     window: int = DEFAULT_WINDOW,
     kv_cache: str = "auto",
+    decoder=None,
     on_pass=None,
 ) -> tuple[torch.Tensor, dict]:
     """(codes LongTensor[b, h·w], {"passes": forward passes}) for one batch. `on_pass(columns[b, W],
@@ -104,7 +105,9 @@ def _sample_batch(
     if n == N:
         return prefix.clone(), {"passes": 0}
     rule = Speculative(seeds, width) if sampler == "sjd" else SharedNoise(seeds)
-    decoder = make_decoder(model, spec, rows.shape[0], length, kv_cache)
+    if decoder is None:
+        decoder = make_decoder(model, spec, rows.shape[0], length, kv_cache)
+    decoder.begin()
     info = decode(decoder, tokens, b, n + 1, N, width, scores_of, rule)
     return tokens[:b, 1 : N + 1], info
 
@@ -198,11 +201,14 @@ def sample(
     was_training = model.training
     model.eval()
     chunks, passes = [], 0
+    width = 1 if chosen == "ar" else window
     try:
         with torch.inference_mode(), autocast:
+            rows = min(batch_size, num_images) * (2 if cfg else 1)
+            decoder = make_decoder(model, spec, rows, spec.num_codes + 2 * width + 1, kv_cache)  # reused by every batch
             for c, p, s in zip(cond.split(batch_size), prefix.split(batch_size), seeds.split(batch_size)):
                 codes, info = _sample_batch(model, spec, c, p, s, cfg=cfg, guidance_scale=guidance_scale,
-                                            processors=processors, sampler=chosen, window=window, kv_cache=kv_cache)
+                                            processors=processors, sampler=chosen, window=window, decoder=decoder)
                 chunks.append(codes)
                 passes += info["passes"]
     finally:
