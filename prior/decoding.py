@@ -103,10 +103,11 @@ def static_kv_unsupported(model: PreTrainedModel) -> str | None:
 
 
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Llama's RMSNorm, as its module computes it (in float32; F.rms_norm is slower on a CPU)."""
-    h = x.float()
+    """Llama's RMSNorm, as its module computes it (in float32; F.rms_norm is slower on a CPU).
+    Dtypes are converted only when they differ: every dispatched op counts at batch 1."""
+    h = x if x.dtype == torch.float32 else x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)
+    return norm.weight * (h if x.dtype == torch.float32 else h.to(x.dtype))
 
 
 FUSE_MAX_PARAMETERS = 50_000_000  # up to this size per-pass overhead dominates: fuse projections
@@ -120,7 +121,7 @@ class StaticKV:
     number of operations per pass, not by arithmetic. Bigger models use their weights in place.
     """
 
-    def __init__(self, model: PreTrainedModel, spec: PriorSpec, rows: int, length: int):
+    def __init__(self, model: PreTrainedModel, spec: PriorSpec, rows: int, length: int, compile: bool = False):
         why = static_kv_unsupported(model)
         if why is not None:
             raise ValueError(f"the static KV cache does not support {why}; use kv_cache='dynamic'")
@@ -136,7 +137,9 @@ class StaticKV:
             self.blocks, self.final_norm = model.model.layers, model.model.norm
             probe = torch.zeros(1, device=self.device, dtype=torch.float32)
             cos, sin = model.model.rotary_emb(probe, self.columns[None])  # the model's own RoPE tables
-            self.cos, self.sin = cos[0], sin[0]  # (L, head_dim)
+            half = self.head_dim // 2  # rotate_half(x) = cat(-x2, x1) = roll(x, half) · (-1 … -1, 1 … 1)
+            sign = torch.cat([-torch.ones(half), torch.ones(self.head_dim - half)]).to(self.device)
+            self.cos, self.sin = cos[0], sin[0] * sign  # (L, head_dim)
             self.scales = [block.self_attn.scaling for block in self.blocks]
             fuse = sum(p.numel() for p in model.parameters()) <= FUSE_MAX_PARAMETERS
             plain_mlp = cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)
@@ -151,6 +154,12 @@ class StaticKV:
         self.keys = self.values = None  # allocated at the first pass, in the dtype the layers produce
         self.primed = False  # the batch's first pass is done (the columns before it are in the buffers)
         self.passes = 0
+        # torch.compile: one graph per window width, so every pass attends over the whole buffer
+        # and writes by index (static shapes) instead of slicing to the columns in use
+        self.compiled = torch.compile(self._static_pass, dynamic=False) if compile else None
+
+    def _static_pass(self, ids: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids, cols, 0, self.length, False)
 
     def begin(self) -> None:
         """A new batch (at most `rows` rows): nothing of the last one is reused."""
@@ -162,6 +171,8 @@ class StaticKV:
         self.primed = True  # from now on every pass writes what later passes read (see the module's doc)
         cols = start[:, None] + self.columns[:width]  # (R, W) input columns
         self.passes += 1
+        if self.compiled is not None:
+            return self.compiled(tokens.gather(1, cols), cols)
         return self._forward(tokens.gather(1, cols), cols, lo, hi, hi - lo == width)
 
     def _forward(self, ids, cols, lo, hi, uniform, head=True):
@@ -181,7 +192,8 @@ class StaticKV:
         if not head:
             return None
         h = _rms_norm(self.final_norm, h) if self.llama else self.final_norm(h)
-        return F.linear(h, self.head.to(h.dtype)).float()  # (R, W, K)
+        logits = F.linear(h, self.head if self.head.dtype == h.dtype else self.head.to(h.dtype))
+        return logits if logits.dtype == torch.float32 else logits.float()  # (R, W, K)
 
     def _block(self, i, block, h, rope, mask, index, lo, hi) -> torch.Tensor:
         R, W, _ = h.shape
@@ -199,9 +211,9 @@ class StaticKV:
             qkv = attn.c_attn(block.ln_1(h))
         qkv = qkv.view(R, W, H + 2 * Hkv, D).transpose(1, 2)  # (R, H + 2·Hkv, W, D): q heads, k heads, v heads
         qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv :]
-        if rope is not None:  # one rotation for q and k together
-            cos, sin = rope[0].to(qk.dtype), rope[1].to(qk.dtype)
-            qk = qk * cos + _rotate_half(qk) * sin
+        if rope is not None:  # one rotation for q and k together (transformers' rotate_half, as a roll)
+            cos, signed_sin = rope if rope[0].dtype == qk.dtype else (rope[0].to(qk.dtype), rope[1].to(qk.dtype))
+            qk = qk * cos + qk.roll(D // 2, dims=-1) * signed_sin
         q, k = qk[:, :H], qk[:, H:]
         if self.keys is None:
             shape = (len(self.blocks), self.rows, Hkv, self.length, D)
@@ -244,18 +256,16 @@ def _fuse_llama_block(block: torch.nn.Module, plain_mlp: bool) -> dict:
     }
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """RoPE's rotation, as transformers' Llama applies it (halves, not interleaved pairs)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def make_decoder(model: PreTrainedModel, spec: PriorSpec, rows: int, length: int, kv_cache: str = "auto"):
-    """The decoder for `kv_cache` ("auto": static buffers when the model allows, else "dynamic")."""
+def make_decoder(model: PreTrainedModel, spec: PriorSpec, rows: int, length: int, kv_cache: str = "auto",
+                 compile: bool = False):
+    """The decoder for `kv_cache` ("auto": static buffers when the model allows, else "dynamic");
+    `compile`: torch.compile the static decoder's pass (measured slower on a CPU; for GPUs)."""
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     if kv_cache == "auto":
         kv_cache = "static" if static_kv_unsupported(model) is None else "dynamic"
     if kv_cache == "static":
-        return StaticKV(model, spec, rows, length)
+        return StaticKV(model, spec, rows, length, compile=compile)
+    if compile:
+        raise ValueError("compile=True needs the static KV cache (kv_cache='static' or 'auto' on a Llama/GPT-2 prior)")
     return TransformersKV(model, spec, use_cache=kv_cache == "dynamic")

@@ -34,18 +34,25 @@ __all__ = ["SharedNoise", "Speculative", "decode"]
 
 # what a stream of random numbers is for (part of its key): never reuse one for another purpose
 NOISE, ACCEPT, RESAMPLE = 1, 2, 3
+NOISE_TABLE_MAX = 1 << 22  # below this many numbers (16 MB) a batch's noise is drawn once, up front
 
 
 class SharedNoise:
     """Code at column t = argmax(scores_t + Gumbel noise of (seed, t)): the same in every pass."""
 
-    def __init__(self, seeds: torch.Tensor):
-        self.seeds = seeds[:, None]  # (b, 1)
+    def __init__(self, seeds: torch.Tensor, columns: int, codes: int):
+        column = torch.arange(columns, device=seeds.device)
+        self.keys = stream_keys(seeds[:, None], NOISE, column)  # (b, columns): one stream per grid column
+        self.table = gumbel(self.keys, codes) if self.keys.numel() * codes <= NOISE_TABLE_MAX else None
 
     def choose(self, scores: torch.Tensor, drafts: torch.Tensor, columns: torch.Tensor, step: int):
         """scores FloatTensor[b, W, K] (-inf = excluded), drafts/columns LongTensor[b, W] →
         (codes LongTensor[b, W], kept BoolTensor[b, W]: the draft was what the model chose)."""
-        noise = gumbel(stream_keys(self.seeds, NOISE, columns), scores.shape[-1])  # (b, W, K)
+        K = scores.shape[-1]
+        if self.table is not None:
+            noise = self.table.gather(1, columns[..., None].expand(-1, -1, K))  # (b, W, K)
+        else:
+            noise = gumbel(self.keys.gather(1, columns), K)
         codes = (scores + noise).argmax(-1)
         return codes, codes == drafts
 

@@ -34,12 +34,17 @@ from .jacobi import SharedNoise, Speculative, decode
 from .model import PriorSpec
 from .streams import seeds_from_generator
 
-__all__ = ["sample", "logits_processors", "SAMPLERS", "DEFAULT_WINDOW"]
+__all__ = ["sample", "logits_processors", "SAMPLERS", "default_window"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 16  # codes per pass tried by "jacobi" and "sjd" (SJD's paper uses 16)
-AUTO_JACOBI_MAX_ROWS_CPU = 2  # "auto" on a CPU: "jacobi" up to this many rows (guidance rows count)
+AUTO_JACOBI_MAX_ROWS_CPU = 4  # "auto" on a CPU: "jacobi" up to this many rows (guidance rows count; measured)
+
+
+def default_window(device: torch.device) -> int:
+    """Codes per pass tried by "jacobi"/"sjd": 16 where a wider pass costs next to nothing (a GPU;
+    SJD's paper uses 16), 8 on a CPU, where each window column costs arithmetic."""
+    return 8 if torch.device(device).type == "cpu" else 16
 
 
 def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> LogitsProcessorList:
@@ -76,7 +81,7 @@ def _sample_batch(
     guidance_scale: float,
     processors: LogitsProcessorList,
     sampler: str = "ar",
-    window: int = DEFAULT_WINDOW,
+    window: int = 8,
     kv_cache: str = "auto",
     decoder=None,
     on_pass=None,
@@ -104,7 +109,7 @@ def _sample_batch(
 
     if n == N:
         return prefix.clone(), {"passes": 0}
-    rule = Speculative(seeds, width) if sampler == "sjd" else SharedNoise(seeds)
+    rule = Speculative(seeds, width) if sampler == "sjd" else SharedNoise(seeds, length, K)
     if decoder is None:
         decoder = make_decoder(model, spec, rows.shape[0], length, kv_cache)
     decoder.begin()
@@ -127,8 +132,9 @@ def sample(
     batch_size: int = 64,
     seeds: torch.Tensor | None = None,
     sampler: str = "auto",
-    window: int = DEFAULT_WINDOW,
+    window: int | None = None,
     kv_cache: str = "auto",
+    compile: bool = False,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """Draw `num_images` code grids → LongTensor[num_images, h, w] (on the CPU).
@@ -143,9 +149,12 @@ def sample(
         function of seeds[i] and its class/prefix alone (the Pipeline derives them from a run's
         seed, the class and k, so the k-th image of a class never depends on what else is drawn).
     prefix_codes: LongTensor[B, n] (or [n] for all images): the first n raster codes, kept as given.
-    sampler: "auto", "ar", "jacobi" or "sjd" (see the module's doc); window: codes per pass of
-        "jacobi"/"sjd". kv_cache: "auto", "static" (our preallocated buffers, Llama/GPT-2),
-        "dynamic" (transformers' cache) or "none" (full recomputation every pass: a reference).
+    sampler: "auto", "ar", "jacobi" or "sjd" (see the module's doc).
+    window: codes per pass of "jacobi"/"sjd" (None: `default_window` of the device).
+    kv_cache: "auto", "static" (our preallocated buffers, Llama/GPT-2), "dynamic" (transformers'
+        cache) or "none" (full recomputation every pass: a reference).
+    compile: torch.compile the static decoder's forward pass (one graph per window width; off by
+        default: on a CPU it measured slower, and the first call compiles for tens of seconds).
     stats: a dict to receive {"passes": forward passes, "images", "codes": codes drawn per image, "sampler"}.
     """
     if num_images < 1:
@@ -159,10 +168,11 @@ def sample(
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
+    device = next(model.parameters()).device
+    window = default_window(device) if window is None else window
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"window must be an integer ≥ 2, got {window!r}")
     processors = logits_processors(temperature, top_k, top_p)
-    device = next(model.parameters()).device
     if class_labels is not None:
         class_labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         if class_labels.numel() != num_images:
@@ -205,7 +215,7 @@ def sample(
     try:
         with torch.inference_mode(), autocast:
             rows = min(batch_size, num_images) * (2 if cfg else 1)
-            decoder = make_decoder(model, spec, rows, spec.num_codes + 2 * width + 1, kv_cache)  # reused by every batch
+            decoder = make_decoder(model, spec, rows, spec.num_codes + 2 * width + 1, kv_cache, compile)  # every batch
             for c, p, s in zip(cond.split(batch_size), prefix.split(batch_size), seeds.split(batch_size)):
                 codes, info = _sample_batch(model, spec, c, p, s, cfg=cfg, guidance_scale=guidance_scale,
                                             processors=processors, sampler=chosen, window=window, decoder=decoder)
