@@ -7,6 +7,8 @@ token dataset and is stored in `vqgpt_prior.json` beside the weights (see `prior
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 __all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES", "SAMPLERS",
@@ -31,7 +33,7 @@ def sampling_value_error(temperature: float, guidance: float, top_k: int | None,
              else ("temperature", "guidance_scale", "top_k", "top_p"))
 
     def number(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
     lo, hi = TEMPERATURE_RANGE
     if not (number(temperature) and lo <= temperature <= hi):
@@ -39,7 +41,7 @@ def sampling_value_error(temperature: float, guidance: float, top_k: int | None,
         return f"{names[0]} must be a number in [{lo:g}, {hi:g}] (for greedy codes use {greedy}), got {temperature!r}"
     if not (number(guidance) and 0 <= guidance <= MAX_GUIDANCE):
         return f"{names[1]} must be a number in [0, {MAX_GUIDANCE:g}] (1 = no guidance), got {guidance!r}"
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
         return f"{names[2]} must be an integer ≥ 1 (or unset), got {top_k!r}"
     if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
         return f"{names[3]} must be in (0, 1] (or unset), got {top_p!r}"
