@@ -13,8 +13,8 @@ Samplers (`sampler=`, `--sampler`):
   same codes as "ar" for the same seeds, in fewer passes. See `prior/jacobi.py`.
 - "sjd": speculative Jacobi decoding (probabilistic acceptance): the same distribution as "ar",
   other codes for the same seed.
-- "auto" (default): "jacobi" where a window pass costs little more than a one-code pass (a GPU,
-  or few rows on a CPU), else "ar" — a choice of speed only, the codes are the same.
+- "auto" (default): "jacobi" for small batches (where a window pass costs little more than a
+  one-code pass), else "ar" — a choice of speed only, the codes are the same.
 
 Randomness: image i draws every random number from its own seed (`seeds`, or one seed per image
 drawn from `generator`), so its codes never depend on the batch size or the other images.
@@ -38,7 +38,10 @@ __all__ = ["sample", "logits_processors", "SAMPLERS", "default_window"]
 
 logger = logging.getLogger(__name__)
 
-AUTO_JACOBI_MAX_ROWS_CPU = 4  # "auto" on a CPU: "jacobi" up to this many rows (guidance rows count; measured)
+# "auto": "jacobi" up to this many rows (guidance rows count), else "ar". CPU: measured (a window
+# pass costs arithmetic ∝ rows · window there). GPU: a guess, not measured (no GPU here): a pass of
+# ≤ 16 rows × 16 columns should cost about as much as a one-code pass.
+AUTO_JACOBI_MAX_ROWS = {"cpu": 4, "other": 16}
 
 
 def default_window(device: torch.device) -> int:
@@ -63,11 +66,12 @@ def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p:
 
 
 def resolve_sampler(sampler: str, device: torch.device, rows: int) -> str:
-    """"auto" → "jacobi" on a GPU or for at most AUTO_JACOBI_MAX_ROWS_CPU rows on a CPU (where a
-    16-code pass costs little more than a one-code pass), else "ar". Both give the same codes."""
+    """"auto" → "jacobi" for at most AUTO_JACOBI_MAX_ROWS rows of a batch, else "ar": a choice of
+    speed only, both give the same codes."""
     if sampler != "auto":
         return sampler
-    return "jacobi" if device.type != "cpu" or rows <= AUTO_JACOBI_MAX_ROWS_CPU else "ar"
+    limit = AUTO_JACOBI_MAX_ROWS["cpu" if device.type == "cpu" else "other"]
+    return "jacobi" if rows <= limit else "ar"
 
 
 def _sample_batch(

@@ -261,3 +261,17 @@ def test_sjd_and_ar_code_histograms_agree():
 
     assert min(pvalues(ar, sjd)) > 1e-3 / spec.num_codes  # Bonferroni over positions
     assert min(pvalues(ar, hot)) < 1e-3 / spec.num_codes
+
+
+def test_auto_picks_jacobi_for_small_batches_only():
+    from vqgpt.prior.sampling import resolve_sampler
+
+    cpu = torch.device("cpu")
+    assert resolve_sampler("auto", cpu, 1) == resolve_sampler("auto", cpu, 4) == "jacobi"
+    assert resolve_sampler("auto", cpu, 5) == "ar"
+    assert resolve_sampler("sjd", cpu, 64) == "sjd"
+    stats = {}
+    sample(make_model(), SPEC, 3, torch.tensor([0, 1, 2]), guidance_scale=2.0, batch_size=3, stats=stats)  # 6 rows
+    assert stats["sampler"] == "ar"
+    sample(make_model(), SPEC, 3, torch.tensor([0, 1, 2]), guidance_scale=2.0, batch_size=2, stats=stats)  # 4 rows
+    assert stats["sampler"] == "jacobi"
