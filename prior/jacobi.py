@@ -19,7 +19,9 @@ drafts) and gives the model's distributions for the next `width` columns. Each i
   (no q yet) counts as q = its one-hot. Same distribution as "ar", different codes per seed.
 
 Either way a row keeps its leading confirmed drafts plus one decided code (≥ 1 per pass), so rows
-of a batch move at different speeds. New window columns start as a copy of the last prediction.
+of a batch move at different speeds. A column entering the window starts as a copy of the code
+above it (one grid row up; the rows of an image look alike): on a 16×16 digits prior that took
+Jacobi from 2.0 to 2.6 codes per pass with 8-column windows, from 2.6 to 3.7 with 16.
 """
 
 from __future__ import annotations
@@ -103,11 +105,13 @@ def decode(
     width: int,
     scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     rule: SharedNoise | Speculative,
+    row: int,
 ) -> dict[str, int]:
     """Fill columns `first` … `last` of `tokens` in place.
 
     tokens: LongTensor[R, L] (R = b, or 2b with guidance: the b conditional rows, then the same
     codes under the null condition), columns before `first` given; L ≥ last + 2·width + 1.
+    row: codes per grid row (where the code above a column is: `row` columns back).
     scores_of(logits[R, W, K], columns[b, W]) → scores[b, W, K] of the predicted columns.
     Returns {"passes": forward passes}. Width 1 never waits for the device (a fixed number of
     passes); wider windows read two numbers back per pass (where the slowest row is).
@@ -117,6 +121,10 @@ def decode(
     copies = R // b
     column = torch.full((b,), first, dtype=torch.long, device=device)  # next undecided column, per row
     steps = torch.arange(width, device=device)
+    if width > 1:  # the first window's drafts: the code above, where there is one
+        for col in range(first, min(first + 2 * width, tokens.shape[1])):
+            if col - row >= 1:
+                tokens[:, col] = tokens[:, col - row]
     passes = 0
     while True:
         if width == 1:
@@ -142,8 +150,10 @@ def decode(
             moved = torch.where(active, confirmed + 1, 0)
             column = torch.minimum(column + moved, torch.full_like(column, last + 1))
             codes = torch.where(active[:, None], codes, drafts)  # finished rows stay as they are
-            ahead = predicted + width  # never predicted yet: start them as the last prediction
-            tokens.scatter_(1, ahead.repeat(copies, 1), codes[:, -1:].expand_as(ahead).repeat(copies, 1))
+            ahead = predicted + width  # never predicted yet: start them as the code above, else the last prediction
+            above = ahead - row
+            start_as = torch.where(above >= 1, tokens[:b].gather(1, above.clamp(min=1)), codes[:, -1:].expand_as(ahead))
+            tokens.scatter_(1, ahead.repeat(copies, 1), start_as.repeat(copies, 1))
             rule.shift(moved)
         tokens.scatter_(1, predicted.repeat(copies, 1), codes.repeat(copies, 1))
         passes += 1

@@ -117,7 +117,7 @@ def _sample_batch(
     if decoder is None:
         decoder = make_decoder(model, spec, rows.shape[0], length, kv_cache)
     decoder.begin()
-    info = decode(decoder, tokens, b, n + 1, N, width, scores_of, rule)
+    info = decode(decoder, tokens, b, n + 1, N, width, scores_of, rule, row=spec.grid[1])
     return tokens[:b, 1 : N + 1], info
 
 

@@ -41,19 +41,26 @@ def mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def _salt(counter: torch.Tensor) -> torch.Tensor:
+    """A counter (0, 1, 2, …) → well-spread int64: splitmix64's own sequence, mix(i·γ)."""
+    return mix((counter + 1) * _GOLDEN)
+
+
 def stream_keys(seeds: torch.Tensor, purpose: int, *counters: torch.Tensor | int) -> torch.Tensor:
     """Keys of independent streams: seeds LongTensor[B] (or broadcastable), a small integer
-    naming what the numbers are for, then counters (column, pass, …) broadcast against seeds."""
-    key = mix(seeds + _int64((purpose + 1) * _GOLDEN))
+    naming what the numbers are for, then counters (column, pass, …) broadcast against seeds.
+    Seeds and counters are spread before they are combined, so consecutive seeds or columns
+    give unrelated streams."""
+    key = mix(_salt(seeds) ^ _int64((purpose + 1) * _MUL1))
     for counter in counters:
-        key = mix(key + (torch.as_tensor(counter, dtype=torch.long, device=key.device) + 1) * _GOLDEN)
+        key = mix(key ^ _salt(torch.as_tensor(counter, dtype=torch.long, device=key.device)))
     return key
 
 
 def uniform(keys: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Float32 uniforms in (0, 1): one per key, or `size` per key (trailing dim) if given."""
     if size is not None:
-        keys = mix(keys[..., None] + torch.arange(1, size + 1, device=keys.device) * _GOLDEN)
+        keys = mix(keys[..., None] ^ _salt(torch.arange(size, device=keys.device)))
     return (_shr(keys, 40).float() + 0.5) * 2.0**-24  # 24 random bits, never 0 or 1
 
 
