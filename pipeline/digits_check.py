@@ -78,7 +78,7 @@ def near_copy_distances(features: np.ndarray, reference: np.ndarray) -> np.ndarr
 
 def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | None = None, seed: int = 0,
                         temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                        judge: DigitJudge | None = None) -> dict[str, float]:
+                        judge: DigitJudge | None = None, sampler: str = "auto") -> dict[str, float]:
     """Sample ``num_samples`` class-conditional digits (balanced over the classes) and as many
     unconditional ones; judge them. ``pipe`` is a :class:`vqgpt.Pipeline` on digits; guidance and
     temperature default to what the prior recorded (as ``vqgpt sample`` does)."""
@@ -88,13 +88,12 @@ def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | N
         raise ValueError(f"the digit check needs at least 10 samples (one per class), got {num_samples}")
     judge = judge or DigitJudge.fit(pipe.tokenizer.config.image_size)
     labels = torch.arange(num_samples) % 10
-    gen = pipe.generator(seed)
-    cond = pipe.decode(pipe.sample_codes(num_samples, labels, guidance_scale, temperature, top_k, top_p, generator=gen,
-                                         batch_size=250))
+    cond = pipe.decode(pipe.sample_codes(num_samples, labels, guidance_scale, temperature, top_k, top_p,
+                                         batch_size=250, seed=seed, sampler=sampler))
     pred = judge.predict(cond)
     accuracy = float((pred == labels.numpy()).mean())
-    uncond = pipe.decode(pipe.sample_codes(num_samples, None, 1.0, temperature, top_k, top_p, generator=gen,
-                                           batch_size=250))
+    uncond = pipe.decode(pipe.sample_codes(num_samples, None, 1.0, temperature, top_k, top_p,
+                                           batch_size=250, seed=seed, sampler=sampler))
     counts = np.bincount(judge.predict(uncond), minlength=10)
     shares = counts / counts.sum()
     copies = float(judge.near_copy_mask(torch.cat([cond, uncond])).mean())
@@ -106,6 +105,7 @@ def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | N
         "near_copy_share": copies,
         "samples": num_samples,
         "guidance": guidance_scale,
+        "sampler": sampler,
     }
     for c in range(10):
         figures[f"acc_{c}"] = float((pred[labels.numpy() == c] == c).mean())

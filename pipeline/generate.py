@@ -27,7 +27,14 @@ class Pipeline:
     """A tokenizer and a prior trained on its codes, checked to belong together.
 
     >>> pipe = Pipeline.from_pretrained("demo-run")
-    >>> images = pipe(8, class_labels=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    >>> images = pipe(8, class_labels=3, guidance_scale=2.0, seed=0)
+
+    Randomness: with ``seed=S`` the k-th image of class c is a function of (S, c, k) alone — the
+    same whatever the number of images, the batch size or the other classes drawn with it (this
+    is what ``vqgpt sample --seed`` does). With ``generator=`` one seed per image is drawn from it
+    in order, so the same generator state gives the same images (diffusers' convention).
+    ``sampler`` ("auto", "ar", "jacobi", "sjd") only changes the speed, except "sjd" (other
+    images for a seed, from the same distribution); see :func:`vqgpt.prior.sample`.
     """
 
     def __init__(self, tokenizer: tk.VQGAN, prior_model: torch.nn.Module, prior_spec: pr.PriorSpec, device: str = "cpu"):
@@ -124,17 +131,24 @@ class Pipeline:
         generator: torch.Generator | None = None,
         prefix_codes: torch.Tensor | None = None,
         batch_size: int = 64,
+        *,
+        seed: int | None = None,
+        sampler: str = "auto",
     ) -> torch.Tensor:
         """Draw code grids: LongTensor[num_images, h, w]. Guidance and temperature default to the
         prior's recorded choice (``sampling_defaults``)."""
         guidance, temp = self.sampling_defaults(class_labels is not None)
         guidance_scale = guidance if guidance_scale is None else guidance_scale
         temperature = temp if temperature is None else temperature
+        labels = self._labels_tensor(num_images, class_labels)
+        if seed is not None and generator is not None:
+            raise ValueError("give a seed or a generator, not both")
+        seeds = None if seed is None else pr.image_seeds(seed, labels, num_images)
         return pr.sample(
             self.prior, self.spec, num_images,
-            class_labels=self._labels_tensor(num_images, class_labels),
+            class_labels=labels,
             guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator, prefix_codes=prefix_codes, batch_size=batch_size,
+            generator=generator, prefix_codes=prefix_codes, batch_size=batch_size, seeds=seeds, sampler=sampler,
         )
 
     @torch.inference_mode()
@@ -153,11 +167,14 @@ class Pipeline:
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 64,
+        *,
+        seed: int | None = None,
+        sampler: str = "auto",
     ) -> list[Image.Image]:
         """Generate ``num_images`` images (class-conditional when ``class_labels`` is given:
         one label for all, or one per image)."""
         codes = self.sample_codes(num_images, class_labels, guidance_scale, temperature, top_k, top_p,
-                                  generator=generator, batch_size=batch_size)
+                                  generator=generator, batch_size=batch_size, seed=seed, sampler=sampler)
         return to_pil(self.decode(codes, batch_size))
 
     def generate(self, settings: SampleConfig) -> list[Image.Image]:
@@ -166,7 +183,7 @@ class Pipeline:
         labels = settings.labels_per_image
         total = len(labels) if labels else settings.num
         return self(total, labels, settings.guidance, settings.temperature, settings.top_k, settings.top_p,
-                    generator=self.generator(settings.seed), batch_size=settings.batch_size)
+                    batch_size=settings.batch_size, seed=settings.seed, sampler=settings.sampler)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -184,6 +201,9 @@ class Pipeline:
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 64,
+        *,
+        seed: int | None = None,
+        sampler: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the top ``keep_rows`` code rows of ``image`` and sample the rest.
 
@@ -202,6 +222,6 @@ class Pipeline:
         prefix = codes[:keep_rows].reshape(1, -1).expand(num_images, -1)  # (B, keep_rows * w)
         completions = self.sample_codes(
             num_images, class_label, guidance_scale, temperature, top_k, top_p,
-            generator=generator, prefix_codes=prefix, batch_size=batch_size,
+            generator=generator, prefix_codes=prefix, batch_size=batch_size, seed=seed, sampler=sampler,
         )
         return codes.cpu(), completions.cpu()

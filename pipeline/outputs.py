@@ -101,7 +101,7 @@ def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, 
     image = load_image_file(image_path, pipe.tokenizer.config.image_size, pipe.tokenizer.config.channels)
     codes, completions = pipe.complete(
         image, keep_rows, settings.num, label, settings.guidance, settings.temperature, settings.top_k,
-        settings.top_p, generator=pipe.generator(settings.seed), batch_size=settings.batch_size,
+        settings.top_p, batch_size=settings.batch_size, seed=settings.seed, sampler=settings.sampler,
     )
     h, w = codes.shape
     original = from_pil([image])

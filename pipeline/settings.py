@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqgpt.prior.config import SAMPLERS, sampling_value_error
+
 __all__ = ["SampleConfig", "TokenizeConfig", "build_configs", "parse_sets", "read_config_file", "coerce"]
 
 
@@ -196,28 +198,33 @@ class SampleConfig:
     num: int = field(default=16, metadata={"help": "images to draw (per class when classes are given)"})
     class_labels: tuple[int, ...] = ()  # class indices; empty = unconditional
     guidance: float | None = field(default=None, metadata={
-        "help": "classifier-free guidance scale (1 = none; default: what train-prior chose on held-out data, "
+        "help": "classifier-free guidance scale, 0–100 (1 = none; default: what train-prior chose on held-out data, "
                 "recorded in the prior folder)"})
     temperature: float | None = field(default=None, metadata={
-        "help": "softmax temperature (> 0; default: the prior's recorded choice, else 1)"})
+        "help": "softmax temperature, 0.01–100 (default: the prior's recorded choice, else 1)"})
     top_k: int | None = field(default=None, metadata={"help": "keep the K most likely codes"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling: keep codes up to mass P"})
-    seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same images"})
+    seed: int = field(default=0, metadata={"help": "random seed: the k-th image of a class is the same whatever "
+                                                    "--num, --batch-size, --sampler (but sjd) or the other classes"})
     batch_size: int = field(default=64, metadata={"help": "images sampled per forward batch"})
+    sampler: str = field(default="auto", metadata={"help": "ar (a code per forward pass), jacobi (several per pass, "
+                                                         "same images as ar), sjd (speculative Jacobi: same "
+                                                         "distribution, other images), auto (jacobi or ar, whichever "
+                                                         "is faster here)"})
 
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"--num must be at least 1, got {self.num}")
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.guidance is not None and self.guidance < 0:
-            raise ValueError(f"--guidance must be >= 0, got {self.guidance}")
+        # None = the prior's recorded default, checked when the prior is loaded
+        problem = sampling_value_error(1.0 if self.temperature is None else self.temperature,
+                                       1.0 if self.guidance is None else self.guidance, self.top_k, self.top_p,
+                                       flags=True)
+        if problem:
+            raise ValueError(problem)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
     @property
     def labels_per_image(self) -> list[int] | None:

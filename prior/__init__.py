@@ -8,12 +8,13 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["checkpoints", "config", "data", "model", "sampling", "train"],
+    submodules=["checkpoints", "config", "data", "decoding", "jacobi", "model", "sampling", "streams", "train"],
     submod_attrs={
         "config": ["DEFAULT_PRESET", "PRESETS", "PriorConfig", "PriorTrainConfig"],
         "data": ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "read_token_meta"],
         "model": ["PriorSpec", "build_prior_model", "load_prior", "save_prior"],
         "sampling": ["sample"],
+        "streams": ["image_seeds"],
         "train": ["evaluate", "train_prior", "train_step"],
     },
 )

@@ -7,12 +7,45 @@ token dataset and is stored in `vqgpt_prior.json` beside the weights (see `prior
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
-__all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES"]
+__all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES", "SAMPLERS",
+           "TEMPERATURE_RANGE", "MAX_GUIDANCE", "sampling_value_error"]
 
 ARCHITECTURES = ("llama", "gpt2")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+# Sampling (prior.sampling), here because the CLI's settings need them without torch.
+SAMPLERS = ("auto", "ar", "jacobi", "sjd")  # auto: "jacobi" or "ar", whichever is faster there (same codes)
+# Sampling values outside these ranges are refused: the float32 maths overflows towards them, and a
+# temperature near 0 only means "greedy" (top_k=1 says so exactly).
+TEMPERATURE_RANGE = (1e-2, 1e2)
+MAX_GUIDANCE = 100.0
+
+
+def sampling_value_error(temperature: float, guidance: float, top_k: int | None, top_p: float | None,
+                         flags: bool = False) -> str | None:
+    """What is wrong with these sampling values (None: nothing), one line naming each value by its
+    Python argument, or by its CLI flag with `flags=True`."""
+    names = (("--temperature", "--guidance", "--top-k", "--top-p") if flags
+             else ("temperature", "guidance_scale", "top_k", "top_p"))
+
+    def number(x) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    lo, hi = TEMPERATURE_RANGE
+    if not (number(temperature) and lo <= temperature <= hi):
+        greedy = "--top-k 1" if flags else "top_k=1"
+        return f"{names[0]} must be a number in [{lo:g}, {hi:g}] (for greedy codes use {greedy}), got {temperature!r}"
+    if not (number(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        return f"{names[1]} must be a number in [0, {MAX_GUIDANCE:g}] (1 = no guidance), got {guidance!r}"
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        return f"{names[2]} must be an integer ≥ 1 (or unset), got {top_k!r}"
+    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
+        return f"{names[3]} must be in (0, 1] (or unset), got {top_p!r}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,9 @@ def code_logits(model: PreTrainedModel, input_ids: torch.Tensor, spec: PriorSpec
     predicted, so the class and null columns are dropped (equivalent to masking them to -inf).
     """
     out = model(input_ids=input_ids, **kwargs)
-    return out.logits[..., : spec.codebook_size].float(), getattr(out, "cache", None)
+    fields = {f.name for f in dataclasses.fields(out)}
+    cache = out.cache if "cache" in fields else getattr(out, "past_key_values", None)  # transformers ≥ 5.24 / earlier
+    return out.logits[..., : spec.codebook_size].float(), cache
 
 
 def save_prior(model: PreTrainedModel, spec: PriorSpec, out_dir: str | Path) -> Path:

@@ -1,44 +1,60 @@
 """Drawing code grids from the prior.
 
-`sample` is our own decoding loop rather than `model.generate()` for two reasons: `generate()`
-cannot take a `torch.Generator` (its sampling draws from the global RNG, so a seed cannot be
-passed explicitly and reproducibly), and it does not pair each conditional row with a
-null-condition row for classifier-free guidance (logits = u + s·(c − u) needs both rows at every
-step). The loop still uses transformers' pieces: `DynamicCache` for the KV cache and the
-Temperature/TopK/TopP logits warpers.
+`sample` is our own decoding loop rather than `model.generate()`: `generate()` draws from one
+random stream shared by the whole batch (so an image depends on what else is drawn with it), it
+does not pair each conditional row with a null-condition row for classifier-free guidance
+(logits = u + s·(c − u) needs both rows at every step), and it has no multi-code passes. The
+loop still uses transformers' pieces: the model (its modules and weights), its cache for models
+our static buffers do not cover, and the Temperature/TopK/TopP logits warpers.
+
+Samplers (`sampler=`, `--sampler`):
+- "ar": one code per forward pass, in raster order.
+- "jacobi": a window of codes per pass (Jacobi decoding with noise fixed per grid position): the
+  same codes as "ar" for the same seeds, in fewer passes. See `prior/jacobi.py`.
+- "sjd": speculative Jacobi decoding (probabilistic acceptance): the same distribution as "ar",
+  other codes for the same seed.
+- "auto" (default): "jacobi" for small batches (where a window pass costs little more than a
+  one-code pass), else "ar" — a choice of speed only, the codes are the same.
+
+Randomness: image i draws every random number from its own seed (`seeds`, or one seed per image
+drawn from `generator`), so its codes never depend on the batch size or the other images.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
-from transformers import (
-    DynamicCache,
-    LogitsProcessorList,
-    PreTrainedModel,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LogitsProcessorList, PreTrainedModel, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .model import PriorSpec, code_logits
+from .config import SAMPLERS, sampling_value_error
+from .decoding import KV_CACHES, make_decoder
+from .jacobi import SharedNoise, Speculative, decode
+from .model import PriorSpec
+from .streams import seeds_from_generator
 
-__all__ = ["sample", "logits_processors"]
+__all__ = ["sample", "logits_processors", "SAMPLERS", "default_window"]
 
 logger = logging.getLogger(__name__)
+
+# "auto": "jacobi" up to this many rows (guidance rows count), else "ar". CPU: measured (a window
+# pass costs arithmetic ∝ rows · window there). GPU: a guess, not measured (no GPU here): a pass of
+# ≤ 16 rows × 16 columns should cost about as much as a one-code pass.
+AUTO_JACOBI_MAX_ROWS = {"cpu": 4, "other": 16}
+
+
+def default_window(device: torch.device) -> int:
+    """Codes per pass tried by "jacobi"/"sjd": 16 where a wider pass costs next to nothing (a GPU;
+    SJD's paper uses 16), 8 on a CPU, where each window column costs arithmetic."""
+    return 8 if torch.device(device).type == "cpu" else 16
 
 
 def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> LogitsProcessorList:
     """Temperature, then top-k, then top-p (each optional, each usable alone)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p}")
+    problem = sampling_value_error(temperature, 1.0, top_k, top_p)
+    if problem:
+        raise ValueError(problem)
     processors = LogitsProcessorList()
     if temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
@@ -49,45 +65,60 @@ def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p:
     return processors
 
 
+def resolve_sampler(sampler: str, device: torch.device, rows: int) -> str:
+    """"auto" → "jacobi" for at most AUTO_JACOBI_MAX_ROWS rows of a batch, else "ar": a choice of
+    speed only, both give the same codes."""
+    if sampler != "auto":
+        return sampler
+    limit = AUTO_JACOBI_MAX_ROWS["cpu" if device.type == "cpu" else "other"]
+    return "jacobi" if rows <= limit else "ar"
+
+
 def _sample_batch(
     model: PreTrainedModel,
     spec: PriorSpec,
     cond: torch.Tensor,  # (b,) condition tokens
     prefix: torch.Tensor,  # (b, n) given first codes
+    seeds: torch.Tensor,  # (b,) one seed per image
     *,
     cfg: bool,
     guidance_scale: float,
     processors: LogitsProcessorList,
-    generator: torch.Generator | None,
-    use_cache: bool,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Codes LongTensor[b, h·w] for one batch. `on_step(position, logits[b, K])` sees the guided
-    logits before temperature/top-k/top-p (used by tests to compare cached and full passes)."""
+    sampler: str = "ar",
+    window: int = 8,
+    kv_cache: str = "auto",
+    decoder=None,
+    on_pass=None,
+) -> tuple[torch.Tensor, dict]:
+    """(codes LongTensor[b, h·w], {"passes": forward passes}) for one batch. `on_pass(columns[b, W],
+    logits[b, W, K])` sees the guided logits of the predicted columns before temperature/top-k/top-p
+    (tests compare them across caches)."""
     b, n = prefix.shape
+    N, K = spec.num_codes, spec.codebook_size
+    width = 1 if sampler == "ar" else window
     rows = torch.cat([cond, torch.full_like(cond, spec.null_token_id)]) if cfg else cond  # (R,) R = 2b or b
-    tokens = torch.cat([rows[:, None], prefix.repeat(2, 1) if cfg else prefix], dim=1)  # (R, 1 + n)
-    cache = DynamicCache(config=model.config) if use_cache else None
-    feed = tokens  # what the next forward pass reads: everything at first, then only the newest token
-    for position in range(n, spec.num_codes):
-        if use_cache:
-            logits, cache = code_logits(model, feed, spec, cache=cache, use_cache=True, logits_to_keep=1)
-        else:  # full recomputation of the whole sequence at every step
-            logits, _ = code_logits(model, tokens, spec, use_cache=False, logits_to_keep=1)
-        logits = logits[:, -1]  # (R, K)
+    length = N + 2 * width + 1  # the grid's columns, then room for windows running past its end
+    tokens = torch.zeros(rows.shape[0], length, dtype=torch.long, device=cond.device)
+    tokens[:, 0] = rows
+    tokens[:, 1 : n + 1] = prefix.repeat(2, 1) if cfg else prefix
+
+    def scores_of(logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:  # (R, W, K) → (b, W, K)
         if cfg:
-            cond_logits, uncond_logits = logits[:b], logits[b:]  # (b, K) each
-            logits = uncond_logits + guidance_scale * (cond_logits - uncond_logits)
-        if on_step is not None:
-            on_step(position, logits)
-        scores = processors(tokens[:b], logits)  # (b, K); filtered entries are -inf
-        probs = torch.softmax(scores, dim=-1)
-        sample_device = generator.device if generator is not None else probs.device
-        nxt = torch.multinomial(probs.to(sample_device), 1, generator=generator).to(tokens.device)  # (b, 1)
-        nxt_rows = nxt.repeat(2, 1) if cfg else nxt  # (R, 1)
-        tokens = torch.cat([tokens, nxt_rows], dim=1)
-        feed = nxt_rows
-    return tokens[:b, 1:]  # (b, h*w)
+            logits = logits[b:] + guidance_scale * (logits[:b] - logits[b:])  # u + s·(c − u)
+        if on_pass is not None:
+            on_pass(columns, logits)
+        if len(processors):
+            logits = processors(None, logits.reshape(-1, K)).view(b, -1, K)
+        return logits
+
+    if n == N:
+        return prefix.clone(), {"passes": 0}
+    rule = Speculative(seeds, width) if sampler == "sjd" else SharedNoise(seeds, length, K)
+    if decoder is None:
+        decoder = make_decoder(model, spec, rows.shape[0], length, kv_cache)
+    decoder.begin()
+    info = decode(decoder, tokens, b, n + 1, N, width, scores_of, rule, row=spec.grid[1])
+    return tokens[:b, 1 : N + 1], info
 
 
 def sample(
@@ -101,26 +132,51 @@ def sample(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     prefix_codes: torch.Tensor | None = None,
-    use_cache: bool = True,
+    *,
     batch_size: int = 64,
+    seeds: torch.Tensor | None = None,
+    sampler: str = "auto",
+    window: int | None = None,
+    kv_cache: str = "auto",
+    compile: bool = False,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Draw `num_images` code grids → LongTensor[num_images, h, w] (on the CPU).
 
     class_labels: LongTensor[B] of class indices (-1 = no class), or None for unconditional.
     guidance_scale: classifier-free guidance s (1 = plain conditional; needs class labels).
     temperature / top_k / top_p: logits warpers, each optional.
-    generator: a torch.Generator for reproducible draws (any device; draws happen on its device).
+    generator: where the images' seeds come from: one 63-bit seed per image is drawn from it, in
+        order (the global RNG when None and no `seeds`). The same generator state gives the same
+        images; image i then depends on i, not on batch_size.
+    seeds: LongTensor[B] (or a list), one seed per image instead of a generator: image i is a
+        function of seeds[i] and its class/prefix alone (the Pipeline derives them from a run's
+        seed, the class and k, so the k-th image of a class never depends on what else is drawn).
     prefix_codes: LongTensor[B, n] (or [n] for all images): the first n raster codes, kept as given.
-    use_cache: KV cache (True) or full recomputation at every step (False, for benchmarks/tests).
+    sampler: "auto", "ar", "jacobi" or "sjd" (see the module's doc).
+    window: codes per pass of "jacobi"/"sjd" (None: `default_window` of the device).
+    kv_cache: "auto", "static" (our preallocated buffers, Llama/GPT-2), "dynamic" (transformers'
+        cache) or "none" (full recomputation every pass: a reference).
+    compile: torch.compile the static decoder's forward pass (one graph per window width; off by
+        default: on a CPU it measured slower, and the first call compiles for tens of seconds).
+    stats: a dict to receive {"passes": forward passes, "images", "codes": codes drawn per image, "sampler"}.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be ≥ 0, got {guidance_scale}")
-    processors = logits_processors(temperature, top_k, top_p)
+    problem = sampling_value_error(temperature, guidance_scale, top_k, top_p)
+    if problem:
+        raise ValueError(problem)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     device = next(model.parameters()).device
+    window = default_window(device) if window is None else window
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ValueError(f"window must be an integer ≥ 2, got {window!r}")
+    processors = logits_processors(temperature, top_k, top_p)
     if class_labels is not None:
         class_labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         if class_labels.numel() != num_images:
@@ -145,17 +201,32 @@ def sample(
             raise ValueError(f"prefix_codes holds {prefix.shape[1]} codes but a grid has only {spec.num_codes}")
         if prefix.numel() and (prefix.min() < 0 or prefix.max() >= spec.codebook_size):
             raise ValueError(f"prefix_codes must be codes in 0..{spec.codebook_size - 1}")
+    if seeds is not None:
+        if generator is not None:
+            raise ValueError("give seeds or a generator, not both")
+        seeds = torch.as_tensor(seeds, dtype=torch.long).flatten().to(device)
+        if seeds.numel() != num_images:
+            raise ValueError(f"got {seeds.numel()} seeds for {num_images} images")
+    else:
+        seeds = seeds_from_generator(generator, num_images, device)
     cfg = guidance_scale != 1.0
+    chosen = resolve_sampler(sampler, device, min(batch_size, num_images) * (2 if cfg else 1))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     was_training = model.training
     model.eval()
+    chunks, passes = [], 0
+    width = 1 if chosen == "ar" else window
     try:
         with torch.inference_mode(), autocast:
-            chunks = [
-                _sample_batch(model, spec, c, p, cfg=cfg, guidance_scale=guidance_scale, processors=processors,
-                              generator=generator, use_cache=use_cache)
-                for c, p in zip(cond.split(batch_size), prefix.split(batch_size))
-            ]
+            rows = min(batch_size, num_images) * (2 if cfg else 1)
+            decoder = make_decoder(model, spec, rows, spec.num_codes + 2 * width + 1, kv_cache, compile)  # every batch
+            for c, p, s in zip(cond.split(batch_size), prefix.split(batch_size), seeds.split(batch_size)):
+                codes, info = _sample_batch(model, spec, c, p, s, cfg=cfg, guidance_scale=guidance_scale,
+                                            processors=processors, sampler=chosen, window=window, decoder=decoder)
+                chunks.append(codes)
+                passes += info["passes"]
     finally:
         model.train(was_training)
+    if stats is not None:
+        stats.update(passes=passes, images=num_images, codes=spec.num_codes - prefix.shape[1], sampler=chosen)
     return torch.cat(chunks).reshape(num_images, *spec.grid).cpu()  # (B, h, w)

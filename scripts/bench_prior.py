@@ -1,5 +1,6 @@
 """Benchmark the prior: sampling tokens/s on a 16×16 grid (256 codes) at batch 1 and 32, with the
-KV cache and with full recomputation at every step, and training tokens/s.
+KV cache and with full recomputation at every step ("ar" sampler), and training tokens/s.
+(scripts/bench_sampling.py compares the samplers and caches in detail.)
 
     .venv/bin/python scripts/bench_prior.py                 # digits-size model, < 3 min on 2 CPU cores
     .venv/bin/python scripts/bench_prior.py --preset small --device cuda --train-batch 64
@@ -31,11 +32,12 @@ def time_sampling(model, spec: PriorSpec, batch: int, use_cache: bool, device: t
     gen = torch.Generator(device).manual_seed(0)
     labels = torch.arange(batch) % spec.num_classes if spec.num_classes else None
     warm = torch.zeros(batch, spec.num_codes - 2, dtype=torch.long)
-    sample(model, spec, batch, labels, generator=gen, prefix_codes=warm, use_cache=use_cache, batch_size=batch)
+    kv_cache = "auto" if use_cache else "none"
+    sample(model, spec, batch, labels, generator=gen, prefix_codes=warm, kv_cache=kv_cache, sampler="ar", batch_size=batch)
     prefix = torch.zeros(batch, spec.num_codes - new_codes, dtype=torch.long)
     sync(device)
     start = time.perf_counter()
-    sample(model, spec, batch, labels, generator=gen, prefix_codes=prefix, use_cache=use_cache, batch_size=batch)
+    sample(model, spec, batch, labels, generator=gen, prefix_codes=prefix, kv_cache=kv_cache, sampler="ar", batch_size=batch)
     sync(device)
     return time.perf_counter() - start
 

@@ -135,6 +135,44 @@ def test_tokenize_train_prior_sample_complete(capsys, tiny_run, image_folder, tm
     assert code == 0 and "validation_bits_per_code" in stdout and "psnr" in stdout and "FID protocol:" in stdout
 
 
+def pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("sample_*.png"))}
+
+
+def test_sampler_flag_and_seeds_mean_images(capsys, tiny_run, tmp_path):
+    """--sampler ar/jacobi give the same images, sjd other ones; the k-th image of a class with one
+    --seed is the same whatever --num, --batch-size and the other --class values."""
+    base = ["sample", "--run", tiny_run, "--seed", 4, "--guidance", 1.5]
+    runs = {}
+    for sampler in ("ar", "jacobi", "sjd", "auto"):
+        code, _, _ = run_cli(capsys, *base, "--class", "circle", "--num", 2, "--sampler", sampler, "--out", tmp_path / sampler)
+        assert code == 0
+        runs[sampler] = pngs(tmp_path / sampler)
+        assert json.loads((tmp_path / sampler / "settings.json").read_text())["sampler"] == sampler
+    assert len(runs["ar"]) == 2
+    for sampler in ("jacobi", "auto"):
+        assert all(np.array_equal(runs["ar"][k], runs[sampler][k]) for k in runs["ar"])
+    assert not all(np.array_equal(runs["ar"][k], runs["sjd"][k]) for k in runs["ar"])
+
+    code, _, _ = run_cli(capsys, *base, "--class", "square", "--class", "circle", "--num", 3, "--batch-size", 2,
+                         "--sampler", "ar", "--out", tmp_path / "more")
+    assert code == 0
+    more = pngs(tmp_path / "more")
+    assert np.array_equal(more["sample_0003_class-circle.png"], runs["ar"]["sample_0000_class-circle.png"])
+    assert np.array_equal(more["sample_0004_class-circle.png"], runs["ar"]["sample_0001_class-circle.png"])
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--guidance", "inf"], "--guidance"), (["--guidance", "nan"], "--guidance"), (["--guidance", "-1"], "--guidance"),
+    (["--temperature", "1e-45"], "--temperature"), (["--temperature", "nan"], "--temperature"),
+    (["--top-p", "nan"], "--top-p"), (["--sampler", "beam"], "--sampler"),
+])
+def test_absurd_sampling_values_are_one_line_errors(capsys, tiny_run, tmp_path, flags, needle):
+    code, _, err = run_cli(capsys, "sample", "--run", tiny_run, "--class", "circle", "--out", tmp_path / "s", *flags)
+    assert_user_error(code, err, needle)
+    assert not (tmp_path / "s").exists()
+
+
 def test_sample_and_complete_bad_input(capsys, tiny_run, tmp_path):
     base = ["sample", "--run", tiny_run, "--out", tmp_path / "s"]
     assert_user_error(*run_cli(capsys, *base, "--class", "triangle")[::2], "triangle")

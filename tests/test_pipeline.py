@@ -70,6 +70,21 @@ def test_top_k_one_is_deterministic_whatever_the_seed(pipe):
     assert torch.equal(a, b)
 
 
+def test_seed_fixes_the_kth_image_of_each_class(pipe):
+    """Seeds mean images: with seed=S the k-th image of class c does not depend on how many images
+    are drawn, the batch size, the other classes or (ar/jacobi) the sampler."""
+    together = pipe.sample_codes(4, [0, 0, 1, 1], guidance_scale=1.5, seed=5, sampler="ar")
+    apart = pipe.sample_codes(2, [1, 0], guidance_scale=1.5, seed=5, batch_size=1, sampler="jacobi")
+    assert torch.equal(apart[0], together[2]) and torch.equal(apart[1], together[0])
+    assert not torch.equal(together[0], together[1])  # the second image of a class is another one
+    assert not torch.equal(pipe.sample_codes(1, [0], guidance_scale=1.5, seed=6)[0], together[0])
+    one = pipe.generate(SampleConfig(num=2, class_labels=(1,), seed=3, guidance=1.5))
+    two = pipe.generate(SampleConfig(num=3, class_labels=(0, 1), seed=3, guidance=1.5, batch_size=2, sampler="jacobi"))
+    assert [im.tobytes() for im in one] == [im.tobytes() for im in two[3:5]]
+    with pytest.raises(ValueError, match="seed or a generator"):
+        pipe.sample_codes(1, 0, seed=1, generator=torch.Generator())
+
+
 def test_class_names_and_indices_resolve(pipe):
     assert pipe.class_names == ["circle", "square"]
     assert pipe.resolve_classes(["square", "0"]) == (1, 0)
@@ -108,6 +123,13 @@ def test_sample_config_validates():
         SampleConfig(num=0)
     with pytest.raises(ValueError, match="top-p"):
         SampleConfig(top_p=1.5)
+    for bad in (float("inf"), float("nan"), 1e9):
+        with pytest.raises(ValueError, match="--guidance must be a number"):
+            SampleConfig(guidance=bad)
+    with pytest.raises(ValueError, match="--temperature must be a number"):
+        SampleConfig(temperature=1e-45)
+    with pytest.raises(ValueError, match="--sampler must be one of"):
+        SampleConfig(sampler="beam")
     assert SampleConfig(num=2, class_labels=(3, 1)).labels_per_image == [3, 3, 1, 1]
 
 

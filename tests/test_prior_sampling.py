@@ -1,4 +1,5 @@
-"""Sampling from the prior: KV cache == full pass, seeds, logits warpers, CFG, prefixes, masks."""
+"""Sampling from the prior: KV caches == full pass, seeds, logits warpers, CFG, prefixes, masks.
+(The fast samplers, decoders and random streams: test_prior_samplers.py.)"""
 
 from __future__ import annotations
 
@@ -30,15 +31,29 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def record_passes(seen: dict[int, torch.Tensor]):
+    """An on_pass hook keeping the guided logits of each predicted column (the last pass wins)."""
+    def hook(columns: torch.Tensor, logits: torch.Tensor) -> None:
+        for j, column in enumerate(columns[0].tolist()):
+            seen[column - 1] = logits[:, j].clone()  # column c holds code c-1
+    return hook
+
+
+def seeds_of(n: int, base: int = 0) -> torch.Tensor:
+    return torch.arange(n) + base
+
+
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_cached_logits_equal_full_forward_at_every_step(arch):
+def test_cached_logits_equal_full_forward_at_every_step(arch, kv_cache):
     model = make_model(arch)
     cond = SPEC.condition_tokens(torch.tensor([0, 1, 2, -1]), 4)
     seen: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
-        codes = _sample_batch(model, SPEC, cond, torch.zeros(4, 0, dtype=torch.long), cfg=False, guidance_scale=1.0,
-                              processors=logits_processors(), generator=gen(0), use_cache=True,
-                              on_step=lambda pos, logits: seen.__setitem__(pos, logits.clone()))
+        codes, info = _sample_batch(model, SPEC, cond, torch.zeros(4, 0, dtype=torch.long), seeds_of(4), cfg=False,
+                                    guidance_scale=1.0, processors=logits_processors(), sampler="ar", kv_cache=kv_cache,
+                                    on_pass=record_passes(seen))
+    assert info["passes"] == SPEC.num_codes
     tokens = torch.cat([cond[:, None], codes], dim=1)  # (B, 1 + N)
     reference = full_logits(model, tokens[:, :-1])  # (B, N, K)
     assert sorted(seen) == list(range(SPEC.num_codes))
@@ -46,15 +61,16 @@ def test_cached_logits_equal_full_forward_at_every_step(arch):
         torch.testing.assert_close(seen[pos], reference[:, pos], rtol=1e-4, atol=1e-4)
 
 
-def test_guided_logits_are_u_plus_s_times_c_minus_u_with_cache():
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_guided_logits_are_u_plus_s_times_c_minus_u_with_cache(kv_cache):
     model, s = make_model(), 2.5
     labels = torch.tensor([0, 2])
     cond = SPEC.condition_tokens(labels, 2)
     seen: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
-        codes = _sample_batch(model, SPEC, cond, torch.zeros(2, 0, dtype=torch.long), cfg=True, guidance_scale=s,
-                              processors=logits_processors(), generator=gen(1), use_cache=True,
-                              on_step=lambda pos, logits: seen.__setitem__(pos, logits.clone()))
+        codes, _ = _sample_batch(model, SPEC, cond, torch.zeros(2, 0, dtype=torch.long), seeds_of(2, 1), cfg=True,
+                                 guidance_scale=s, processors=logits_processors(), sampler="ar", kv_cache=kv_cache,
+                                 on_pass=record_passes(seen))
     c = full_logits(model, torch.cat([cond[:, None], codes], 1)[:, :-1])
     null = torch.full_like(cond, SPEC.null_token_id)
     u = full_logits(model, torch.cat([null[:, None], codes], 1)[:, :-1])
@@ -62,12 +78,17 @@ def test_guided_logits_are_u_plus_s_times_c_minus_u_with_cache():
         torch.testing.assert_close(seen[pos], u[:, pos] + s * (c[:, pos] - u[:, pos]), rtol=1e-4, atol=1e-4)
 
 
-def test_cache_and_full_recomputation_draw_the_same_samples():
-    model = make_model()
+@pytest.mark.parametrize("sampler", ["ar", "jacobi", "sjd"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cache_and_full_recomputation_draw_the_same_samples(arch, sampler):
+    """Fails loudly if a KV cache is ever ignored or stale (e.g. passed under a keyword this
+    transformers version does not take): every cache must give the codes of full recomputation."""
+    model = make_model(arch)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    a = sample(model, SPEC, 6, labels, guidance_scale=2.0, generator=gen(3), use_cache=True)
-    b = sample(model, SPEC, 6, labels, guidance_scale=2.0, generator=gen(3), use_cache=False)
-    assert torch.equal(a, b)
+    runs = {kv: sample(model, SPEC, 6, labels, guidance_scale=2.0, generator=gen(3), sampler=sampler, kv_cache=kv)
+            for kv in ("static", "dynamic", "none")}
+    assert torch.equal(runs["static"], runs["none"])
+    assert torch.equal(runs["dynamic"], runs["none"])
 
 
 def test_same_seed_same_samples_different_seed_different():
@@ -95,13 +116,14 @@ def greedy(model, cond: torch.Tensor) -> torch.Tensor:
     return tokens[:, 1:].reshape(-1, *SPEC.grid)
 
 
-def test_top_k_1_and_tiny_top_p_are_greedy():
+@pytest.mark.parametrize("sampler", ["ar", "jacobi", "sjd"])
+def test_top_k_1_and_tiny_top_p_are_greedy(sampler):
     model = make_model()
     labels = torch.tensor([0, 1, 2, -1])
     expected = greedy(model, SPEC.condition_tokens(labels, 4))
     for seed in (0, 1):
-        assert torch.equal(sample(model, SPEC, 4, labels, top_k=1, generator=gen(seed)), expected)
-        assert torch.equal(sample(model, SPEC, 4, labels, top_p=1e-6, generator=gen(seed)), expected)
+        assert torch.equal(sample(model, SPEC, 4, labels, top_k=1, generator=gen(seed), sampler=sampler), expected)
+        assert torch.equal(sample(model, SPEC, 4, labels, top_p=1e-6, generator=gen(seed), sampler=sampler), expected)
     # plain sampling from this peaked model is not greedy everywhere (so the check above can fail)
     assert not torch.equal(sample(model, SPEC, 4, labels, generator=gen(0)), expected) or not torch.equal(
         sample(model, SPEC, 4, labels, generator=gen(1)), expected)
@@ -153,12 +175,12 @@ def test_guidance_scale_1_equals_plain_conditional_sampling():
     cond = SPEC.condition_tokens(labels, 4)
     empty = torch.zeros(4, 0, dtype=torch.long)
     with torch.inference_mode():
-        paired = _sample_batch(model, SPEC, cond, empty, cfg=True, guidance_scale=1.0, processors=logits_processors(),
-                               generator=gen(5), use_cache=True)
-        plain = _sample_batch(model, SPEC, cond, empty, cfg=False, guidance_scale=1.0, processors=logits_processors(),
-                              generator=gen(5), use_cache=True)
+        paired, _ = _sample_batch(model, SPEC, cond, empty, seeds_of(4, 5), cfg=True, guidance_scale=1.0,
+                                  processors=logits_processors(), sampler="ar")
+        plain, _ = _sample_batch(model, SPEC, cond, empty, seeds_of(4, 5), cfg=False, guidance_scale=1.0,
+                                 processors=logits_processors(), sampler="ar")
     assert torch.equal(paired, plain)
-    assert torch.equal(sample(model, SPEC, 4, labels, guidance_scale=1.0, generator=gen(5)).reshape(4, -1), plain)
+    assert torch.equal(sample(model, SPEC, 4, labels, guidance_scale=1.0, seeds=seeds_of(4, 5)).reshape(4, -1), plain)
     guided = sample(model, SPEC, 4, labels, guidance_scale=4.0, top_k=1, generator=gen(5))
     assert not torch.equal(guided, sample(model, SPEC, 4, labels, top_k=1, generator=gen(5)))
 
@@ -208,6 +230,20 @@ def test_bad_sampling_arguments_are_clear_value_errors():
         sample(model, SPEC, 1, top_k=0)
     with pytest.raises(ValueError, match="top_p"):
         sample(model, SPEC, 1, top_p=1.5)
+    for bad in (float("inf"), float("nan"), -1.0, 1e30):
+        with pytest.raises(ValueError, match="guidance_scale must be a number"):
+            sample(model, SPEC, 1, torch.tensor([0]), guidance_scale=bad)
+    for bad in (1e-45, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a number"):
+            sample(model, SPEC, 1, temperature=bad)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample(model, SPEC, 1, sampler="beam")
+    with pytest.raises(ValueError, match="window must be"):
+        sample(model, SPEC, 1, window=1)
+    with pytest.raises(ValueError, match="seeds or a generator"):
+        sample(model, SPEC, 1, seeds=[1], generator=gen(0))
+    with pytest.raises(ValueError, match="2 seeds for 1 images"):
+        sample(model, SPEC, 1, seeds=[1, 2])
     with pytest.raises(ValueError, match="prefix_codes must be codes"):
         sample(model, SPEC, 1, prefix_codes=torch.tensor([[SPEC.codebook_size]]))
     unconditional = PriorSpec(codebook_size=12, grid=(3, 3))
