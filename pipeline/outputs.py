@@ -34,16 +34,20 @@ def _safe_name(text: str) -> str:
 RESULT_FILES = ("sample_*.png", "completion_*.png", "grid.png", "settings.json")  # what sample/complete write
 
 
-def prepare_out(out: str | Path, overwrite: bool = False, patterns: tuple[str, ...] = RESULT_FILES) -> Path:
+def prepare_out(out: str | Path, overwrite: bool = False, patterns: tuple[str, ...] = RESULT_FILES,
+                check_only: bool = False) -> Path:
     """Make the output folder; refuse one that already holds results unless ``overwrite``
     (then those results — and only files named like them — are removed, so no stale image
-    is left beside new settings)."""
+    is left beside new settings). ``check_only``: refuse or accept, remove nothing yet — the
+    verbs check before sampling and clear the old results only once the new ones are ready."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     old = [p for pattern in patterns for p in out.glob(pattern)] if out.is_dir() else []
     if old and not overwrite:
         raise FileExistsError(f"--out {out} already holds {len(old)} result file(s); pass --overwrite or choose another folder")
+    if check_only:
+        return out
     for p in old:
         p.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_di
 def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, settings: SampleConfig,
                       out: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """``vqgpt complete``: write the completions, and a grid with the original first."""
-    out = prepare_out(out, overwrite)
+    prepare_out(out, overwrite, check_only=True)
     settings = pipe.resolve(settings)
     label = settings.class_labels[0] if settings.class_labels else None
     image = load_image_file(image_path, pipe.tokenizer.config.image_size, pipe.tokenizer.config.channels)
@@ -111,6 +115,7 @@ def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, 
     kept[:, :, rows_px:] = -1.0  # the part the prior sees, the rest blacked out
     decoded = pipe.decode(completions, settings.batch_size)
     images = to_pil(decoded)
+    out = prepare_out(out, overwrite)  # the old results go only now that the new ones are ready
     for i, img in enumerate(images):
         img.save(out / f"completion_{i:04d}.png")
     grid_path = out / "grid.png"

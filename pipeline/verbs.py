@@ -187,8 +187,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
     settings = pipe.resolve(_dataclass_from_args(SampleConfig, args, class_labels=labels))
-    out = prepare_out(args.out, args.overwrite)
+    prepare_out(args.out, args.overwrite, check_only=True)  # refuse before the work, clear after it
     images = pipe.generate(settings)
+    out = prepare_out(args.out, args.overwrite)
     paths = write_samples(images, settings, pipe, out)
     _print(f"{len(images)} images written to {args.out} (grid: {paths['grid']}, settings: {paths['settings']})")
     return 0
