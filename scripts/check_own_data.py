@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     check_path = work / "check.json"
     previous = json.loads(check_path.read_text()) if check_path.is_file() else {}
     vq = args.vqgpt
+    version_at_start = library_version()  # the lead may change the library while this runs
     logs = work / "logs"
     timings: dict[str, float | None] = {}
 
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes_budget": args.minutes_budget,
         "machine": {"cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "note": "wall clock; other work may have shared the CPUs"},
-        "vqgpt": library_version(),
+        "vqgpt": {"at_start": version_at_start, "at_end": library_version()},
         "tokenizer_config": {"image_size": size, "channels": channels,
                              **{k: model_cfg[k] for k in ("codebook_size", "preset", "derived") if k in model_cfg}},
         "classes": class_names, "sampling_used": sampling,
