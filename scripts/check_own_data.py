@@ -202,6 +202,20 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
 
 
+def reconstruct(tokenizer_dir: Path, images: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Encode + decode with the trained tokenizer, rounded to 8 bits as a saved PNG would be."""
+    import torch
+    from vqgpt import tokenizer as tk
+
+    model = tk.VQGAN.from_pretrained(tokenizer_dir, device="cpu").eval()
+    out = []
+    with torch.inference_mode():
+        for chunk in torch.from_numpy(images).split(batch):
+            r = model.decode(model.encode(chunk * 2 - 1)).float().clamp(-1, 1)  # (B, C, H, W) in [-1, 1]
+            out.append(((r + 1) * 127.5).round() / 255.0)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     version_at_start = library_version()  # the lead may change the library while this runs
     logs = work / "logs"
     timings: dict[str, float | None] = {}
+    reused: set[str] = set()
 
     def stage(name: str, out: Path, cmd: list[str]) -> None:
         if out.exists():
             if not args.reuse:
                 sys.exit(f"error: {out} already exists; use a fresh --work, or --reuse to keep it")
             timings[name] = previous.get("seconds", {}).get(name)
+            reused.add(name)
             print(f"reusing {out} ({name}: {timings[name]} s recorded earlier)")
             return
         timings[name] = round(run_stage(name, cmd, logs), 1)
@@ -328,6 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         majority = np.bincount(y_train).max() / len(y_train)
         figures["majority_class_share"] = round(float(majority), 4)
 
+    # What a perfect prior would reach through this tokenizer: the same figures for tokenizer
+    # reconstructions (held-out images for the judge, training images for the Fréchet ratio).
+    try:
+        r_held, r_train = reconstruct(tok, x_held), reconstruct(tok, x_train)
+        ceiling = {"fd_ratio_pixels": round(frechet(flat(r_train), flat(x_held)) / fd_pix_real, 3),
+                   "fd_ratio_hog": round(frechet(hog_features(r_train), f_held) / fd_hog_real, 3)}
+        if class_names:
+            ceiling["class_accuracy"] = round(float((judge.predict(hog_features(r_held)) == y_held).mean()), 4)
+        figures["reconstruction_ceiling"] = ceiling
+    except Exception as err:  # a library API change must not cost the main figures
+        figures["reconstruction_ceiling"] = {"error": f"{type(err).__name__}: {err}"}
+
     # the tokenizer on held-out images
     evaluations = {}
     if not args.skip_evaluate:
@@ -363,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "note": "wall clock; other work may have shared the CPUs"},
         "vqgpt": {"at_start": version_at_start, "at_end": library_version()},
+        "vqgpt_of_reused_stages": (previous.get("vqgpt_of_reused_stages") or previous.get("vqgpt"))
+        if any(n in reused for n in timings) else None,
         "tokenizer_config": {"image_size": size, "channels": channels,
                              **{k: model_cfg[k] for k in ("codebook_size", "preset", "derived") if k in model_cfg}},
         "classes": class_names, "sampling_used": sampling,
@@ -396,6 +426,13 @@ def print_table(r: dict) -> None:
     rows.append(("FD pixels", f"{f['fd_ratio_pixels']:.2f}× ({f['fd_pixels']['samples_vs_held_out']:.2f} samples↔held-out / "
                               f"{f['fd_pixels']['held_out_vs_training']:.2f} held-out↔training; goal ≤ 2×)"))
     rows.append(("FD HOG", f"{f['fd_ratio_hog']:.2f}×"))
+    c = f.get("reconstruction_ceiling", {})
+    if "error" in c:
+        rows.append(("ceiling", c["error"]))
+    elif c:
+        acc = f"judge reads held-out reconstructions at {c['class_accuracy']:.1%}; " if "class_accuracy" in c else ""
+        rows.append(("ceiling", f"{acc}training reconstructions' FD ratio {c['fd_ratio_pixels']:.2f}× pixels, "
+                                f"{c['fd_ratio_hog']:.2f}× HOG (what a perfect prior would get through this tokenizer)"))
     for part, ev in r["tokenizer_held_out"].items():
         shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in ev.items()
                           if k in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "error"))
