@@ -34,6 +34,9 @@ resized, centre crop). Figures (``WORK/check.json`` and a printed table):
   (the flattened image in [0, 1], C·H·W values), divided by the Fréchet distance between
   held-out and training real images (goal ≤ 2). ``fd_ratio_hog`` is the same in the judge's HOG
   space.
+- ``reconstruction_ceiling``: the judge on the tokenizer's reconstructions of the held-out
+  images and the Fréchet ratios of reconstructions of the training images — what a prior that
+  reproduced the training code grids exactly would score through this tokenizer.
 - ``tokenizer``: held-out PSNR, SSIM, codebook usage and perplexity from ``vqgpt evaluate
   tokenizer`` (validation split of the folder; the whole ``--test`` folder), and the
   tokenizer's channels and resolution as ``config.json`` records them.
