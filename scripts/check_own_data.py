@@ -37,6 +37,8 @@ resized, centre crop). Figures (``WORK/check.json`` and a printed table):
 - ``reconstruction_ceiling``: the judge on the tokenizer's reconstructions of the held-out
   images and the Fréchet ratios of reconstructions of the training images — what a prior that
   reproduced the training code grids exactly would score through this tokenizer.
+- ``colourfulness`` (colour tokenizers): mean over pixels of max − min across R, G, B for the
+  held-out images, their reconstructions and the samples (0 = grey).
 - ``tokenizer``: held-out PSNR, SSIM, codebook usage and perplexity from ``vqgpt evaluate
   tokenizer`` (validation split of the folder; the whole ``--test`` folder), and the
   tokenizer's channels and resolution as ``config.json`` records them.
@@ -205,6 +207,11 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
 
 
+def colourfulness(images: np.ndarray) -> float:
+    """Mean over pixels of max − min across R, G, B (0 for grey images; [0, 1])."""
+    return float((images.max(axis=1) - images.min(axis=1)).mean())
+
+
 def reconstruct(tokenizer_dir: Path, images: np.ndarray, batch: int = 128) -> np.ndarray:
     """Encode + decode with the trained tokenizer, rounded to 8 bits as a saved PNG would be."""
     import torch
@@ -356,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         if class_names:
             ceiling["class_accuracy"] = round(float((judge.predict(hog_features(r_held)) == y_held).mean()), 4)
         figures["reconstruction_ceiling"] = ceiling
+        if channels == 3:  # does colour survive the tokenizer and the prior?
+            figures["colourfulness"] = {k: round(colourfulness(v), 4) for k, v in
+                                        (("held_out", x_held), ("held_out_reconstructions", r_held), ("samples", x_samp))}
     except Exception as err:  # a library API change must not cost the main figures
         figures["reconstruction_ceiling"] = {"error": f"{type(err).__name__}: {err}"}
 
@@ -436,6 +446,9 @@ def print_table(r: dict) -> None:
         acc = f"judge reads held-out reconstructions at {c['class_accuracy']:.1%}; " if "class_accuracy" in c else ""
         rows.append(("ceiling", f"{acc}training reconstructions' FD ratio {c['fd_ratio_pixels']:.2f}× pixels, "
                                 f"{c['fd_ratio_hog']:.2f}× HOG (what a perfect prior would get through this tokenizer)"))
+    if "colourfulness" in f:
+        rows.append(("colourfulness", ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in f["colourfulness"].items())
+                     + " (mean max−min over R, G, B; 0 = grey)"))
     for part, ev in r["tokenizer_held_out"].items():
         shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in ev.items()
                           if k in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "error"))
