@@ -54,7 +54,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
