@@ -266,10 +266,10 @@ def test_processes_share_shards_and_assemble_the_same_dataset(
     out = tmp_path / "multi"
     done: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
     # process 0 encodes its shards; without the barrier the others' are missing at assembly
-    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(0, 2))
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: _FakeState(0, 2))
     with pytest.raises(RuntimeError, match="were not written"):
         tokenize_dataset(tok, str(images), out, on_shard=lambda s, i: done[0].append((s, i)), **settings)
-    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(1, 2))
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: _FakeState(1, 2))
     tokenize_dataset(tok, str(images), out, on_shard=lambda s, i: done[1].append((s, i)), **settings)
     assert not (out / "vqgpt_tokens.json").exists()  # only the main process assembles
     n_train = len(load_images(str(images), 16, 1, split="train"))
@@ -278,6 +278,6 @@ def test_processes_share_shards_and_assemble_the_same_dataset(
     assert numbers[0] and all(g % 2 == 0 for g in numbers[0])
     assert numbers[1] and all(g % 2 == 1 for g in numbers[1])
     assert sorted(numbers[0] + numbers[1]) == list(range(train_shards + 1))
-    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(0, 2))
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: _FakeState(0, 2))
     tokenize_dataset(tok, str(images), out, **settings)
     _assert_same(_load(out), _load(single))
