@@ -14,7 +14,6 @@ only the metadata.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .model import PriorSpec
+from .model import PriorSpec, swap_dir
 
 __all__ = ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "save_token_dataset",
            "token_meta", "token_features", "read_token_meta", "is_token_dataset", "code_counts", "TOKENS_FILE",
@@ -121,13 +120,7 @@ def save_token_dataset(splits: dict[str, Any], meta: dict, path: str | Path) -> 
     try:
         DatasetDict(splits).save_to_disk(str(tmp))
         (tmp / TOKENS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -200,17 +200,23 @@ def save_prior(model: PreTrainedModel, spec: PriorSpec, out_dir: str | Path) -> 
     try:
         model.save_pretrained(tmp)
         (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the finished folder `new` at `path`, replacing what is there: the old folder is moved
+    aside first and removed last, so `path` is never half-written."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
 
 
 def read_spec(prior_dir: str | Path) -> PriorSpec:
