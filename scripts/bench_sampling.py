@@ -170,13 +170,16 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
                                           sampler="ar", kv_cache="none", **common), device, repeats)
         return dict(codes_per_s=batch * slice_codes / seconds, passes=N, codes=N, estimated=True)
     sampler, kv_cache = {"kv-dynamic": ("ar", "dynamic"), "ar": ("ar", "static")}.get(method, (method, "auto"))
+    batches = max(1, math.ceil(args.images / batch))  # codes per pass vary from image to image: average
+    total = batches * batch
+    labels = torch.arange(total) % spec.num_classes if spec.num_classes else None
     stats: dict = {}
 
     def run():
-        return sample(model, spec, batch, labels, seeds=torch.arange(batch), sampler=sampler, kv_cache=kv_cache,
+        return sample(model, spec, total, labels, seeds=torch.arange(total), sampler=sampler, kv_cache=kv_cache,
                       window=args.window, stats=stats, **common)
     seconds, _ = timed(run, device, repeats)
-    return dict(codes_per_s=batch * N / seconds, passes=stats["passes"], codes=N, estimated=False,
+    return dict(codes_per_s=total * N / seconds, passes=stats["passes"] / batches, codes=N, estimated=False,
                 picked=stats["sampler"])
 
 
@@ -194,6 +197,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--window", type=int, default=None, help="jacobi/sjd window (default: the sampler's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
+    parser.add_argument("--images", type=int, default=8,
+                        help="vqgpt's samplers draw at least this many images per run (batches of --batches): "
+                             "codes per pass vary from image to image")
     parser.add_argument("--quick", action="store_true", help="one timed run per cell; references timed on 16 codes")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by this process's CPU time, not the wall clock (a shared CPU, OMP_NUM_THREADS=1)")
