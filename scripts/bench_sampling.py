@@ -148,18 +148,18 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
     if method == "generate":
         cond = torch.full((batch, 1), spec.class_token_offset, device=device)
 
-        def run(new: int, given: int):
+        def generate(new: int, given: int):
             prompt = torch.cat([cond, torch.zeros(batch, given, dtype=torch.long, device=device)], 1)
             with torch.inference_mode():
                 return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                                       max_new_tokens=new, min_new_tokens=new, top_k=0, pad_token_id=0,
                                       eos_token_id=None)
         if not args.quick:
-            seconds, _ = timed(lambda: run(N, 0), device, repeats)
+            seconds, _ = timed(lambda: generate(N, 0), device, repeats)
             return dict(codes_per_s=batch * N / seconds, passes=N, codes=N, estimated=False)
         # --quick: codes N/2 … N/2 + slice, minus the prompt's own pass (one code drawn after it)
-        seconds, _ = timed(lambda: run(slice_codes + 1, N // 2), device, repeats)
-        prompt_only, _ = timed(lambda: run(1, N // 2), device, repeats)
+        seconds, _ = timed(lambda: generate(slice_codes + 1, N // 2), device, repeats)
+        prompt_only, _ = timed(lambda: generate(1, N // 2), device, repeats)
         return dict(codes_per_s=batch * slice_codes / max(seconds - prompt_only, 1e-9), passes=N, codes=N,
                     estimated=True)
     if method == "recompute":  # codes N/2 … N/2 + slice of each grid, the first half given
