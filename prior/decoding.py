@@ -19,7 +19,7 @@ Three decoders, one contract:
   per-pass Python than `model.forward`. Llama and GPT-2 models (what vqgpt builds) only.
 - `TransformersKV` ("dynamic"): `model.forward` with transformers' own cache, under whichever
   keyword this transformers version accepts (`cache`, or `past_key_values` before 5.24), cropped
-  when a window moves back. Works for any causal LM.
+  to drop the last pass's drafts. Works for any causal LM.
 - the same with `use_cache=False` ("none"): full recomputation at every pass, the reference.
 """
 

@@ -148,18 +148,18 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
     if method == "generate":
         cond = torch.full((batch, 1), spec.class_token_offset, device=device)
 
-        def run(new: int, given: int):
+        def generate(new: int, given: int):
             prompt = torch.cat([cond, torch.zeros(batch, given, dtype=torch.long, device=device)], 1)
             with torch.inference_mode():
                 return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                                       max_new_tokens=new, min_new_tokens=new, top_k=0, pad_token_id=0,
                                       eos_token_id=None)
         if not args.quick:
-            seconds, _ = timed(lambda: run(N, 0), device, repeats)
+            seconds, _ = timed(lambda: generate(N, 0), device, repeats)
             return dict(codes_per_s=batch * N / seconds, passes=N, codes=N, estimated=False)
         # --quick: codes N/2 … N/2 + slice, minus the prompt's own pass (one code drawn after it)
-        seconds, _ = timed(lambda: run(slice_codes + 1, N // 2), device, repeats)
-        prompt_only, _ = timed(lambda: run(1, N // 2), device, repeats)
+        seconds, _ = timed(lambda: generate(slice_codes + 1, N // 2), device, repeats)
+        prompt_only, _ = timed(lambda: generate(1, N // 2), device, repeats)
         return dict(codes_per_s=batch * slice_codes / max(seconds - prompt_only, 1e-9), passes=N, codes=N,
                     estimated=True)
     if method == "recompute":  # codes N/2 … N/2 + slice of each grid, the first half given
@@ -170,13 +170,16 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
                                           sampler="ar", kv_cache="none", **common), device, repeats)
         return dict(codes_per_s=batch * slice_codes / seconds, passes=N, codes=N, estimated=True)
     sampler, kv_cache = {"kv-dynamic": ("ar", "dynamic"), "ar": ("ar", "static")}.get(method, (method, "auto"))
+    batches = max(1, math.ceil(args.images / batch))  # codes per pass vary from image to image: average
+    total = batches * batch
+    labels = torch.arange(total) % spec.num_classes if spec.num_classes else None
     stats: dict = {}
 
     def run():
-        return sample(model, spec, batch, labels, seeds=torch.arange(batch), sampler=sampler, kv_cache=kv_cache,
+        return sample(model, spec, total, labels, seeds=torch.arange(total), sampler=sampler, kv_cache=kv_cache,
                       window=args.window, stats=stats, **common)
     seconds, _ = timed(run, device, repeats)
-    return dict(codes_per_s=batch * N / seconds, passes=stats["passes"], codes=N, estimated=False,
+    return dict(codes_per_s=total * N / seconds, passes=stats["passes"] / batches, codes=N, estimated=False,
                 picked=stats["sampler"])
 
 
@@ -194,6 +197,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--window", type=int, default=None, help="jacobi/sjd window (default: the sampler's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
+    parser.add_argument("--images", type=int, default=8,
+                        help="vqgpt's samplers draw at least this many images per run (batches of --batches): "
+                             "codes per pass vary from image to image")
     parser.add_argument("--quick", action="store_true", help="one timed run per cell; references timed on 16 codes")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by this process's CPU time, not the wall clock (a shared CPU, OMP_NUM_THREADS=1)")

@@ -4,7 +4,9 @@
 
 Prints: the classifier's accuracy on held-out real digits (its own sanity check), its
 accuracy on class-conditional samples, the class balance of unconditional samples and
-the share of samples that are near-copies of training digits.
+the share of samples that are near-copies of training digits. With several --sampler values,
+also a two-sample chi-square test of the code histogram at every grid position between the
+first sampler and each other one (independent draws: other seeds), Bonferroni-corrected.
 """
 
 import argparse
@@ -44,6 +46,28 @@ def main() -> None:
                 figures["sampler"] = sampler
                 figures["seconds"] = round(time.perf_counter() - t0, 1)
                 print(json.dumps(figures))
+            for other in args.sampler[1:]:
+                print(json.dumps(compare_code_histograms(pipe, args.num, scale, temperature, args.seed,
+                                                         args.sampler[0], other)))
+
+
+def compare_code_histograms(pipe, num: int, guidance: float, temperature: float, seed: int, first: str, other: str) -> dict:
+    """Per grid position, a chi-square test that two samplers' class-conditional codes come from
+    one distribution; the smallest p-value × the number of positions (Bonferroni)."""
+    from scipy.stats import chi2_contingency
+
+    labels = torch.arange(num) % 10
+    draws = [pipe.sample_codes(num, labels, guidance, temperature, batch_size=250, seed=s, sampler=name).flatten(1)
+             for s, name in ((seed, first), (seed + 1, other))]  # other seeds: independent draws
+    K, positions = pipe.spec.codebook_size, draws[0].shape[1]
+    pvalues = []
+    for t in range(positions):
+        table = torch.stack([torch.bincount(d[:, t], minlength=K) for d in draws])
+        table = table[:, table.sum(0) > 0]
+        pvalues.append(1.0 if table.shape[1] < 2 else float(chi2_contingency(table.numpy())[1]))
+    return {"two_sample_test": f"{first} vs {other}", "samples": num, "guidance": guidance, "temperature": temperature,
+            "positions": positions, "min_p_bonferroni": min(1.0, min(pvalues) * positions),
+            "positions_p_below_0.01": sum(p < 0.01 for p in pvalues)}
 
 
 if __name__ == "__main__":
