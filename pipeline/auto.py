@@ -7,11 +7,15 @@ layered *under* the preset, ``--config`` and ``--set`` (any of which wins):
   grey only when every sampled image is grey or when asked), the resolution (the largest of
   16/32/64/128/256 px not above the images' typical shorter side, capped at 32 px on a CPU),
   the downsampling to an 8×8 code grid at CPU sizes, the codebook size (64 grey, 256 colour
-  codes: small enough for the prior to learn on a CPU), and the training length (about three
-  passes over the data, 300–3,000 steps) with the GAN phase in its last quarter;
-- prior: the training length (about 16 passes over the token rows, 200–5,000 steps), held-out
-  evaluation about eight times a run with early stopping and best-checkpoint selection, and the
-  regularisation (dropout and weight decay) by data-set size.
+  codes: small enough for the prior to learn on a CPU), and the training length (about twelve
+  passes over the data, 600–3,000 steps) with the GAN phase in its last quarter;
+- tokenize: random crops of each training image (shifts and a slight zoom; never flips, which
+  change the meaning of text) when the data set is small, so that the prior sees about 10,000
+  training rows — the prior's main defence against over-fitting a small data set;
+- prior: the training length (about 16 passes over the source images, more when augmented rows
+  bring variety: see ``prior_defaults``; 200–5,000 steps), held-out evaluation about eight times
+  a run with early stopping and best-checkpoint selection, and the regularisation (dropout and
+  weight decay) by data-set size.
 
 Each choice comes with a sentence saying why, printed on the first lines of the command.
 """
@@ -24,11 +28,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataSurvey", "survey", "tokenizer_defaults", "prior_defaults"]
+__all__ = ["DataSurvey", "survey", "tokenizer_defaults", "tokenize_defaults", "prior_defaults"]
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 CPU_MAX_RESOLUTION = 32
-PRIOR_PASSES = 16  # over the token rows (32 over-fitted a 1,400-row letters set: best held-out loss at 16)
+PRIOR_PASSES = 16  # over the source images (32 over-fitted an un-augmented 1,400-image letters set)
+TOKENIZER_PASSES = 12  # 3 passes left letters blurred (held-out PSNR 21.3 dB, 89 % legible); 12: 25.8 dB, 97 %
+TARGET_TRAIN_ROWS = 10_000  # augmented token rows a small data set is brought up to
+MAX_CROPS = 7
 
 
 @dataclass
@@ -82,7 +89,7 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16) -> 
         levels -= 1
     mult = (1, 2, 2, 4, 4)[:levels]
     codebook = 256 if channels == 3 else 64
-    steps = int(min(3000, max(300, round(3 * data.images / batch_size))))
+    steps = int(min(3000, max(600, round(TOKENIZER_PASSES * data.images / batch_size))))
     model = {"channels": channels, "image_size": size, "channel_mult": mult, "codebook_size": codebook}
     train = {"steps": steps, "warmup_steps": min(30, steps // 10), "disc_start": int(steps * 0.75),
              "checkpoint_every": max(1, steps // 2), "sample_every": max(1, steps // 3)}
@@ -98,16 +105,40 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16) -> 
     return {"model": model, "train": train}, why
 
 
-def prior_defaults(rows: int, num_codes: int, batch_size: int = 64) -> tuple[dict[str, dict], list[str]]:
-    """Training overrides for a prior on ``rows`` training sequences of ``num_codes`` codes."""
-    steps = int(min(5000, max(200, round(PRIOR_PASSES * rows / batch_size))))
+def tokenize_defaults(train_images: int) -> tuple[int, str]:
+    """Random crops per training image for ``tokenize`` (``TokenizeConfig.crops`` left unset), and why.
+
+    A small data set is brought up to about ``TARGET_TRAIN_ROWS`` token rows with crops: on a
+    1,404-image letters set seven crops per image took the prior's held-out loss from 2.03 to 1.61
+    bits per code and the samples' legibility from 54 % to 87 %. Crops shift the image by a few
+    pixels and zoom it slightly (``crop_resize``); flips are never chosen (they change text)."""
+    crops = min(MAX_CROPS, max(0, math.ceil(TARGET_TRAIN_ROWS / max(train_images, 1)) - 1))
+    if crops:
+        why = (f"{crops} random crop(s) of each of the {train_images} training images → {train_images * (crops + 1)} "
+               f"training rows, so that the prior does not over-fit a small data set (change: --crops N)")
+    else:
+        why = f"no augmented copies: {train_images} training images are plenty (change: --crops N)"
+    return crops, why
+
+
+def prior_defaults(rows: int, num_codes: int, batch_size: int = 64, images: int | None = None,
+                   ) -> tuple[dict[str, dict], list[str]]:
+    """Training overrides for a prior on ``rows`` training sequences of ``num_codes`` codes, made
+    from ``images`` source images (fewer than ``rows`` when tokenize stored augmented copies)."""
+    images = rows if images is None else max(1, min(images, rows))
+    copies = rows / images
+    # Augmented copies are not new images, but they are not repeats either: the prior keeps
+    # improving on held-out rows for longer (letters: best held-out loss still falling at 36
+    # passes over 1,404 images with 8 copies each). Train for √copies × the un-augmented length.
+    steps = int(min(5000, max(200, round(PRIOR_PASSES * images * math.sqrt(copies) / batch_size))))
     eval_every = max(10, steps // 8)
     small = rows < 20_000
     train = {"max_steps": steps, "warmup_steps": min(200, max(10, steps // 10)), "eval_every": eval_every,
              "early_stopping_patience": 3, "checkpoint_every": eval_every * 2, "sample_every": eval_every * 2,
              "weight_decay": 0.1 if small else 0.05}
     model = {"dropout": 0.1 if small else 0.0}
-    why = [f"{steps} steps ≈ {steps * batch_size / max(rows, 1):.0f} passes over {rows} rows of {num_codes} codes "
+    made = f" ({copies:.0f} per image)" if copies > 1.01 else ""
+    why = [f"{steps} steps ≈ {steps * batch_size / max(rows, 1):.1f} passes over {rows} rows{made} of {num_codes} codes "
            f"(change: --set train.max_steps=N)",
            f"held-out evaluation every {eval_every} steps; training stops after 3 without improvement and the best "
            "model is kept",

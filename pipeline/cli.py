@@ -57,7 +57,9 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, 
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "") + f" (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "default:" not in help_text:
+            help_text += f" (default: {f.default})"
         if f.type in (bool, "bool"):
             p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:

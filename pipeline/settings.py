@@ -242,7 +242,9 @@ class TokenizeConfig:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
     flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
-    crops: int = field(default=0, metadata={"help": "also store this many random crops of each image"})
+    crops: int | None = field(default=None, metadata={
+        "help": "also store this many random crops of each training image (default: derived from the data size — "
+                "enough for about 10,000 training rows, at most 7; 0 for none)"})
     crop_resize: float = field(default=1.125, metadata={"help": "crops are cut from the image resized to crop_resize × image_size"})
     augment_validation: bool = field(default=False, metadata={"help": "augment the validation split too (default: train only)"})
     seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
@@ -259,7 +261,7 @@ class TokenizeConfig:
             fail(f"num_workers must be ≥ 0, got {self.num_workers}")
         if self.shard_size < 1:
             fail(f"shard_size must be ≥ 1, got {self.shard_size}")
-        if self.crops < 0:
+        if self.crops is not None and self.crops < 0:
             fail(f"crops must be ≥ 0, got {self.crops}")
         if not 1.0 <= self.crop_resize <= 2.0:
             fail(f"crop_resize must be in [1, 2], got {self.crop_resize}")
@@ -273,13 +275,13 @@ class TokenizeConfig:
         "#flip", then "#crop0" … "#crop{n-1}"."""
         out = [""]
         if split == "train" or self.augment_validation:
-            out += ["#flip"] * self.flip + [f"#crop{k}" for k in range(self.crops)]
+            out += ["#flip"] * self.flip + [f"#crop{k}" for k in range(self.crops or 0)]
         return out
 
     def augmentations(self) -> dict[str, Any]:
         """The ``augmentations`` entry of the token dataset's metadata."""
         splits = ["train", "validation"] if self.augment_validation else ["train"]
-        out: dict[str, Any] = {"flip": self.flip, "crops": self.crops}
+        out: dict[str, Any] = {"flip": self.flip, "crops": self.crops or 0}
         if self.crops:
             out["crop_resize"] = self.crop_resize
         out["splits"] = splits if (self.flip or self.crops) else []

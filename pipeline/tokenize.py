@@ -218,6 +218,13 @@ def tokenize_dataset(
                for split in SPLITS}
     skipped = [fs for s in sources.values() for fs in s.skipped]
     sizes = {split: len(s) for split, s in sources.items()}
+    if config.crops is None:  # not set: as many crops as a data set of this size needs
+        from .auto import tokenize_defaults
+
+        crops, why = tokenize_defaults(sizes["train"])
+        config = dataclasses.replace(config, crops=crops)
+        if state.is_main_process:
+            logger.info("derived from the data: %s", why)
     features = token_features(grid, K)
 
     manifest = {

@@ -62,6 +62,16 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> A
     return cls(**values)
 
 
+def _print_derived(why: list[str], derived: dict[str, dict], cfg: dict[str, Any]) -> None:
+    """The derived defaults and why, then which of them a preset, --config or --set replaced."""
+    for line in why:
+        _print(f"derived from the data: {line}")
+    replaced = [f"{section}.{key}={getattr(cfg[section], key)}" for section, values in derived.items()
+                for key, value in values.items() if getattr(cfg[section], key) != value]
+    if replaced:
+        _print(f"your settings replace: {', '.join(replaced)}")
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     import torch
 
@@ -78,8 +88,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         {"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
         _layers(tk.PRESETS, args.preset, args.config, args.set, derived),
     )
-    for line in why:  # what was derived (a preset, --config or --set may have overridden some of it)
-        _print(f"derived from the data: {line}")
+    _print_derived(why, derived, cfg)
     model_cfg, train_cfg = cfg["model"], cfg["train"]
     train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)
     val = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="validation", seed=args.data_seed)
@@ -161,13 +170,14 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     data = pr.load_token_dataset(args.tokens)
     preset = pr.PRESETS.get(args.preset, {})
     batch = preset.get("train", {}).get("batch_size", pr.PriorTrainConfig.batch_size)
-    derived, why = auto.prior_defaults(len(data.train), data.spec.num_codes, batch)
+    aug = data.meta.get("augmentations") or {}
+    copies = 1 + (int(bool(aug.get("flip"))) + int(aug.get("crops") or 0) if "train" in (aug.get("splits") or []) else 0)
+    derived, why = auto.prior_defaults(len(data.train), data.spec.num_codes, batch, images=len(data.train) // copies)
     cfg = build_configs(
         {"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
         _layers(pr.PRESETS, args.preset, args.config, args.set, derived),
     )
-    for line in why:
-        _print(f"derived from the data: {line}")
+    _print_derived(why, derived, cfg)
     callback = None
     if args.tokenizer:
         from .outputs import sample_grid_writer

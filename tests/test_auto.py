@@ -44,18 +44,21 @@ def test_resolution_from_the_typical_size_capped_on_a_cpu(typical, on_gpu, size,
     assert size // 2 ** (len(model["channel_mult"]) - 1) == grid
 
 
-@pytest.mark.parametrize("images, steps", [(200, 300), (5000, 938), (100_000, 3000)])
+@pytest.mark.parametrize("images, steps", [(200, 600), (1400, 1050), (100_000, 3000)])
 def test_tokenizer_training_length_from_the_data_size(images, steps):
     survey = auto.DataSurvey(images=images, classes=0, typical_size=32, colour_share=0.0, sampled=100)
     train = auto.tokenizer_defaults(survey, False, batch_size=16)[0]["train"]
     assert train["steps"] == steps and train["disc_start"] == int(steps * 0.75)
 
 
-@pytest.mark.parametrize("rows, steps, dropout", [(300, 200, 0.1), (1500, 375, 0.1), (1_000_000, 5000, 0.0)])
-def test_prior_training_length_and_regularisation_from_the_data_size(rows, steps, dropout):
-    derived, why = auto.prior_defaults(rows, 64, batch_size=64)
+@pytest.mark.parametrize("rows, images, steps, dropout", [(300, None, 200, 0.1), (1500, None, 375, 0.1),
+                                                            (1_000_000, None, 5000, 0.0),
+                                                            (11232, 1404, 993, 0.1)])  # 8 rows per image: √8 × longer
+def test_prior_training_length_and_regularisation_from_the_data_size(rows, images, steps, dropout):
+    derived, why = auto.prior_defaults(rows, 64, batch_size=64, images=images)
     assert derived["train"]["max_steps"] == steps and derived["train"]["early_stopping_patience"] == 3
     assert derived["model"]["dropout"] == dropout and len(why) == 3
+    assert ("8 per image" in why[0]) == (images is not None)
 
 
 def test_train_tokenizer_without_preset_keeps_colour_and_records_its_source(capsys, image_folder, tmp_path):
@@ -64,6 +67,7 @@ def test_train_tokenizer_without_preset_keeps_colour_and_records_its_source(caps
                  "--set", "model.base_channels=8", "--set", "train.batch_size=4", "--set", "train.checkpoint_every=0"])
     stdout = capsys.readouterr().out
     assert code == 0 and "derived from the data: channels 3" in stdout and "resolution 16 px" in stdout
+    assert "your settings replace: train.steps=2" in stdout  # a derived value the user overrode is named
     config = json.loads((out / "config.json").read_text())
     assert config["channels"] == 3 and config["image_size"] == 16  # the shapes are 24 px colour images
     assert config["trained_on"] == str(image_folder.resolve()) and config["trained_val_fraction"] == 0.1

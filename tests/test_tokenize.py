@@ -68,7 +68,7 @@ def _assert_same(a, b) -> None:
 
 def test_round_trip_format_and_plain_load(tok: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    summary = tokenize_dataset(tok, str(images), out, batch_size=3, shard_size=4, progress=False)
+    summary = tokenize_dataset(tok, str(images), out, batch_size=3, shard_size=4, crops=0, progress=False)
     dd = _load(out)  # plain datasets, nothing of ours needed
     assert set(dd) == {"train", "validation"}
     assert summary["train_rows"] == len(dd["train"]) and summary["validation_rows"] == len(dd["validation"])
@@ -149,7 +149,7 @@ def test_corrupt_images_are_skipped_and_counted(tok: Path, tmp_path: Path) -> No
         Image.new("L", (16, 16), 40 * i).save(data / f"{i}.png")
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (data / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    summary = tokenize_dataset(tok, str(data), tmp_path / "out", progress=False, val_fraction=0.3)
+    summary = tokenize_dataset(tok, str(data), tmp_path / "out", progress=False, val_fraction=0.3, crops=0)
     assert summary["images"] == 6 and summary["skipped"] == 2
     assert sorted(s.split(" ")[0] for s in summary["skipped_files"]) == ["broken.jpg", "broken.png"]
     dd = _load(tmp_path / "out")
@@ -216,9 +216,33 @@ def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) 
     assert meta["augmentations"] == {"flip": True, "crops": 3, "crop_resize": 1.125, "splits": ["train"]}
 
 
+def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    """Without ``crops`` a small data set gets random crops up to about TARGET_TRAIN_ROWS rows
+    (never flips); a data set that is already large enough gets none. Validation stays plain."""
+    from vqgpt.pipeline import auto
+
+    train = load_images(str(images), 16, 1, split="train")
+    monkeypatch.setattr(auto, "TARGET_TRAIN_ROWS", 4 * len(train))  # → 3 crops per training image
+    out = tmp_path / "auto"
+    with caplog.at_level("INFO", logger="vqgpt.pipeline.tokenize"):
+        summary = tokenize_dataset(tok, str(images), out, progress=False)
+    assert "derived from the data: 3 random crop(s)" in caplog.text
+    meta = json.loads((out / "vqgpt_tokens.json").read_text())
+    assert meta["augmentations"] == {"flip": False, "crops": 3, "crop_resize": 1.125, "splits": ["train"]}
+    assert summary["train_rows"] == 4 * len(train) and summary["validation_rows"] == summary["images"] - len(train)
+    sources = _load(out)["train"]["source"]
+    assert [s.split("#")[-1] for s in sources[:4]] == [train.source_of(0).split("#")[-1], "crop0", "crop1", "crop2"]
+
+    monkeypatch.setattr(auto, "TARGET_TRAIN_ROWS", len(train))  # already enough rows: no copies
+    tokenize_dataset(tok, str(images), tmp_path / "plain", progress=False)
+    assert json.loads((tmp_path / "plain" / "vqgpt_tokens.json").read_text())["augmentations"]["crops"] == 0
+    monkeypatch.undo()  # the real target: a 1,404-image set gets the most crops, a large one none
+    assert auto.tokenize_defaults(1404)[0] == auto.MAX_CROPS and auto.tokenize_defaults(50_000)[0] == 0
+
+
 def test_digits_and_codes_dtype(tok: Path, tmp_path: Path) -> None:
     assert [codes_dtype(k) for k in (2, 256, 257, 65536, 65537)] == ["uint8", "uint8", "uint16", "uint16", "int32"]
-    summary = tokenize_dataset(tok, "digits", tmp_path / "d", batch_size=256, shard_size=1000, progress=False)
+    summary = tokenize_dataset(tok, "digits", tmp_path / "d", batch_size=256, shard_size=1000, crops=0, progress=False)
     assert (summary["train_rows"], summary["validation_rows"]) == (1617, 180)
     dd = _load(tmp_path / "d")
     assert dd["validation"][0]["source"].startswith("index:")
@@ -227,7 +251,7 @@ def test_digits_and_codes_dtype(tok: Path, tmp_path: Path) -> None:
 
 def test_inspect_tokens(tok: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    tokenize_dataset(tok, str(images), out, progress=False)
+    tokenize_dataset(tok, str(images), out, crops=0, progress=False)
     report = inspect_tokens(out)
     assert report["train_rows"] + report["validation_rows"] == 14
     assert report["grid"] == "8×8" and report["codebook_size"] == 32 and report["classes"] == 2

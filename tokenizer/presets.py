@@ -53,7 +53,6 @@ PRESETS: dict[str, dict[str, dict]] = {
     "small": {
         "model": {
             "base_channels": 32,
-            "channel_mult": (1, 2, 2),
             "num_res_blocks": 1,
             "z_channels": 32,
             "norm_groups": 8,
