@@ -19,7 +19,7 @@ from vqgpt import tokenizer as tk
 from .digits_check import check_digit_samples
 from .evaluate import Evaluator, Images, evaluate_tokenizer
 from .generate import Pipeline
-from .outputs import prepare_out, sample_grid_writer, write_samples
+from .outputs import checked_tokenizer, pixel_features, prepare_out, sample_grid_writer, write_samples
 from .reconstruct import write_reconstruction_grid
 from .settings import SampleConfig, build_configs
 from .sources import load_images
@@ -145,9 +145,11 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         _say("[3/5] training the class-conditional prior…")
         pcfg = build_configs({"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
                              [DEMO_PRIOR, QUICK_OVERRIDES["prior"] if quick else {}])
-        callback = sample_grid_writer(tok_dir, prior_dir.parent / "prior_samples", tokens_dir=tokens_dir, device=device)
+        tokenizer = checked_tokenizer(tok_dir, tokens_dir, device=device)
+        callback = sample_grid_writer(tokenizer, prior_dir.parent / "prior_samples")
         mode = _stage_mode(prior_dir) if not prior_done else {"overwrite": True}
-        prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback, **mode)
+        prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback,
+                                       grid_features=pixel_features(tokenizer), **mode)
     figures["prior"] = {**{k: v for k, v in prior_summary.items() if isinstance(v, (int, float, str))},
                         "seconds": round(time.perf_counter() - t0, 1)}
     if prior_summary:

@@ -23,7 +23,8 @@ from .settings import SampleConfig
 if TYPE_CHECKING:  # pragma: no cover
     from .generate import Pipeline
 
-__all__ = ["RESULT_FILES", "prepare_out", "write_samples", "write_settings", "complete_to_files", "sample_grid_writer"]
+__all__ = ["RESULT_FILES", "prepare_out", "write_samples", "write_settings", "complete_to_files", "checked_tokenizer",
+           "sample_grid_writer", "pixel_features"]
 
 
 def _safe_name(text: str) -> str:
@@ -72,10 +73,8 @@ def write_samples(images: list[Image.Image], settings: SampleConfig, pipe: "Pipe
     return {"grid": grid_path, "settings": settings_path}
 
 
-def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_dir: str | Path | None = None,
-                       device: str = "cpu") -> Callable[[torch.Tensor, int], None]:
-    """A ``sample_callback`` for prior training: decode the sampled grids and write
-    ``out_dir/step_XXXXXX.png`` (a square-ish grid)."""
+def checked_tokenizer(tokenizer_dir: str | Path, tokens_dir: str | Path | None = None, device: str = "cpu") -> tk.VQGAN:
+    """The tokenizer of ``tokenizer_dir``, refused unless it made the token dataset ``tokens_dir``."""
     tokenizer = tk.VQGAN.from_pretrained(tokenizer_dir, device=device).eval()
     if tokens_dir is not None:
         made_by, fingerprint = pr.read_token_meta(tokens_dir).get("tokenizer_fingerprint"), tokenizer.fingerprint()
@@ -84,7 +83,14 @@ def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_di
                 f"--tokenizer {tokenizer_dir} is not the tokenizer that made {tokens_dir} "
                 f"(fingerprints {fingerprint} vs {made_by})"
             )
+    return tokenizer
+
+
+def sample_grid_writer(tokenizer: tk.VQGAN, out_dir: str | Path) -> Callable[[torch.Tensor, int], None]:
+    """A ``sample_callback`` for prior training: decode the sampled grids and write
+    ``out_dir/step_XXXXXX.png`` (a square-ish grid)."""
     out_dir = Path(out_dir)
+    device = next(tokenizer.parameters()).device
 
     @torch.inference_mode()
     def write(codes: torch.Tensor, step: int) -> None:
@@ -94,6 +100,24 @@ def sample_grid_writer(tokenizer_dir: str | Path, out_dir: str | Path, tokens_di
         save_image(make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0), out_dir / f"step_{step:06d}.png")
 
     return write
+
+
+def pixel_features(tokenizer: tk.VQGAN, max_side: int = 32, batch_size: int = 256) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``features`` for the prior's sampling selection: code grids LongTensor[B, h, w] → the decoded
+    images' pixels in [0, 1], area-averaged down to at most ``max_side`` px, FloatTensor[B, C·s·s]."""
+    device = next(tokenizer.parameters()).device
+
+    @torch.inference_mode()
+    def features(codes: torch.Tensor) -> torch.Tensor:
+        out = []
+        for chunk in codes.split(batch_size):
+            images = (tokenizer.decode(chunk.to(device)).float().clamp(-1, 1) + 1) / 2  # (b, C, H, W)
+            if images.shape[-1] > max_side:
+                images = torch.nn.functional.adaptive_avg_pool2d(images, max_side)
+            out.append(images.flatten(1).cpu())
+        return torch.cat(out)
+
+    return features
 
 
 def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, settings: SampleConfig,

@@ -178,13 +178,14 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         _layers(pr.PRESETS, args.preset, args.config, args.set, derived),
     )
     _print_derived(why, derived, cfg)
-    callback = None
-    if args.tokenizer:
-        from .outputs import sample_grid_writer
+    callback = features = None
+    if args.tokenizer:  # sample grids during training, and pixels for choosing the sampling defaults
+        from .outputs import checked_tokenizer, pixel_features, sample_grid_writer
 
-        callback = sample_grid_writer(args.tokenizer, Path(args.out) / "samples", tokens_dir=args.tokens)
+        tokenizer = checked_tokenizer(args.tokenizer, args.tokens)
+        callback, features = sample_grid_writer(tokenizer, Path(args.out) / "samples"), pixel_features(tokenizer)
     summary = pr.train_prior(cfg["model"], cfg["train"], args.tokens, args.out, resume=args.resume,
-                             overwrite=args.overwrite, sample_callback=callback)
+                             overwrite=args.overwrite, sample_callback=callback, grid_features=features)
     _print(_format_metrics("prior", summary))
     _print(f"prior saved to {args.out}")
     return 0

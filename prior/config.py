@@ -170,11 +170,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "train": {"select_sampling": False, "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
                   "checkpoint_every": 10, "log_every": 5},
     },
-    # CPU size (128 wide, 4 layers). Training length, evaluation cadence and early stopping come
-    # from the token data (vqgpt.pipeline.auto) unless set.
+    # CPU size (128 wide, 4 layers). Training length, evaluation cadence, early stopping and the
+    # regularisation (dropout, weight decay) come from the token data (vqgpt.pipeline.auto) unless set.
     "mini": {
-        "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
-        "train": {"batch_size": 64, "learning_rate": 1e-3, "weight_decay": 0.1, "label_dropout": 0.1, "log_every": 10},
+        "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
+        "train": {"batch_size": 64, "learning_rate": 1e-3, "label_dropout": 0.1, "log_every": 10},
     },
     # GPU sizes (LlamaGen-like widths/depths). Token data decides the vocabulary and length.
     "small": {

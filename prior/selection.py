@@ -10,10 +10,19 @@ integer grids:
    training rows — learns to tell the classes apart; its accuracy on the held-out rows says
    how far it can be trusted;
 2. every candidate (guidance × temperature) draws the same number of grids per class; each is
-   scored by the judge's accuracy on them and by their *variety*: the mean Hamming distance
-   between two grids of the same class, relative to that of held-out real grids;
+   scored by the judge's accuracy on them, by their *variety* (the mean Hamming distance between
+   two grids of the same class, relative to that of held-out real grids), by their near-copies
+   of training rows and — when the caller passes `features` (the pipeline passes the tokenizer's
+   decoded pixels) — by their *Fréchet ratio*: the Fréchet distance between the samples and the
+   held-out rows, over that between as many un-augmented training rows and the held-out rows
+   (1 = as close to unseen data as the training data is). Guidance and low temperatures buy
+   accuracy with distribution: on a 26-letter set guidance 2 / temperature 0.35 read 94 % of the
+   samples correctly but sat 3.3× as far from held-out letters as the training letters do;
 3. the winner is the most accurate candidate whose variety stays ≥ `min_variety` of the real
-   one and whose near-copies of training rows stay rare; ties go to milder settings.
+   one, whose near-copies of training rows stay rare and whose Fréchet ratio is at most
+   `max_fd_increase` above that of plain sampling (guidance 1, temperature 1: the distribution
+   the model learnt) — sharper classes, but not at the cost of looking less like real data;
+   ties go to milder settings.
 
 The choice, the figures of every candidate and how they were measured are recorded in the
 prior's `vqgpt_prior.json` (`sampling`), and `vqgpt sample` / `Pipeline` use them by default.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,11 +53,13 @@ FALLBACK_SAMPLING = {"guidance": 1.0, "temperature": 1.0, "top_k": None, "top_p"
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    guidances: tuple[float, ...] = (1.0, 2.0, 3.0)
+    guidances: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
     temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35)
     samples: int = 200  # grids drawn per candidate (spread evenly over the classes)
     min_variety: float = 0.8  # same-class Hamming variety, relative to held-out real grids
     max_near_copies: float = 0.1  # share of samples closer to a training row than 95 % of held-out rows are
+    max_fd_increase: float = 0.15  # Fréchet ratio allowed above plain sampling's (guidance 1, temperature 1)
+    fd_dims: int = 64  # the Fréchet distance is taken in the top principal components of the features
     min_judge_accuracy: float = 0.5  # below this on held-out rows, the judge's verdicts are not used
     seed: int = 0
 
@@ -109,23 +121,70 @@ def _nearest_distance(codes: torch.Tensor, reference: torch.Tensor, chunk: int =
     return torch.cat(out)
 
 
-def _grids(split) -> tuple[torch.Tensor, torch.Tensor]:
+def _grids(split) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(codes LongTensor[N, h·w], labels LongTensor[N], augmented BoolTensor-like ndarray[N])."""
     rows = split.table[:]
     codes = torch.as_tensor(np.asarray(rows["codes"]).astype(np.int64)).flatten(1)  # (N, h·w)
-    return codes, torch.as_tensor(np.asarray(rows["label"]).astype(np.int64))
+    sources = rows["source"] if "source" in rows else [""] * len(codes)
+    augmented = np.array(["#" in str(src) for src in sources], dtype=bool)  # "file#crop3", "file#flip"
+    return codes, torch.as_tensor(np.asarray(rows["label"]).astype(np.int64)), augmented
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of a [N, D] and b [M, D]:
+    |μa − μb|² + tr Σa + tr Σb − 2 tr (Σa^½ Σb Σa^½)^½ (symmetric eigendecompositions only)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root_a @ sb @ root_a)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb)
+                 - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+
+
+class FrechetRatio:
+    """Fréchet distance of sampled grids to the held-out rows, relative to that of as many
+    un-augmented training rows, in the top `dims` principal components of `features(grids)`."""
+
+    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], spec: PriorSpec, train_codes: torch.Tensor,
+                 held_codes: torch.Tensor, samples: int, dims: int, seed: int = 0):
+        self.features, self.spec = features, spec
+        g = torch.Generator().manual_seed(seed)
+        picks = torch.randperm(len(train_codes), generator=g)[:samples]  # as many as a candidate draws
+        train = self._raw(train_codes[picks])
+        self.mean = train.mean(0)
+        _, _, vt = np.linalg.svd(train - self.mean, full_matrices=False)
+        self.basis = vt[: max(1, min(dims, len(train) - 1, len(held_codes) - 1))].T  # (D, d)
+        self.held = self._project(self._raw(held_codes))
+        self.reference = frechet_distance(self._project(train), self.held)
+
+    def _raw(self, codes: torch.Tensor) -> np.ndarray:
+        out = self.features(codes.view(-1, *self.spec.grid))
+        return torch.as_tensor(out).flatten(1).double().cpu().numpy()
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) @ self.basis
+
+    def __call__(self, codes: torch.Tensor) -> float:
+        return frechet_distance(self._project(self._raw(codes)), self.held) / max(self.reference, 1e-12)
 
 
 @torch.no_grad()
 def select_sampling(model, spec: PriorSpec, train, validation, config: SelectionConfig = SelectionConfig(),
-                    batch_size: int = 256) -> dict:
+                    batch_size: int = 256,
+                    features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Choose guidance and temperature for `model` on the held-out rows; returns the record stored
-    in the prior's JSON: the chosen settings plus how they were chosen."""
+    in the prior's JSON: the chosen settings plus how they were chosen.
+
+    features: code grids LongTensor[B, h, w] → FloatTensor[B, D], what the grids look like (the
+    pipeline passes the tokenizer's decoded pixels); without it the Fréchet ratio is not used."""
     record = dict(FALLBACK_SAMPLING)
     if spec.num_classes < 2:
         return {**record, "selected_by": "default: an unconditional prior samples plainly"}
-    train_codes, train_labels = _grids(train)
-    val_codes, val_labels = _grids(validation)
+    train_codes, train_labels, augmented = _grids(train)
+    val_codes, val_labels, _ = _grids(validation)
     known = (train_labels >= 0)
+    originals = train_codes[torch.as_tensor(~augmented)]  # what held-out images look like: no crops, no flips
     train_codes, train_labels = train_codes[known], train_labels[known]
     held = val_labels >= 0
     val_codes, val_labels = val_codes[held], val_labels[held]
@@ -140,6 +199,9 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
     copy_threshold = float(torch.quantile(_nearest_distance(val_codes, train_codes), 0.05))
     per_class = max(2, math.ceil(config.samples / spec.num_classes))
     labels = torch.arange(spec.num_classes).repeat_interleave(per_class)
+    fd_ratio = None
+    if features is not None and len(originals) >= 8:
+        fd_ratio = FrechetRatio(features, spec, originals, val_codes, len(labels), config.fd_dims, config.seed)
     guidances = config.guidances if spec.has_null_condition else (1.0,)
     candidates = []
     for guidance in guidances:
@@ -152,10 +214,17 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
             candidates.append({"guidance": guidance, "temperature": temperature,
                                "accuracy": round(judge.accuracy(codes, labels), 4), "variety": round(variety, 4),
                                "near_copies": round(near_copies, 4)})
+            if fd_ratio is not None:
+                candidates[-1]["fd_ratio"] = round(fd_ratio(codes), 4)
             logger.info("sampling candidate %s", candidates[-1])
     allowed = [c for c in candidates
                if c["variety"] >= config.min_variety and c["near_copies"] <= config.max_near_copies]
-    pool = allowed or [max(candidates, key=lambda c: c["variety"])]
+    allowed = allowed or [max(candidates, key=lambda c: c["variety"])]
+    pool = allowed
+    if fd_ratio is not None:  # no further from held-out rows than plain sampling, give or take max_fd_increase
+        plain = [c["fd_ratio"] for c in candidates if c["guidance"] == 1.0 and c["temperature"] == 1.0]
+        bound = (1.0 + config.max_fd_increase) * (plain[0] if plain else min(c["fd_ratio"] for c in candidates))
+        pool = [c for c in allowed if c["fd_ratio"] <= bound] or [min(allowed, key=lambda c: c["fd_ratio"])]
     # most accurate; among equals (within 2 points, about the noise of 200 samples) the mildest
     best_accuracy = max(c["accuracy"] for c in pool)
     close = [c for c in pool if c["accuracy"] >= best_accuracy - 0.02]
@@ -163,7 +232,10 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
     return {
         "guidance": best["guidance"], "temperature": best["temperature"], "top_k": None, "top_p": None,
         "selected_by": "held-out selection (prior/selection.py): most accurate under a code judge with variety "
-                       f">= {config.min_variety} of real grids and near-copies <= {config.max_near_copies}",
+                       f">= {config.min_variety} of real grids and near-copies <= {config.max_near_copies}"
+                       + (f" and a Fréchet ratio at most {config.max_fd_increase:.0%} above plain sampling's"
+                          if fd_ratio is not None else " (no Fréchet ratio: no features given)"),
         "judge_accuracy": round(judge_accuracy, 4), "real_variety": round(real_variety, 4),
+        **({"fd_reference": round(fd_ratio.reference, 4), "fd_dims": fd_ratio.basis.shape[1]} if fd_ratio else {}),
         "samples_per_candidate": len(labels), "candidates": candidates,
     }

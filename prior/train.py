@@ -168,12 +168,16 @@ def train_prior(
     resume: bool = False,
     overwrite: bool = False,
     sample_callback: SampleCallback | None = None,
+    grid_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train a prior on a token dataset and save it into `out_dir`; returns summary metrics.
 
     sample_callback(codes LongTensor[B, h, w], step) receives freshly sampled grids (one per class
     × sample_per_class when conditional, else 8 × sample_per_class) every `sample_every` steps
     and at the end, on the main process only.
+    grid_features(codes LongTensor[B, h, w]) → FloatTensor[B, D]: what grids look like (the pipeline
+    passes decoded pixels); the sampling selection then also weighs how close samples come to
+    held-out rows (`prior/selection.py`).
     """
     if not isinstance(model_config, PriorConfig) or not isinstance(train_config, PriorTrainConfig):
         raise ValueError("train_prior needs a PriorConfig and a PriorTrainConfig")
@@ -331,7 +335,8 @@ def train_prior(
     if main:
         if cfg.select_sampling:  # sampling defaults chosen on held-out rows, recorded with the prior
             selection = select_sampling(final_model, spec, data.train, data.validation,
-                                        SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed), batch_size=cfg.batch_size * 4)
+                                        SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed),
+                                        batch_size=cfg.batch_size * 4, features=grid_features)
             logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
                         selection["temperature"], selection["selected_by"])
         ckpt.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)

@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     dsd = load_from_disk(str(tokens))
 
     def split_files(name: str) -> tuple[list[str], list[int]]:
-        pairs = dict(zip(dsd[name]["source"], dsd[name]["label"]))  # augmented copies share a source
+        # augmented copies ("FILE#flip", "FILE#crop3") share their source file: each file once
+        pairs = {src.split("#")[0]: label for src, label in zip(dsd[name]["source"], dsd[name]["label"])}
         files = sorted(pairs)
         return files, [int(pairs[f]) for f in files]
 

@@ -8,7 +8,7 @@ import json
 import torch
 
 from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior
-from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, select_sampling
+from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, frechet_distance, select_sampling
 
 from test_prior_train import MODEL, TRAIN, tokens
 
@@ -26,15 +26,25 @@ def test_code_judge_learns_separable_classes():
 def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
     tok = tokens(tmp_path / "tok")
     cfg = dataclasses.replace(TRAIN, max_steps=30, eval_every=10, select_sampling=True, selection_samples=60)
-    train_prior(dataclasses.replace(MODEL, dropout=0.0), cfg, tok, tmp_path / "out")
+    seen = []
+
+    def features(codes):  # what the pipeline passes is decoded pixels; any grid → vector map will do here
+        seen.append(codes.shape)
+        return torch.nn.functional.one_hot(codes.flatten(1), 16).float().flatten(1)
+
+    train_prior(dataclasses.replace(MODEL, dropout=0.0), cfg, tok, tmp_path / "out", grid_features=features)
     record = json.loads((tmp_path / "out" / "vqgpt_prior.json").read_text())["sampling"]
     grid = SelectionConfig()
     assert record["guidance"] in grid.guidances and record["temperature"] in grid.temperatures
     assert len(record["candidates"]) == len(grid.guidances) * len(grid.temperatures)
+    assert all(shape[1:] == (3, 3) for shape in seen)  # features see (B, h, w) grids
     chosen = next(c for c in record["candidates"]
                   if (c["guidance"], c["temperature"]) == (record["guidance"], record["temperature"]))
+    plain = next(c for c in record["candidates"] if (c["guidance"], c["temperature"]) == (1.0, 1.0))
     allowed = [c for c in record["candidates"] if c["variety"] >= grid.min_variety
-               and c["near_copies"] <= grid.max_near_copies]
+               and c["near_copies"] <= grid.max_near_copies
+               and c["fd_ratio"] <= (1 + grid.max_fd_increase) * plain["fd_ratio"]]
+    assert record["fd_reference"] > 0 and all(c["fd_ratio"] > 0 for c in record["candidates"])
     assert chosen in allowed and chosen["accuracy"] >= max(c["accuracy"] for c in allowed) - 0.02
     assert record["judge_accuracy"] > 0.9  # the token data's classes are easy to tell apart
 
@@ -63,3 +73,13 @@ def test_without_classes_or_null_condition_nothing_is_chosen(tmp_path):
     no_null = dataclasses.replace(data.spec, label_dropout=0.0)
     record = select_sampling(model, no_null, data.train, data.validation, SelectionConfig(samples=30))
     assert {c["guidance"] for c in record.get("candidates", [])} <= {1.0}
+
+
+def test_frechet_distance_matches_its_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g).numpy()
+    assert abs(frechet_distance(a, a)) < 1e-6
+    shifted = a + [1.0, 2.0, 0.0]  # same covariance, mean moved by (1, 2, 0): |Δμ|² = 5
+    assert abs(frechet_distance(a, shifted) - 5.0) < 1e-6
+    wide = a * 2.0  # Σ → 4Σ ≈ 4I: tr Σ + tr 4Σ − 2 tr (2Σ) = tr Σ ≈ 3
+    assert abs(frechet_distance(a, wide) - 3.0) < 0.2
