@@ -174,7 +174,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     # regularisation (dropout, weight decay) come from the token data (vqgpt.pipeline.auto) unless set.
     "mini": {
         "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
-        "train": {"batch_size": 64, "learning_rate": 1e-3, "label_dropout": 0.1, "log_every": 10},
+        # batch 32 at 2e-3: on a letters set, 1.85 held-out bits per code where 64 at 1e-3 reached 1.93
+        # for the same rows seen (and the same time)
+        "train": {"batch_size": 32, "learning_rate": 2e-3, "label_dropout": 0.1, "log_every": 10},
     },
     # GPU sizes (LlamaGen-like widths/depths). Token data decides the vocabulary and length.
     "small": {

@@ -213,7 +213,7 @@ def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) 
     image = train[0]["image"]
     assert torch.equal(codes[1], model.encode(image.flip(-1)[None])[0])
     meta = json.loads((out / "vqgpt_tokens.json").read_text())
-    assert meta["augmentations"] == {"flip": True, "crops": 3, "crop_resize": 1.125, "splits": ["train"]}
+    assert meta["augmentations"] == {"flip": True, "crops": 3, "crop_resize": 1.0625, "splits": ["train"]}
 
 
 def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:
@@ -228,7 +228,7 @@ def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Pat
         summary = tokenize_dataset(tok, str(images), out, progress=False)
     assert "derived from the data: 3 random crop(s)" in caplog.text
     meta = json.loads((out / "vqgpt_tokens.json").read_text())
-    assert meta["augmentations"] == {"flip": False, "crops": 3, "crop_resize": 1.125, "splits": ["train"]}
+    assert meta["augmentations"] == {"flip": False, "crops": 3, "crop_resize": 1.0625, "splits": ["train"]}
     assert summary["train_rows"] == 4 * len(train) and summary["validation_rows"] == summary["images"] - len(train)
     sources = _load(out)["train"]["source"]
     assert [s.split("#")[-1] for s in sources[:4]] == [train.source_of(0).split("#")[-1], "crop0", "crop1", "crop2"]
