@@ -7,12 +7,12 @@ layered *under* the preset, ``--config`` and ``--set`` (any of which wins):
   grey only when every sampled image is grey or when asked), the resolution (the largest of
   16/32/64/128/256 px not above the images' typical shorter side, capped at 32 px on a CPU),
   the downsampling to an 8×8 code grid at CPU sizes, the codebook size (64 grey, 256 colour
-  codes: small enough for the prior to learn on a CPU), and the training length (about twelve
+  codes: small enough for the prior to learn on a CPU), and the training length (about eleven
   passes over the data, 600–3,000 steps) with the GAN phase in its last quarter;
 - tokenize: random crops of each training image (shifts and a slight zoom; never flips, which
   change the meaning of text) when the data set is small, so that the prior sees about 10,000
   training rows — the prior's main defence against over-fitting a small data set;
-- prior: the training length (about 12 passes over the source images, more when augmented rows
+- prior: the training length (about 11 passes over the source images, more when augmented rows
   bring variety: see ``prior_defaults``; 200–5,000 steps), held-out evaluation about eight times
   a run with early stopping and best-checkpoint selection, and the regularisation (dropout and
   weight decay) by data-set size.
@@ -32,8 +32,10 @@ __all__ = ["DataSurvey", "survey", "tokenizer_defaults", "tokenize_defaults", "p
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 CPU_MAX_RESOLUTION = 32
-PRIOR_PASSES = 12  # over the source images, × √(augmented copies): what fits the 15-minute budget of a 1,500-image set
-TOKENIZER_PASSES = 12  # 3 passes left letters blurred (held-out PSNR 21.3 dB, 89 % legible); 12: 25.8 dB, 97 %
+# Training lengths: what fits the four default commands on a 1,500-image set into 15 minutes on a
+# 2-core CPU (tokenizer ~4.5, prior ~7.5 minutes), as long as that allows.
+PRIOR_PASSES = 11  # over the source images, × √(augmented copies)
+TOKENIZER_PASSES = 11  # 3 passes left letters blurred (held-out PSNR 21.3 dB, 89 % legible); 12: 25.8 dB, 97 %
 TARGET_TRAIN_ROWS = 10_000  # augmented token rows a small data set is brought up to
 MAX_CROPS = 7
 

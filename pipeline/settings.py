@@ -206,7 +206,7 @@ class SampleConfig:
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling: keep codes up to mass P"})
     seed: int = field(default=0, metadata={"help": "random seed: the k-th image of a class is the same whatever "
                                                     "--num, --batch-size, --sampler (but sjd) or the other classes"})
-    batch_size: int = field(default=64, metadata={"help": "images sampled per forward batch"})
+    batch_size: int = field(default=256, metadata={"help": "images sampled per forward batch"})
     sampler: str = field(default="auto", metadata={"help": "ar (a code per forward pass), jacobi (several per pass, "
                                                          "same images as ar), sjd (speculative Jacobi: same "
                                                          "distribution, other images), auto (jacobi or ar, whichever "
@@ -238,7 +238,7 @@ class SampleConfig:
 class TokenizeConfig:
     """Settings of one tokenize run (image size and channels come from the tokenizer)."""
 
-    batch_size: int = field(default=64, metadata={"help": "rows per encode call"})
+    batch_size: int = field(default=256, metadata={"help": "rows per encode call"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
     flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})

@@ -336,7 +336,7 @@ def train_prior(
         if cfg.select_sampling:  # sampling defaults chosen on held-out rows, recorded with the prior
             selection = select_sampling(final_model, spec, data.train, data.validation,
                                         SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed),
-                                        batch_size=cfg.batch_size * 4, features=grid_features)
+                                        batch_size=max(256, cfg.batch_size), features=grid_features)
             logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
                         selection["temperature"], selection["selected_by"])
         ckpt.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)
