@@ -53,11 +53,20 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dic
         state = {**record, "scheduler": scheduler.state_dict()}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         for _, old in checkpoints(root)[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint folder without ever leaving a half-deleted `step_N` behind a kill:
+    rename it to a hidden name (atomic), then delete."""
+    aside = path.with_name(f".old_{path.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_state(path: Path) -> dict:

@@ -116,11 +116,20 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, keep: 
         state = {"step": step, **record, "schedulers": [s.state_dict() for s in schedulers]}
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state) + "\n")
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         for _, old in _step_dirs(ckpt_root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint folder so that a kill part-way never leaves a half-deleted
+    ``step_N``: rename it to a hidden name (atomic) first, then delete."""
+    aside = path.with_name(f".old_{path.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _damaged(path: Path, what: str, err: BaseException) -> ValueError:
