@@ -173,7 +173,8 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     figures["check"] = {**check, "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"[5/5] an SVM trained on real digits ({100 * check['real_digit_accuracy']:.1f}% on held-out real digits) "
          f"recognises {100 * check['conditional_accuracy']:.1f}% of {n} class-conditional samples; "
-         f"near-copies of training digits: {100 * check['near_copy_share']:.1f}%")
+         f"near-copies of training digits: {100 * check['near_copy_share']:.1f}%; Fréchet distance to held-out "
+         f"digits {check['fd_ratio']:.2f}× the training digits'")
 
     figures["total_seconds"] = round(time.perf_counter() - start, 1)
     (out / "demo_figures.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 A classifier trained on the real digits (which the generated images never touch) judges
 whether class-conditional samples show the digit asked for, how balanced unconditional
-samples are across classes, and how many samples are near-copies of training images.
+samples are across classes, how many samples are near-copies of training images, and how far
+the samples lie from held-out real digits (Fréchet distance) relative to the training digits.
 
 Both real and generated images are compared in the same feature space: the image pooled
 back to the 8×8 resolution the real digits were drawn at.
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+
+from vqgpt.prior.selection import frechet_distance
 
 from .sources import load_images
 
@@ -45,6 +48,7 @@ class DigitJudge:
 
     classifier: object
     train_features: np.ndarray  # (N, 64) real training digits, for near-copy search
+    held_features: np.ndarray  # (M, 64) real held-out digits, for the Fréchet ratio
     real_accuracy: float
     copy_threshold: float  # distance under which a sample counts as a near-copy
 
@@ -60,7 +64,7 @@ class DigitJudge:
         # closer to its nearest training image than all but `copy_quantile` of them is one.
         val_nn = near_copy_distances(val_f, train_f)
         threshold = float(np.quantile(val_nn, copy_quantile))
-        return cls(clf, train_f, real_acc, threshold)
+        return cls(clf, train_f, val_f, real_acc, threshold)
 
     def predict(self, images: torch.Tensor) -> np.ndarray:
         """FloatTensor[B, C, H, W] in [-1, 1] → int[B] predicted digit."""
@@ -68,6 +72,12 @@ class DigitJudge:
 
     def near_copy_mask(self, images: torch.Tensor) -> np.ndarray:
         return near_copy_distances(_features(images), self.train_features) < self.copy_threshold
+
+    def frechet_ratio(self, images: torch.Tensor) -> float:
+        """Fréchet distance of the images to held-out real digits over that of the training digits
+        to them, in the 8×8 feature space (1 = as close as real digits; the issue's goal ≤ 2)."""
+        return frechet_distance(_features(images), self.held_features) / frechet_distance(
+            self.train_features, self.held_features)
 
 
 def near_copy_distances(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -103,6 +113,7 @@ def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | N
         "unconditional_min_class_share": float(shares.min()),
         "unconditional_max_class_share": float(shares.max()),
         "near_copy_share": copies,
+        "fd_ratio": judge.frechet_ratio(cond),
         "samples": num_samples,
         "guidance": guidance_scale,
         "sampler": sampler,

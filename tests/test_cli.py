@@ -243,6 +243,7 @@ def test_demo_quick(capsys, tmp_path):
     figures = json.loads((run / "demo_figures.json").read_text())
     assert figures["tokenize"]["train_rows"] == 1617 and figures["tokenize"]["validation_rows"] == 180
     assert figures["check"]["real_digit_accuracy"] > 0.9  # the judge itself recognises real digits
+    assert figures["check"]["fd_ratio"] > 0 and "Fréchet distance" in stdout
     assert len(list((run / "samples").glob("sample_*_class-*.png"))) == 100
     assert "[5/5]" in stdout
 
