@@ -335,7 +335,8 @@ def train_prior(
     if main:
         if cfg.select_sampling:  # sampling defaults chosen on held-out rows, recorded with the prior
             selection = select_sampling(final_model, spec, data.train, data.validation,
-                                        SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed),
+                                        SelectionConfig(samples=cfg.selection_samples, seed=cfg.seed,
+                                                        max_fd_increase=cfg.selection_max_fd_increase),
                                         batch_size=max(256, cfg.batch_size), features=grid_features)
             logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
                         selection["temperature"], selection["selected_by"])
