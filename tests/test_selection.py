@@ -7,8 +7,10 @@ import json
 
 import torch
 
-from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior
-from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, choose, frechet_distance, select_sampling
+import numpy as np
+
+from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior, write_token_dataset
+from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, _grids, choose, frechet_distance, select_sampling
 
 from test_prior_train import MODEL, TRAIN, tokens
 
@@ -60,6 +62,17 @@ def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
     assert (resolved.guidance, resolved.temperature) == (record["guidance"], record["temperature"])
     assert pipe.resolve(SampleConfig(num=2)).guidance == 1.0  # unconditional draws sample plainly
     assert pipe.resolve(SampleConfig(num=2, class_labels=(0,), guidance=1.0)).guidance == 1.0  # flags win
+
+
+def test_augmented_rows_are_told_from_the_images_themselves(tmp_path):
+    """The Fréchet reference is made of un-augmented training rows: crops and flips are recognised
+    by their source (what tokenize writes: "file#crop3", "file#flip")."""
+    codes, labels = np.zeros((4, 2, 2), dtype=np.int64), np.array([0, 1, 0, 1])
+    sources = ["a.png", "a.png#crop1", "b.png", "b.png#flip"]
+    write_token_dataset(tmp_path / "t", {"train": (codes, labels, sources), "validation": (codes, labels)}, 4, ("x", "y"), "fp")
+    grids, read_labels, augmented = _grids(load_token_dataset(tmp_path / "t").train)
+    assert grids.shape == (4, 4) and read_labels.tolist() == [0, 1, 0, 1]
+    assert augmented.tolist() == [False, True, False, True]
 
 
 def _candidate(guidance, temperature, accuracy, fd_ratio, variety=1.0, near_copies=0.0):
