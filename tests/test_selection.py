@@ -87,9 +87,14 @@ def test_choose_most_accurate_within_the_bounds_and_mildest_among_ties():
     digits = [_candidate(1.0, 1.0, 0.775, 1.31), _candidate(1.0, 0.7, 0.92, 1.45), _candidate(1.5, 1.0, 0.965, 0.98),
               _candidate(1.5, 0.7, 0.985, 1.32), _candidate(1.5, 0.5, 1.0, 1.69), _candidate(2.0, 0.7, 0.99, 1.79)]
     assert (choose(digits, cfg, 200)["guidance"], choose(digits, cfg, 200)["temperature"]) == (1.5, 0.7)
-    # At 90 % one standard error on 200 draws is 2.1 points: 89 % is a tie, and the milder setting wins.
+    # At 90 % one standard error on 200 draws is 2.1 points: 89 % is a tie, and the one nearer the data wins.
     letters = [_candidate(1.0, 1.0, 0.70, 1.0), _candidate(1.5, 0.7, 0.89, 1.1), _candidate(2.0, 0.5, 0.90, 1.12)]
     assert choose(letters, cfg, 200)["guidance"] == 1.5
+    nearer = [_candidate(1.0, 1.0, 0.70, 1.0), _candidate(1.5, 0.7, 0.89, 1.15), _candidate(2.0, 0.5, 0.90, 1.05)]
+    assert choose(nearer, cfg, 200)["guidance"] == 2.0
+    assert choose(nearer, cfg, 20)["guidance"] == 2.0  # (on 20 draws 80-90 % are all ties)
+    # Beyond the Fréchet bound (20 % above plain sampling's) nothing is chosen, however accurate.
+    assert choose([*letters, _candidate(2.0, 0.35, 0.99, 1.21)], cfg, 200)["accuracy"] == 0.89
     # Too little variety or too many near-copies rule a candidate out, however accurate.
     assert choose([*letters, _candidate(2.0, 0.35, 0.99, 1.0, variety=0.7),
                    _candidate(1.0, 0.35, 0.99, 1.0, near_copies=0.2)], cfg, 200)["accuracy"] == 0.89
