@@ -76,8 +76,10 @@ def survey(spec: str, seed: int = 0, val_fraction: float = 0.1, max_images: int 
                       colour_share=colourful / sampled, sampled=sampled)
 
 
-def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16) -> tuple[dict[str, dict], list[str]]:
-    """Overrides {"model": {...}, "train": {...}} derived from the data, and why (one line each)."""
+def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16, image_size: int | None = None,
+                       ) -> tuple[dict[str, dict], list[str]]:
+    """Overrides {"model": {...}, "train": {...}} derived from the data, and why (one line each).
+    image_size: the resolution the user's settings chose (the downsampling is then derived for it)."""
     channels = 3 if data.colour_share > 0.05 else 1
     fitting = [r for r in RESOLUTIONS if r <= max(data.typical_size, RESOLUTIONS[0])]
     size = fitting[-1]
@@ -86,7 +88,9 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16) -> 
     if size > cap:
         size = cap
         why_size += f", capped at {cap} px on a {'GPU' if on_gpu else 'CPU'}"
-    levels = int(math.log2(size // 8)) + 1  # an 8×8 code grid at CPU sizes, 16×16 from 256 px
+    if image_size is not None and image_size != size:
+        size, why_size = image_size, f"your setting (the images are typically {data.typical_size} px)"
+    levels = max(1, int(math.log2(max(size // 8, 1))) + 1)  # an 8×8 code grid at CPU sizes, 16×16 from 256 px
     if size >= 256:
         levels -= 1
     mult = (1, 2, 2, 4, 4)[:levels]

@@ -257,7 +257,8 @@ def evaluate_prior(model: torch.nn.Module, spec: pr.PriorSpec, pipe: Any | None,
             count = min(sampling.batch_size, n - start)
             batch_labels = labels[start:start + count] if labels is not None else None
             codes = pipe.sample_codes(count, batch_labels, sampling.guidance, sampling.temperature, sampling.top_k,
-                                      sampling.top_p, generator=generator, batch_size=sampling.batch_size)
+                                      sampling.top_p, generator=generator, batch_size=sampling.batch_size,
+                                      sampler=sampling.sampler, precision=sampling.precision)
             histogram += tk.code_histogram(codes.cpu(), spec.codebook_size)
             collector.add(pipe.decode(codes), batch_labels)
         usage, perplexity = tk.codebook_stats(histogram)

@@ -34,7 +34,8 @@ class Pipeline:
     is what ``vqgpt sample --seed`` does). With ``generator=`` one seed per image is drawn from it
     in order, so the same generator state gives the same images (diffusers' convention).
     ``sampler`` ("auto", "ar", "jacobi", "sjd") only changes the speed, except "sjd" (other
-    images for a seed, from the same distribution); see :func:`vqgpt.prior.sample`.
+    images for a seed, from the same distribution); see :func:`vqgpt.prior.sample`. ``precision``
+    ("auto": bf16 on a GPU, fp32 on a CPU; "fp32"; "bf16") is the number format of the passes.
     """
 
     def __init__(self, tokenizer: tk.VQGAN, prior_model: torch.nn.Module, prior_spec: pr.PriorSpec, device: str = "cpu"):
@@ -134,6 +135,7 @@ class Pipeline:
         *,
         seed: int | None = None,
         sampler: str = "auto",
+        precision: str = "auto",
     ) -> torch.Tensor:
         """Draw code grids: LongTensor[num_images, h, w]. Guidance and temperature default to the
         prior's recorded choice (``sampling_defaults``)."""
@@ -149,6 +151,7 @@ class Pipeline:
             class_labels=labels,
             guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
             generator=generator, prefix_codes=prefix_codes, batch_size=batch_size, seeds=seeds, sampler=sampler,
+            precision=precision,
         )
 
     @torch.inference_mode()
@@ -170,11 +173,13 @@ class Pipeline:
         *,
         seed: int | None = None,
         sampler: str = "auto",
+        precision: str = "auto",
     ) -> list[Image.Image]:
         """Generate ``num_images`` images (class-conditional when ``class_labels`` is given:
         one label for all, or one per image)."""
         codes = self.sample_codes(num_images, class_labels, guidance_scale, temperature, top_k, top_p,
-                                  generator=generator, batch_size=batch_size, seed=seed, sampler=sampler)
+                                  generator=generator, batch_size=batch_size, seed=seed, sampler=sampler,
+                                  precision=precision)
         return to_pil(self.decode(codes, batch_size))
 
     def generate(self, settings: SampleConfig) -> list[Image.Image]:
@@ -183,7 +188,8 @@ class Pipeline:
         labels = settings.labels_per_image
         total = len(labels) if labels else settings.num
         return self(total, labels, settings.guidance, settings.temperature, settings.top_k, settings.top_p,
-                    batch_size=settings.batch_size, seed=settings.seed, sampler=settings.sampler)
+                    batch_size=settings.batch_size, seed=settings.seed, sampler=settings.sampler,
+                    precision=settings.precision)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -204,6 +210,7 @@ class Pipeline:
         *,
         seed: int | None = None,
         sampler: str = "auto",
+        precision: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the top ``keep_rows`` code rows of ``image`` and sample the rest.
 
@@ -223,5 +230,6 @@ class Pipeline:
         completions = self.sample_codes(
             num_images, class_label, guidance_scale, temperature, top_k, top_p,
             generator=generator, prefix_codes=prefix, batch_size=batch_size, seed=seed, sampler=sampler,
+            precision=precision,
         )
         return codes.cpu(), completions.cpu()

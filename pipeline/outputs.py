@@ -130,6 +130,7 @@ def complete_to_files(pipe: "Pipeline", image_path: str | Path, keep_rows: int, 
     codes, completions = pipe.complete(
         image, keep_rows, settings.num, label, settings.guidance, settings.temperature, settings.top_k,
         settings.top_p, batch_size=settings.batch_size, seed=settings.seed, sampler=settings.sampler,
+        precision=settings.precision,
     )
     h, w = codes.shape
     original = from_pil([image])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqgpt.prior.config import SAMPLERS, sampling_value_error
+from vqgpt.prior.config import PRECISIONS, SAMPLERS, sampling_value_error
 
 __all__ = ["SampleConfig", "TokenizeConfig", "build_configs", "parse_sets", "read_config_file", "coerce"]
 
@@ -211,6 +211,9 @@ class SampleConfig:
                                                          "same images as ar), sjd (speculative Jacobi: same "
                                                          "distribution, other images), auto (jacobi or ar, whichever "
                                                          "is faster here)"})
+    precision: str = field(default="auto", metadata={"help": "number format of the sampling passes: fp32, bf16 "
+                                                           "(fast on GPUs and on CPUs with AMX; codes may differ in "
+                                                           "rounding ties), auto (bf16 on a GPU, fp32 on a CPU)"})
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -225,6 +228,8 @@ class SampleConfig:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def labels_per_image(self) -> list[int] | None:

@@ -83,11 +83,18 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     preset = tk.PRESETS.get(args.preset, {})
     batch = preset.get("train", {}).get("batch_size", tk.TokenizerTrainConfig.batch_size)
-    derived, why = auto.tokenizer_defaults(auto.survey(args.data, seed=args.data_seed), torch.cuda.is_available(), batch)
-    cfg = build_configs(
-        {"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
-        _layers(tk.PRESETS, args.preset, args.config, args.set, derived),
-    )
+    data = auto.survey(args.data, seed=args.data_seed)
+    derived, why = auto.tokenizer_defaults(data, torch.cuda.is_available(), batch)
+
+    def configs():
+        return build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
+                             _layers(tk.PRESETS, args.preset, args.config, args.set, derived))
+    cfg = configs()
+    chosen = cfg["model"]
+    if chosen.image_size != derived["model"]["image_size"] and chosen.channel_mult == derived["model"]["channel_mult"]:
+        # another resolution was asked for and the downsampling was not: derive it for that resolution
+        derived, why = auto.tokenizer_defaults(data, torch.cuda.is_available(), batch, image_size=chosen.image_size)
+        cfg = configs()
     _print_derived(why, derived, cfg)
     model_cfg, train_cfg = cfg["model"], cfg["train"]
     train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)

@@ -12,13 +12,15 @@ import numbers
 from dataclasses import dataclass
 
 __all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES", "SAMPLERS",
-           "TEMPERATURE_RANGE", "MAX_GUIDANCE", "sampling_value_error"]
+           "PRECISIONS", "TEMPERATURE_RANGE", "MAX_GUIDANCE", "sampling_value_error"]
 
 ARCHITECTURES = ("llama", "gpt2")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 # Sampling (prior.sampling), here because the CLI's settings need them without torch.
 SAMPLERS = ("auto", "ar", "jacobi", "sjd")  # auto: "jacobi" or "ar", whichever is faster there (same codes)
+# Number format of the sampling passes: auto = bf16 on a GPU, fp32 on a CPU (see prior.sampling)
+PRECISIONS = ("auto", "fp32", "bf16")
 # Sampling values outside these ranges are refused: the float32 maths overflows towards them, and a
 # temperature near 0 only means "greedy" (top_k=1 says so exactly).
 TEMPERATURE_RANGE = (1e-2, 1e2)

@@ -139,7 +139,8 @@ class StaticKV:
             cos, sin = model.model.rotary_emb(probe, self.columns[None])  # the model's own RoPE tables
             half = self.head_dim // 2  # rotate_half(x) = cat(-x2, x1) = roll(x, half) · (-1 … -1, 1 … 1)
             sign = torch.cat([-torch.ones(half), torch.ones(self.head_dim - half)]).to(self.device)
-            self.cos, self.sin = cos[0], sin[0] * sign  # (L, head_dim)
+            dtype = next(model.parameters()).dtype  # the tables in the weights' type (bf16 sampling: bf16)
+            self.cos, self.sin = cos[0].to(dtype), (sin[0] * sign).to(dtype)  # (L, head_dim), computed in fp32
             self.scales = [block.self_attn.scaling for block in self.blocks]
             fuse = sum(p.numel() for p in model.parameters()) <= FUSE_MAX_PARAMETERS
             plain_mlp = cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)

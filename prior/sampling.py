@@ -16,32 +16,63 @@ Samplers (`sampler=`, `--sampler`):
 - "auto" (default): "jacobi" for small batches (where a window pass costs little more than a
   one-code pass), else "ar" — a choice of speed only, the codes are the same.
 
+Precision (`precision=`, `--precision`): "fp32", or "bf16" — the passes run on a bfloat16 copy of
+the weights (buffers such as RoPE frequencies stay float32; logits and every sampling step are
+float32). "auto" (default) is bf16 on a GPU and fp32 on a CPU. On a CPU with bf16 matrix units
+(Intel AMX, AVX512-BF16) bf16 makes a window pass nearly as cheap as a one-code pass, which is
+where "jacobi"/"sjd" pay most; it is not the CPU default because in bf16 a code can depend on
+the shape of the pass it was computed in (rounding ties are ~1,000× likelier than in fp32), so
+"jacobi" then gives "ar"'s codes only nearly and an image its seed's codes only nearly.
+
 Randomness: image i draws every random number from its own seed (`seeds`, or one seed per image
 drawn from `generator`), so its codes never depend on the batch size or the other images.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from contextlib import nullcontext
 
 import torch
 from transformers import LogitsProcessorList, PreTrainedModel, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .config import SAMPLERS, sampling_value_error
+from .config import PRECISIONS, SAMPLERS, sampling_value_error
 from .decoding import KV_CACHES, make_decoder
 from .jacobi import SharedNoise, Speculative, decode
 from .model import PriorSpec
 from .streams import seeds_from_generator
 
-__all__ = ["sample", "logits_processors", "SAMPLERS", "default_window"]
+__all__ = ["sample", "logits_processors", "SAMPLERS", "PRECISIONS", "default_window", "resolve_precision",
+           "in_precision"]
 
 logger = logging.getLogger(__name__)
 
-# "auto": "jacobi" up to this many rows (guidance rows count), else "ar". CPU: measured (a window
-# pass costs arithmetic ∝ rows · window there). GPU: a guess, not measured (no GPU here): a pass of
-# ≤ 16 rows × 16 columns should cost about as much as a one-code pass.
-AUTO_JACOBI_MAX_ROWS = {"cpu": 4, "other": 16}
+# "auto": "jacobi" up to this many rows (guidance rows count), else "ar". CPU: measured (in fp32 a
+# window pass costs arithmetic ∝ rows · window; in bf16 on AMX far less). GPU: a guess, not measured
+# (no GPU here): a pass of ≤ 16 rows × 16 columns should cost about as much as a one-code pass.
+AUTO_JACOBI_MAX_ROWS = {("cpu", "fp32"): 4, ("cpu", "bf16"): 4, ("other", "fp32"): 16, ("other", "bf16"): 16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" → "bf16" on a GPU, "fp32" elsewhere (see the module's doc); others as given."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def in_precision(model: PreTrainedModel, precision: str) -> PreTrainedModel:
+    """The model to run sampling passes on: `model` itself for "fp32" (or when its weights are
+    bf16 already), else a copy whose parameters are bfloat16 — buffers (RoPE's inverse
+    frequencies, GPT-2's masks) keep their type, and `model` is left as it is."""
+    if precision == "fp32" or all(p.dtype == torch.bfloat16 for p in model.parameters()):
+        return model
+    with torch.no_grad():
+        twin = copy.deepcopy(model)
+        for p in twin.parameters():
+            p.data = p.data.to(torch.bfloat16)
+    return twin.eval()
 
 
 def default_window(device: torch.device) -> int:
@@ -65,12 +96,12 @@ def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p:
     return processors
 
 
-def resolve_sampler(sampler: str, device: torch.device, rows: int) -> str:
+def resolve_sampler(sampler: str, device: torch.device, rows: int, precision: str = "fp32") -> str:
     """"auto" → "jacobi" for at most AUTO_JACOBI_MAX_ROWS rows of a batch, else "ar": a choice of
     speed only, both give the same codes."""
     if sampler != "auto":
         return sampler
-    limit = AUTO_JACOBI_MAX_ROWS["cpu" if device.type == "cpu" else "other"]
+    limit = AUTO_JACOBI_MAX_ROWS["cpu" if device.type == "cpu" else "other", precision]
     return "jacobi" if rows <= limit else "ar"
 
 
@@ -139,6 +170,7 @@ def sample(
     window: int | None = None,
     kv_cache: str = "auto",
     compile: bool = False,
+    precision: str = "auto",
     stats: dict | None = None,
 ) -> torch.Tensor:
     """Draw `num_images` code grids → LongTensor[num_images, h, w] (on the CPU).
@@ -159,7 +191,9 @@ def sample(
         cache) or "none" (full recomputation every pass: a reference).
     compile: torch.compile the static decoder's forward pass (one graph per window width; off by
         default: on a CPU it measured slower, and the first call compiles for tens of seconds).
-    stats: a dict to receive {"passes": forward passes, "images", "codes": codes drawn per image, "sampler"}.
+    precision: "auto" (bf16 on a GPU, fp32 on a CPU), "fp32" or "bf16" (see the module's doc).
+    stats: a dict to receive {"passes": forward passes, "images", "codes": codes drawn per image,
+        "sampler", "precision"}.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
@@ -173,6 +207,7 @@ def sample(
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     window = default_window(device) if window is None else window
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"window must be an integer ≥ 2, got {window!r}")
@@ -210,23 +245,24 @@ def sample(
     else:
         seeds = seeds_from_generator(generator, num_images, device)
     cfg = guidance_scale != 1.0
-    chosen = resolve_sampler(sampler, device, min(batch_size, num_images) * (2 if cfg else 1))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    chosen = resolve_sampler(sampler, device, min(batch_size, num_images) * (2 if cfg else 1), precision)
     was_training = model.training
     model.eval()
     chunks, passes = [], 0
     width = 1 if chosen == "ar" else window
     try:
-        with torch.inference_mode(), autocast:
+        runner = in_precision(model, precision)
+        with torch.inference_mode():
             rows = min(batch_size, num_images) * (2 if cfg else 1)
-            decoder = make_decoder(model, spec, rows, spec.num_codes + 2 * width + 1, kv_cache, compile)  # every batch
+            decoder = make_decoder(runner, spec, rows, spec.num_codes + 2 * width + 1, kv_cache, compile)  # every batch
             for c, p, s in zip(cond.split(batch_size), prefix.split(batch_size), seeds.split(batch_size)):
-                codes, info = _sample_batch(model, spec, c, p, s, cfg=cfg, guidance_scale=guidance_scale,
+                codes, info = _sample_batch(runner, spec, c, p, s, cfg=cfg, guidance_scale=guidance_scale,
                                             processors=processors, sampler=chosen, window=window, decoder=decoder)
                 chunks.append(codes)
                 passes += info["passes"]
     finally:
         model.train(was_training)
     if stats is not None:
-        stats.update(passes=passes, images=num_images, codes=spec.num_codes - prefix.shape[1], sampler=chosen)
+        stats.update(passes=passes, images=num_images, codes=spec.num_codes - prefix.shape[1], sampler=chosen,
+                     precision=precision)
     return torch.cat(chunks).reshape(num_images, *spec.grid).cpu()  # (B, h, w)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import transformers
 
 from vqgpt.prior import PRESETS, PriorConfig, PriorSpec, build_prior_model, load_prior, sample
+from vqgpt.prior.sampling import in_precision, resolve_precision
 
 METHODS = ("plain-pytorch", "generate", "recompute", "kv-dynamic", "ar", "jacobi", "sjd", "auto")
 
@@ -87,7 +88,7 @@ def sample_with_past(model: PlainGPT, cond: torch.Tensor, steps: int, num_codes:
     x, past, out = cond[:, None], None, []
     for n in range(steps):
         logits, past = model(x, past, offset=n)
-        probs = F.softmax(logits[:, -1, :num_codes], -1)
+        probs = F.softmax(logits[:, -1, :num_codes].float(), -1)
         x = torch.multinomial(probs, 1)
         out.append(x)
     return torch.cat(out, 1)
@@ -132,26 +133,28 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
     """One cell: {"codes_per_s", "passes", "codes", "estimated", "picked"} (None: skipped)."""
     N = spec.num_codes
     labels = torch.arange(batch) % spec.num_classes if spec.num_classes else None
-    common = dict(temperature=args.temperature, top_k=args.top_k, batch_size=batch,
+    common = dict(temperature=args.temperature, top_k=args.top_k, batch_size=batch, precision=args.precision,
                   guidance_scale=args.guidance if labels is not None else 1.0)
+    dtype = torch.bfloat16 if resolve_precision(args.precision, device) == "bf16" else torch.float32
     repeats = 1 if args.quick else args.repeats
     slice_codes = min(16 if args.quick else 32, N // 2)
     if method in ("plain-pytorch", "generate") and args.guidance != 1.0:
         return None  # neither pairs rows for classifier-free guidance
     if method == "plain-pytorch":
         torch.manual_seed(0)
-        plain = PlainGPT(spec.vocab_size, N, **model_sizes(model)).to(device).eval()
+        plain = PlainGPT(spec.vocab_size, N, **model_sizes(model)).to(device, dtype).eval()  # same precision
         cond = torch.full((batch,), spec.class_token_offset, device=device)
         args.plain_parameters = sum(p.numel() for p in plain.parameters())
         seconds, _ = timed(lambda: sample_with_past(plain, cond, N, spec.codebook_size), device, repeats)
         return dict(codes_per_s=batch * N / seconds, passes=N, codes=N, estimated=False)
     if method == "generate":
         cond = torch.full((batch, 1), spec.class_token_offset, device=device)
+        lm = in_precision(model, resolve_precision(args.precision, device))
 
         def generate(new: int, given: int):
             prompt = torch.cat([cond, torch.zeros(batch, given, dtype=torch.long, device=device)], 1)
             with torch.inference_mode():
-                return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                return lm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                                       max_new_tokens=new, min_new_tokens=new, top_k=0, pad_token_id=0,
                                       eos_token_id=None)
         if not args.quick:
@@ -196,6 +199,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--window", type=int, default=None, help="jacobi/sjd window (default: the sampler's)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="number format of every method's passes, the references' included (auto: bf16 on a "
+                             "GPU, fp32 on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
     parser.add_argument("--images", type=int, default=8,
                         help="vqgpt's samplers draw at least this many images per run (batches of --batches): "
@@ -230,7 +236,8 @@ def main() -> None:
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) | transformers {transformers.__version__} | {device}")
     print(f"model: {what}, {models[0][1].config.model_type}, {params / 1e6:.2f}M parameters, vocab {models[0][0].vocab_size}; "
-          f"guidance {args.guidance}, temperature {args.temperature}, top-k {args.top_k}, window {args.window}; "
+          f"guidance {args.guidance}, temperature {args.temperature}, top-k {args.top_k}, window {args.window}, "
+          f"precision {resolve_precision(args.precision, device)} (every method); "
           f"{'process CPU time' if args.cpu_time else 'wall clock'}, median of {1 if args.quick else args.repeats}")
     if not args.prior:
         print("note: random weights — speeds per pass are real, codes per pass of jacobi/sjd are NOT (use --prior DIR)")

@@ -44,6 +44,21 @@ def test_resolution_from_the_typical_size_capped_on_a_cpu(typical, on_gpu, size,
     assert size // 2 ** (len(model["channel_mult"]) - 1) == grid
 
 
+def test_a_resolution_the_user_sets_gets_its_own_downsampling(tmp_path, capsys):
+    """--set model.image_size=64 on 8 px images: the downsampling follows (8×8 codes, not 32×32)."""
+    survey = auto.DataSurvey(images=1000, classes=0, typical_size=8, colour_share=0.0, sampled=100)
+    model, why = auto.tokenizer_defaults(survey, False, image_size=64)
+    assert model["model"]["image_size"] == 64 and 64 // 2 ** (len(model["model"]["channel_mult"]) - 1) == 8
+    assert "your setting" in why[1] and "8×8" in why[1]
+    data = _folder(tmp_path / "d", 6, 20, colour=False)
+    code = main(["train-tokenizer", "--data", str(data), "--out", str(tmp_path / "tok"),
+                 "--set", "model.image_size=32", "--set", "train.steps=1", "--set", "train.batch_size=2"])
+    assert code == 0
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert config["image_size"] == 32 and 32 // 2 ** (len(config["channel_mult"]) - 1) == 8
+    assert "resolution 32 px → 8×8 codes — your setting" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("images, steps", [(200, 600), (1400, 962), (100_000, 3000)])
 def test_tokenizer_training_length_from_the_data_size(images, steps):
     survey = auto.DataSurvey(images=images, classes=0, typical_size=32, colour_share=0.0, sampled=100)

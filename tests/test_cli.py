@@ -139,6 +139,14 @@ def pngs(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("sample_*.png"))}
 
 
+def test_precision_flag(capsys, tiny_run, tmp_path):
+    """--precision bf16 samples (on a bf16 copy of the prior) and is recorded in settings.json."""
+    code, _, _ = run_cli(capsys, "sample", "--run", tiny_run, "--class", "circle", "--num", 2, "--seed", 1,
+                         "--precision", "bf16", "--sampler", "sjd", "--out", tmp_path / "bf16")
+    assert code == 0 and len(pngs(tmp_path / "bf16")) == 2
+    assert json.loads((tmp_path / "bf16" / "settings.json").read_text())["precision"] == "bf16"
+
+
 def test_sampler_flag_and_seeds_mean_images(capsys, tiny_run, tmp_path):
     """--sampler ar/jacobi give the same images, sjd other ones; the k-th image of a class with one
     --seed is the same whatever --num, --batch-size and the other --class values."""
@@ -165,7 +173,7 @@ def test_sampler_flag_and_seeds_mean_images(capsys, tiny_run, tmp_path):
 @pytest.mark.parametrize("flags, needle", [
     (["--guidance", "inf"], "--guidance"), (["--guidance", "nan"], "--guidance"), (["--guidance", "-1"], "--guidance"),
     (["--temperature", "1e-45"], "--temperature"), (["--temperature", "nan"], "--temperature"),
-    (["--top-p", "nan"], "--top-p"), (["--sampler", "beam"], "--sampler"),
+    (["--top-p", "nan"], "--top-p"), (["--sampler", "beam"], "--sampler"), (["--precision", "fp8"], "--precision"),
 ])
 def test_absurd_sampling_values_are_one_line_errors(capsys, tiny_run, tmp_path, flags, needle):
     code, _, err = run_cli(capsys, "sample", "--run", tiny_run, "--class", "circle", "--out", tmp_path / "s", *flags)
