@@ -20,9 +20,10 @@ Precision (`precision=`, `--precision`): "fp32", or "bf16" — the passes run on
 the weights (buffers such as RoPE frequencies stay float32; logits and every sampling step are
 float32). "auto" (default) is bf16 on a GPU and fp32 on a CPU. On a CPU with bf16 matrix units
 (Intel AMX, AVX512-BF16) bf16 makes a window pass nearly as cheap as a one-code pass, which is
-where "jacobi"/"sjd" pay most; it is not the CPU default because in bf16 a code can depend on
-the shape of the pass it was computed in (rounding ties are ~1,000× likelier than in fp32), so
-"jacobi" then gives "ar"'s codes only nearly and an image its seed's codes only nearly.
+where "jacobi"/"sjd" pay most; it is not the CPU default because in bf16 (8 significant bits,
+fp32 has 24) a code can depend on the shape of the pass it was computed in, so "jacobi" then
+gives "ar"'s codes only nearly, and an image its seed's codes only nearly; the distribution is
+the bf16 model's, a rounding away from the fp32 model's.
 
 Randomness: image i draws every random number from its own seed (`seeds`, or one seed per image
 drawn from `generator`), so its codes never depend on the batch size or the other images.
@@ -75,10 +76,11 @@ def in_precision(model: PreTrainedModel, precision: str) -> PreTrainedModel:
     return twin.eval()
 
 
-def default_window(device: torch.device) -> int:
-    """Codes per pass tried by "jacobi"/"sjd": 16 where a wider pass costs next to nothing (a GPU;
-    SJD's paper uses 16), 8 on a CPU, where each window column costs arithmetic."""
-    return 8 if torch.device(device).type == "cpu" else 16
+def default_window(device: torch.device, precision: str = "fp32") -> int:
+    """Codes per pass tried by "jacobi"/"sjd": 16 where a wider pass costs next to nothing (a GPU,
+    bf16 on a CPU's matrix units; SJD's paper uses 16), 8 for fp32 on a CPU, where each window
+    column costs arithmetic."""
+    return 8 if torch.device(device).type == "cpu" and precision == "fp32" else 16
 
 
 def logits_processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> LogitsProcessorList:
@@ -208,7 +210,7 @@ def sample(
         raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    window = default_window(device) if window is None else window
+    window = default_window(device, precision) if window is None else window
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"window must be an integer ≥ 2, got {window!r}")
     processors = logits_processors(temperature, top_k, top_p)

@@ -217,7 +217,7 @@ def main() -> None:
         CLOCK = time.process_time
     if args.window is None:
         from vqgpt.prior.sampling import default_window
-        args.window = default_window(device)
+        args.window = default_window(device, resolve_precision(args.precision, device))
 
     if args.prior:
         model, spec = load_prior(args.prior, device=device)
