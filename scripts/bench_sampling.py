@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024], help="codes per grid (squares)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--preset", default="digits", choices=list(PRESETS), help="size of the random-weight model")
+    parser.add_argument("--preset", default="mini", choices=list(PRESETS), help="size of the random-weight model")
     parser.add_argument("--prior", help="a trained prior folder instead (its own grid; --lengths is ignored)")
     parser.add_argument("--codebook-size", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=10)

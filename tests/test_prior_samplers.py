@@ -321,3 +321,19 @@ def test_bf16_samplers_draw_the_model_distribution(sampler):
     assert goodness_of_fit(grid_counts(codes), probs) > 1e-3
     off = sample(model, TINY, n, labels, temperature=1.8, seeds=torch.arange(n), **common)
     assert goodness_of_fit(grid_counts(off), probs) < 1e-3
+
+
+def test_the_sampling_benchmark_runs_with_its_defaults_and_in_bf16():
+    """scripts/bench_sampling.py with its default model size, tiny lengths, both precisions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_sampling.py"
+    for precision in ("fp32", "bf16"):
+        out = subprocess.run([sys.executable, str(script), "--lengths", "16", "--batches", "1", "--methods",
+                              "plain-pytorch", "ar", "jacobi", "--repeats", "1", "--images", "1",
+                              "--precision", precision], capture_output=True, text=True, timeout=300, check=True).stdout
+        assert f"precision {precision} (every method)" in out
+        rows = [line.split() for line in out.splitlines() if line.strip().startswith("16 ")]
+        assert [r[2] for r in rows] == ["plain-pytorch", "ar", "jacobi"] and all(float(r[3].replace(",", "")) > 0 for r in rows)
