@@ -193,7 +193,8 @@ def sample(
         cache) or "none" (full recomputation every pass: a reference).
     compile: torch.compile the static decoder's forward pass (one graph per window width; off by
         default: on a CPU it measured slower, and the first call compiles for tens of seconds).
-    precision: "auto" (bf16 on a GPU, fp32 on a CPU), "fp32" or "bf16" (see the module's doc).
+    precision: "auto" (bf16 on a GPU, fp32 on a CPU), "fp32" (the model's weights as they are) or
+        "bf16" (a bf16 copy; see the module's doc).
     stats: a dict to receive {"passes": forward passes, "images", "codes": codes drawn per image,
         "sampler", "precision"}.
     """

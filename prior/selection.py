@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import PriorSpec
-from .sampling import sample
+from .sampling import in_precision, resolve_precision, sample
 
 __all__ = ["SelectionConfig", "CodeJudge", "select_sampling", "choose", "FALLBACK_SAMPLING"]
 
@@ -256,9 +256,11 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
         fd_ratio = FrechetRatio(features, spec, originals, val_codes, config.fd_dims, config.seed)
     guidances = config.guidances if spec.has_null_condition else (1.0,)
     candidates = []
+    # one copy in the sampling precision for all candidates (bf16 on a GPU), not one per sample() call
+    runner = in_precision(model, resolve_precision("auto", next(model.parameters()).device))
     for guidance in guidances:
         for temperature in config.temperatures:
-            codes = sample(model, spec, len(labels), class_labels=labels, guidance_scale=guidance,
+            codes = sample(runner, spec, len(labels), class_labels=labels, guidance_scale=guidance,
                            temperature=temperature, batch_size=batch_size,
                            generator=torch.Generator().manual_seed(config.seed)).flatten(1)
             variety = _variety(codes, labels, seed=config.seed) / max(real_variety, 1e-9)
