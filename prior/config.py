@@ -125,7 +125,7 @@ class PriorTrainConfig:
     sample_per_class: int = 1  # grids per class (or 8 × this when unconditional) passed to the callback
     sample_guidance_scale: float = 2.0  # classifier-free guidance for those grids (before the final selection)
     select_sampling: bool = True  # at the end, choose guidance/temperature on held-out rows (prior/selection.py)
-    selection_samples: int = 200  # grids drawn per candidate setting for that choice
+    selection_samples: int = 520  # grids drawn per candidate setting for that choice (20 per class at 26 classes)
     # how far above plain sampling's Fréchet ratio the chosen setting may go (clearer classes vs
     # samples that look like the data): 0.2 measured on letters (prior/selection.py); the demo allows more
     selection_max_fd_increase: float = 0.2

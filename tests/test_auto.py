@@ -66,9 +66,9 @@ def test_tokenizer_training_length_from_the_data_size(images, steps):
     assert train["steps"] == steps and train["disc_start"] == int(steps * 0.75)
 
 
-@pytest.mark.parametrize("rows, images, steps, dropout", [(300, None, 200, 0.1), (1500, None, 258, 0.1),
+@pytest.mark.parametrize("rows, images, steps, dropout", [(300, None, 200, 0.1), (1500, None, 375, 0.1),
                                                             (1_000_000, None, 5000, 0.0),
-                                                            (11232, 1404, 683, 0.0)])  # 8 rows per image: √8 × longer
+                                                            (11232, 1404, 993, 0.0)])  # 8 rows per image: √8 × longer
 def test_prior_training_length_and_regularisation_from_the_data_size(rows, images, steps, dropout):
     derived, why = auto.prior_defaults(rows, 64, batch_size=64, images=images)
     assert derived["train"]["max_steps"] == steps and derived["train"]["early_stopping_patience"] == 3

@@ -121,3 +121,25 @@ def test_frechet_distance_matches_its_closed_form():
     assert abs(frechet_distance(a, shifted) - 5.0) < 1e-6
     wide = a * 2.0  # Σ → 4Σ ≈ 4I: tr Σ + tr 4Σ − 2 tr (2Σ) = tr Σ ≈ 3
     assert abs(frechet_distance(a, wide) - 3.0) < 0.2
+
+
+def test_frechet_ratio_is_one_for_the_data_and_averages_over_held_out_sized_subsets():
+    """Grids from the data's own distribution sit at ~1; samples beyond one held-out-sized subset
+    are used (the mean over disjoint subsets), so more samples give a steadier ratio."""
+    from vqgpt.prior.selection import FrechetRatio
+
+    spec = PriorSpec(codebook_size=8, grid=(2, 2), class_names=("a", "b"))
+    table = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    weights = torch.tensor([8.0, 4, 2, 1, 1, 1, 0.5, 0.5])
+
+    def draw(n: int, seed: int) -> torch.Tensor:
+        return torch.multinomial(weights, n * 4, replacement=True, generator=torch.Generator().manual_seed(seed)).view(n, 4)
+
+    ratio = FrechetRatio(lambda grids: table[grids].flatten(1), spec, draw(3000, 1), draw(100, 2), dims=8)
+    one = [ratio(draw(100, 10 + s)) for s in range(12)]
+    eight = [ratio(draw(800, 40 + s)) for s in range(12)]
+    assert 0.5 < np.mean(eight) < 2.0
+    assert np.std(eight) < 0.6 * np.std(one)
+    spread = draw(800, 5)
+    spread = torch.where(spread == 0, torch.full_like(spread, 7), spread)  # another distribution: told apart
+    assert ratio(spread) > 2 * np.mean(eight)
