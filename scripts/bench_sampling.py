@@ -135,7 +135,7 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
     labels = torch.arange(batch) % spec.num_classes if spec.num_classes else None
     common = dict(temperature=args.temperature, top_k=args.top_k, batch_size=batch, precision=args.precision,
                   guidance_scale=args.guidance if labels is not None else 1.0)
-    dtype = torch.bfloat16 if resolve_precision(args.precision, device) == "bf16" else torch.float32
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     repeats = 1 if args.quick else args.repeats
     slice_codes = min(16 if args.quick else 32, N // 2)
     if method in ("plain-pytorch", "generate") and args.guidance != 1.0:
@@ -149,7 +149,7 @@ def measure(method, model, spec, batch, args, device) -> dict | None:
         return dict(codes_per_s=batch * N / seconds, passes=N, codes=N, estimated=False)
     if method == "generate":
         cond = torch.full((batch, 1), spec.class_token_offset, device=device)
-        lm = in_precision(model, resolve_precision(args.precision, device))
+        lm = in_precision(model, args.precision)
 
         def generate(new: int, given: int):
             prompt = torch.cat([cond, torch.zeros(batch, given, dtype=torch.long, device=device)], 1)
@@ -215,9 +215,10 @@ def main() -> None:
     if args.cpu_time:
         global CLOCK
         CLOCK = time.process_time
+    args.precision = resolve_precision(args.precision, device)  # "auto" → what it means on this device
     if args.window is None:
         from vqgpt.prior.sampling import default_window
-        args.window = default_window(device, resolve_precision(args.precision, device))
+        args.window = default_window(device, args.precision)
 
     if args.prior:
         model, spec = load_prior(args.prior, device=device)
@@ -237,7 +238,7 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) | transformers {transformers.__version__} | {device}")
     print(f"model: {what}, {models[0][1].config.model_type}, {params / 1e6:.2f}M parameters, vocab {models[0][0].vocab_size}; "
           f"guidance {args.guidance}, temperature {args.temperature}, top-k {args.top_k}, window {args.window}, "
-          f"precision {resolve_precision(args.precision, device)} (every method); "
+          f"precision {args.precision} (every method); "
           f"{'process CPU time' if args.cpu_time else 'wall clock'}, median of {1 if args.quick else args.repeats}")
     if not args.prior:
         print("note: random weights — speeds per pass are real, codes per pass of jacobi/sjd are NOT (use --prior DIR)")
