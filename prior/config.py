@@ -115,6 +115,7 @@ class PriorTrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
     label_dropout: float = 0.1  # probability of replacing the class token by the null token (for CFG)
+    token_dropout: float = 0.0  # probability of replacing each input code by a random one (targets stay true)
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (autocast through accelerate)
     eval_every: int = 250  # steps between held-out evaluations (bits per code)
     eval_max_batches: int | None = None  # cap on held-out batches per evaluation (None = whole split)
@@ -159,6 +160,8 @@ class PriorTrainConfig:
             raise ValueError(f"train.grad_clip must be ≥ 0, got {self.grad_clip}")
         if not 0.0 <= self.label_dropout <= 1.0:
             raise ValueError(f"train.label_dropout must be in [0, 1], got {self.label_dropout}")
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"train.token_dropout must be in [0, 1), got {self.token_dropout}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if self.eval_max_batches is not None and self.eval_max_batches < 1:

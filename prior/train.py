@@ -64,11 +64,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def sequence_nll(model: nn.Module, batch: torch.Tensor, spec: PriorSpec) -> torch.Tensor:
+def sequence_nll(model: nn.Module, batch: torch.Tensor, spec: PriorSpec,
+                 inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Negative log-likelihood (nats) of each code: batch LongTensor[B, 1 + h·w] → FloatTensor[B, h·w].
 
-    Only code positions are scored, and only over the K code tokens (what sampling can emit)."""
-    inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, N) each, N = h*w
+    Only code positions are scored, and only over the K code tokens (what sampling can emit).
+    `inputs` (LongTensor[B, h·w]) replaces what the model reads, `batch[:, :-1]`, keeping the
+    targets (token dropout)."""
+    inputs, targets = (batch[:, :-1] if inputs is None else inputs), batch[:, 1:]  # (B, N) each, N = h*w
     logits, _ = code_logits(model, inputs, spec, use_cache=False)  # (B, N, K) float32
     nll = F.cross_entropy(logits.reshape(-1, spec.codebook_size), targets.reshape(-1), reduction="none")
     return nll.view(targets.shape)  # (B, N)
@@ -93,6 +96,28 @@ def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, r
     return batch
 
 
+def drop_tokens(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, row_offset: int = 0,
+                global_rows: int | None = None) -> torch.Tensor:
+    """The model's inputs, `batch[:, :-1]`, with each code (never the condition token) replaced by
+    a uniformly random code with probability p; the targets stay the true codes.
+
+    Token dropout: a prior that learnt to continue only clean prefixes has never seen the slips it
+    makes itself when sampling; one trained on slightly corrupted prefixes leans on the whole
+    context rather than on the last few codes (LlamaGen drops token embeddings for the same end).
+    Seeded per global row exactly as `drop_labels`, so processes and resumed runs agree."""
+    inputs = batch[:, :-1]
+    if p <= 0 or inputs.shape[1] < 2:
+        return inputs
+    rows, n = inputs.shape[0], inputs.shape[1] - 1
+    total = max(global_rows or rows, row_offset + rows)
+    gen = torch.Generator().manual_seed(seed)
+    uniform = torch.rand(total, n, generator=gen)[row_offset:row_offset + rows]
+    random_codes = torch.randint(spec.codebook_size, (total, n), generator=gen)[row_offset:row_offset + rows]
+    codes = inputs[:, 1:]
+    noisy = torch.where((uniform < p).to(codes.device), random_codes.to(codes.device), codes)
+    return torch.cat([inputs[:, :1], noisy], dim=1)
+
+
 def train_step(
     model: nn.Module,
     micro_batches: list[torch.Tensor],
@@ -112,8 +137,10 @@ def train_step(
             seed = hash((config.seed, step, micro)) & 0x7FFF_FFFF_FFFF_FFFF  # ints hash the same in every process
             batch = drop_labels(batch, spec, config.label_dropout, seed, accelerator.process_index * config.batch_size,
                                 config.batch_size * accelerator.num_processes)
+            inputs = drop_tokens(batch, spec, config.token_dropout, seed ^ 0x5EED, accelerator.process_index * config.batch_size,
+                                 config.batch_size * accelerator.num_processes)
             with accelerator.autocast():
-                loss = sequence_nll(model, batch, spec).mean()
+                loss = sequence_nll(model, batch, spec, inputs).mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if config.grad_clip > 0:

@@ -73,6 +73,7 @@ def test_prior_training_length_and_regularisation_from_the_data_size(rows, image
     derived, why = auto.prior_defaults(rows, 64, batch_size=64, images=images)
     assert derived["train"]["max_steps"] == steps and derived["train"]["early_stopping_patience"] == 3
     assert derived["model"]["dropout"] == dropout and len(why) == 3
+    assert derived["train"]["token_dropout"] == 0.1 and "token dropout 0.1" in why[2]
     assert ("8 per image" in why[0]) == (images is not None)
 
 

@@ -184,8 +184,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
     real, calls = pt.sequence_nll, []
 
-    def poisoned(model, batch, spec):
-        nll = real(model, batch, spec)
+    def poisoned(model, batch, spec, inputs=None):
+        nll = real(model, batch, spec, inputs)
         calls.append(model.training)
         return nll * float("nan") if sum(calls) == 3 else nll  # the third training forward diverges
 
@@ -210,3 +210,31 @@ def test_label_dropout_draws_differ_per_process_and_add_up_to_one_process():
     assert not torch.equal(ranks[0], ranks[1])
     assert set(whole.tolist()) == {spec.class_token_offset, spec.null_token_id}
     assert torch.equal(drop_labels(batch, spec, 0.5, seed=7, global_rows=8)[:, 0], whole)  # reproducible
+
+
+def test_token_dropout_corrupts_input_codes_only_and_adds_up_across_processes():
+    from vqgpt.prior import PriorSpec
+    from vqgpt.prior.train import drop_tokens
+
+    spec = PriorSpec(16, (8, 8), ("a", "b"))
+    g = torch.Generator().manual_seed(0)
+    batch = torch.cat([torch.full((64, 1), spec.class_token_offset), torch.randint(16, (64, 64), generator=g)], 1)
+    inputs = drop_tokens(batch, spec, 0.25, seed=3, row_offset=0, global_rows=64)
+    assert inputs.shape == batch[:, :-1].shape
+    assert torch.equal(inputs[:, 0], batch[:, 0])  # the condition token stays
+    changed = (inputs[:, 1:] != batch[:, 1:-1]).float().mean().item()
+    assert 0.25 * 15 / 16 - 0.03 < changed < 0.25 * 15 / 16 + 0.03  # a random code equals the true one 1/16 of the time
+    assert int(inputs[:, 1:].max()) < spec.codebook_size  # only codes, never a class or null token
+    ranks = [drop_tokens(batch[32 * r:32 * (r + 1)], spec, 0.25, seed=3, row_offset=32 * r, global_rows=64) for r in (0, 1)]
+    assert torch.equal(torch.cat(ranks), inputs)
+    assert torch.equal(drop_tokens(batch, spec, 0.0, seed=3), batch[:, :-1])
+
+
+def test_token_dropout_changes_training(tmp_path):
+    tok = tokens(tmp_path / "tok")
+    plain = train_prior(MODEL, dataclasses.replace(TRAIN, max_steps=3), tok, tmp_path / "plain")
+    noisy = train_prior(MODEL, dataclasses.replace(TRAIN, max_steps=3, token_dropout=0.3), tok, tmp_path / "noisy")
+    assert math.isfinite(noisy["val_bits_per_code"])
+    assert noisy["train_bits_per_code"] != pytest.approx(plain["train_bits_per_code"], rel=1e-6)
+    with pytest.raises(ValueError, match="token_dropout"):
+        dataclasses.replace(TRAIN, token_dropout=1.0)
