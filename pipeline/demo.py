@@ -40,7 +40,7 @@ DEMO_PRIOR = {
     "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
     # Batch 32 at lr 2e-3 for 800 steps (as many rows as 400 of 64 at 1e-3): held-out 1.59-1.65 vs 1.69
     # bits per code. The demo's goal is digits a classifier recognises (≥ 95 %), so its sampling choice
-    # may move further from plain sampling's Fréchet ratio than a user's (35 % vs 20 %; with 15 % it
+    # may move further from plain sampling's Fréchet ratio than a user's (35 % vs 25 %; with 15 % it
     # settled on guidance 1.5 / temperature 1, read at 89-93 %), on 500 draws per candidate (less noise).
     "train": {"batch_size": 32, "max_steps": 800, "learning_rate": 2e-3, "warmup_steps": 40, "weight_decay": 0.1,
               "label_dropout": 0.1, "eval_every": 100, "early_stopping_patience": 3, "checkpoint_every": 400,

@@ -60,9 +60,11 @@ class SelectionConfig:
     min_variety: float = 0.8  # same-class Hamming variety, relative to held-out real grids
     max_near_copies: float = 0.1  # share of samples closer to a training row than 95 % of held-out rows are
     # Fréchet ratio allowed above plain sampling's (guidance 1, temperature 1). Letters (tune set):
-    # 0.15 kept guidance 1 / T 0.35 (83 % legible, pixel FD 1.81x real), 0.2 lets guidance 1.5 / T 0.5
-    # in (92 %, 1.91x); the goal is ≥ 90 % within 2x.
-    max_fd_increase: float = 0.2
+    # 0.15 kept guidance 1 / T 0.35 (83 % legible, pixel FD 1.81x real), 0.2 let guidance 1.5 / T 0.5
+    # in (92 %, 1.91x); the goal is ≥ 90 % within 2x. With token dropout the tune set's best setting
+    # (guidance 1.5 / T 0.7: 95.8 %, 1.68x) sat at 1.18x plain, inside 0.2 by less than the ratio's
+    # noise; 0.25 keeps it in and still leaves out the next harsher ones (1.33x and 1.35x plain).
+    max_fd_increase: float = 0.25
     fd_dims: int = 64  # the Fréchet distance is taken in the top principal components of the features
     min_judge_accuracy: float = 0.5  # below this on held-out rows, the judge's verdicts are not used
     seed: int = 0
