@@ -10,7 +10,7 @@ that are not in the training folder (other renderings, other icons, other photog
 |---|---|---|---|
 | ``letters-a`` | 32 px grey glyphs A–Z | 26 | font families of group A (DejaVu, URW base35 and its TeX Gyre / FreeFont descendants, Latin Modern / CMU, STIX, ADF, Go, Cantarell, PT, …) |
 | ``letters-b`` | 32 px grey glyphs A–Z | 26 | font families of group B (Liberation / Croscore, Carlito / Caladea, Noto, Roboto, Open Sans, Lato, Libertine, EB Garamond, SIL, Fira, …) — no family shared with A |
-| ``letters-c`` | 32 px grey glyphs A–Z | 26 | font families of group C (Inter, Manrope, Karla, JetBrains Mono, Lemonada, Cardo, Fanwood, Goudy Bookletter, Quattrocento, Comfortaa, B612, Humor Sans and dkg-handwriting, …) — none shared with A or B, built once the defaults were settled |
+| ``letters-c`` | 32 px grey glyphs A–Z | 26 | font families of group C (Inter, Manrope, Karla, JetBrains Mono, Lemonada, Cardo, Fanwood, Goudy Bookletter, Quattrocento, Comfortaa, B612, Humor Sans and dkg-handwriting, …) — none shared with A or B, built last and only measured |
 | ``icons-a`` | colour RGBA icons, 32 px where drawn | theme categories | oxygen, elementary-xfce, nuoveXT2, Faenza icon themes |
 | ``icons-b`` | colour RGBA icons, 32 px where drawn | theme categories | mate, gnome, Tango, Moka icon themes (no theme shared with A) |
 | ``photos`` | 32 px colour crops of photographs | none | photographic wallpapers of plasma-workspace-wallpapers and mate-backgrounds; the test folder's crops come from photographs the training crops never touch |
@@ -64,7 +64,7 @@ LETTER_GROUPS = {
         "fonts-firacode", "fonts-inconsolata", "fonts-comic-neue", "fonts-cabin", "fonts-oldstandard",
         "fonts-quicksand", "fonts-junicode", "fonts-anonymous-pro",
     ],
-    # Built after the defaults were settled and measured once, never tuned on: no family shared with
+    # Built last and only ever measured (never tuned on): no family shared with
     # A or B, nor derived from one of theirs (OpenDyslexic ← Bitstream Vera, Roboto Slab, Courier
     # Prime, Doulos SIL left out); two handwriting faces (Humor Sans, dkg-handwriting).
     "letters-c": [
