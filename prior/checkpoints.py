@@ -49,6 +49,9 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dic
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # every process writes its own RNG state into `tmp`: the main one may rename it only once all
+    # have (a two-process CPU run failed with "parent directory .step_3.tmp does not exist")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {**record, "scheduler": scheduler.state_dict()}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
