@@ -201,7 +201,8 @@ class FrechetRatio:
         # ratio so noisy (±0.1) that a letters run kept guidance 1.5 / T 0.7 (85 % legible) out of
         # fear of T 0.5, whose 1,000 samples lay only 3 % further from real letters (90 %).
         order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(self.seed))
-        subsets = order[: max(1, len(codes) // self.held_rows) * self.held_rows].view(-1, min(self.held_rows, len(codes)))
+        size = min(self.held_rows, len(codes))
+        subsets = [keep for keep in order.split(size) if len(keep) == size]  # a short remainder is left out
         distances = [frechet_distance(self._project(self._raw(codes[keep])), self.train) for keep in subsets]
         return float(np.mean(distances)) / max(self.reference, 1e-12)
 

@@ -77,6 +77,11 @@ def sequence_nll(model: nn.Module, batch: torch.Tensor, spec: PriorSpec,
     return nll.view(targets.shape)  # (B, N)
 
 
+def _global_rows(rows: int, row_offset: int, global_rows: int | None) -> tuple[int, slice]:
+    """Rows of the global batch to draw for, and this process's slice of them."""
+    return max(global_rows or rows, row_offset + rows), slice(row_offset, row_offset + rows)
+
+
 def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, row_offset: int = 0,
                 global_rows: int | None = None) -> torch.Tensor:
     """Replace the condition token by the null token with probability p (classifier-free guidance).
@@ -87,9 +92,8 @@ def drop_labels(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, r
     and N processes × B rows drop exactly what 1 process × N·B rows would."""
     if p <= 0 or spec.num_classes == 0:
         return batch
-    rows = batch.shape[0]
-    total = max(global_rows or rows, row_offset + rows)
-    uniform = torch.rand(total, generator=torch.Generator().manual_seed(seed))[row_offset:row_offset + rows]
+    total, mine = _global_rows(batch.shape[0], row_offset, global_rows)
+    uniform = torch.rand(total, generator=torch.Generator().manual_seed(seed))[mine]
     drop = (uniform < p).to(batch.device)  # (B,)
     batch = batch.clone()
     batch[:, 0] = torch.where(drop, torch.full_like(batch[:, 0], spec.null_token_id), batch[:, 0])
@@ -108,11 +112,11 @@ def drop_tokens(batch: torch.Tensor, spec: PriorSpec, p: float, seed: int = 0, r
     inputs = batch[:, :-1]
     if p <= 0 or inputs.shape[1] < 2:
         return inputs
-    rows, n = inputs.shape[0], inputs.shape[1] - 1
-    total = max(global_rows or rows, row_offset + rows)
+    n = inputs.shape[1] - 1
+    total, mine = _global_rows(inputs.shape[0], row_offset, global_rows)
     gen = torch.Generator().manual_seed(seed)
-    uniform = torch.rand(total, n, generator=gen)[row_offset:row_offset + rows]
-    random_codes = torch.randint(spec.codebook_size, (total, n), generator=gen)[row_offset:row_offset + rows]
+    uniform = torch.rand(total, n, generator=gen)[mine]
+    random_codes = torch.randint(spec.codebook_size, (total, n), generator=gen)[mine]
     codes = inputs[:, 1:]
     noisy = torch.where((uniform < p).to(codes.device), random_codes.to(codes.device), codes)
     return torch.cat([inputs[:, :1], noisy], dim=1)
