@@ -99,7 +99,7 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16, ima
     codebook = 256 if channels == 3 else 64
     steps = int(min(3000, max(600, round(TOKENIZER_PASSES * data.images / batch_size))))
     model = {"channels": channels, "image_size": size, "channel_mult": mult, "codebook_size": codebook}
-    train = {"steps": steps, "warmup_steps": min(30, steps // 10), "disc_start": int(steps * 0.75),
+    train = {"max_steps": steps, "warmup_steps": min(30, steps // 10), "disc_start": int(steps * 0.75),
              "checkpoint_every": max(1, steps // 2), "sample_every": max(1, steps // 3)}
     grid = size // 2 ** (len(mult) - 1)
     colour = (f"RGB: {data.colour_share:.0%} of {data.sampled} sampled images have colour" if channels == 3 else
@@ -109,7 +109,7 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16, ima
            f"codebook {codebook} codes — {'colour' if channels == 3 else 'grey'} images at CPU size "
            f"(change: --set model.codebook_size=K)",
            f"{steps} steps ≈ {steps * batch_size / max(data.images, 1):.1f} passes over {data.images} images "
-           f"(change: --set train.steps=N)"]
+           f"(change: --set train.max_steps=N)"]
     return {"model": model, "train": train}, why
 
 

@@ -43,7 +43,7 @@ def _add_config_args(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--config", metavar="JSON", help='JSON file {"model": {...}, "train": {...}} layered over the preset')
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", default=[],
-        help="override one setting, e.g. --set model.codebook_size=512 --set train.steps=2000 (repeatable)",
+        help="override one setting, e.g. --set model.codebook_size=512 --set train.max_steps=2000 (repeatable)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")

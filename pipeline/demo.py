@@ -32,7 +32,7 @@ __all__ = ["run_demo", "DEMO_SETTINGS"]
 DEMO_TOKENIZER = {
     "model": {"image_size": 32, "channels": 1, "base_channels": 16, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
               "z_channels": 32, "norm_groups": 8, "codebook_size": 64, "codebook_dim": 8},
-    "train": {"steps": 300, "batch_size": 16, "lr": 2e-3, "adam_beta1": 0.9, "adam_beta2": 0.99, "warmup_steps": 30,
+    "train": {"max_steps": 300, "batch_size": 16, "learning_rate": 2e-3, "adam_beta1": 0.9, "adam_beta2": 0.99, "warmup_steps": 30,
               "disc_weight": 0.05, "disc_start": 220, "disc_channels": 16, "disc_layers": 2, "checkpoint_every": 150,
               "sample_every": 100},
 }
@@ -56,7 +56,7 @@ DEMO_SETTINGS = {
 
 # --quick: the same chain with a fraction of the steps (used by the end-to-end test).
 QUICK_OVERRIDES = {
-    "tokenizer": {"train.steps": 20, "train.warmup_steps": 2, "train.sample_every": 10, "train.checkpoint_every": 0},
+    "tokenizer": {"train.max_steps": 20, "train.warmup_steps": 2, "train.sample_every": 10, "train.checkpoint_every": 0},
     "prior": {"train.max_steps": 20, "train.selection_samples": 20, "train.warmup_steps": 2, "train.eval_every": 10,
               "train.sample_every": 10, "train.checkpoint_every": 0},
 }

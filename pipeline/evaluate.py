@@ -165,7 +165,7 @@ def evaluate_tokenizer(model: tk.VQGAN, images: Images, evaluator: Evaluator, ca
     """PSNR, SSIM, LPIPS, codebook usage/perplexity, rFID and pixel FD of ``model`` on ``images``."""
     reference, record = evaluator.reference(images, cache_dir)
     collector = evaluator.collector(images)
-    figures = tk.evaluate(model, images, batch_size=evaluator.batch_size, device=evaluator.device,
+    figures = tk.evaluate_reconstruction(model, images, batch_size=evaluator.batch_size, device=evaluator.device,
                           lpips=evaluator.lpips, on_batch=lambda real, recon: collector.add(recon))
     section: dict[str, Any] = {
         "psnr": figures["psnr"], "ssim": figures["ssim"],
@@ -203,7 +203,7 @@ def prior_bits_per_code(model: torch.nn.Module, spec: pr.PriorSpec, data: pr.Tok
 
     def bits(dataset: Dataset, cap: int | None = None) -> float:
         loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size, shuffle=False))
-        return pr.evaluate(model, loader, spec, accelerator, max_batches=cap)["val_bits_per_code"]
+        return pr.evaluate_bits_per_code(model, loader, spec, accelerator, max_batches=cap)["val_bits_per_code"]
 
     figures: dict[str, Any] = {"validation_bits_per_code": bits(data.validation),
                                "train_bits_per_code": bits(data.train, max_train_batches), "per_class": {}}

@@ -40,5 +40,5 @@ def reconstruct(model: tk.VQGAN, data: Dataset, out: str | Path, num_images: int
     """Write the side-by-side grid (``write_reconstruction_grid``) and return PSNR, SSIM,
     codebook usage and perplexity over all of ``data``."""
     write_reconstruction_grid(model, data, out, num_images=num_images, batch_size=batch_size)
-    metrics = tk.evaluate(model, data, batch_size=batch_size)
+    metrics = tk.evaluate_reconstruction(model, data, batch_size=batch_size)
     return {**metrics, "images": len(data)}

@@ -156,9 +156,11 @@ def build_configs(
                     raise ValueError(
                         f"unknown config section {section!r} in {key!r}; sections: {', '.join(sections)}"
                     )
+                _refuse_renamed(key, field, [sections[section]], section)
                 if field not in types_by_section[section]:
                     raise ValueError(_unknown_key_message(key, types_by_section, section))
             else:
+                _refuse_renamed(key, field, list(sections.values()), None)
                 owners = [s for s, fields in types_by_section.items() if field in fields]
                 if not owners:
                     raise ValueError(_unknown_key_message(key, types_by_section, None))
@@ -176,6 +178,14 @@ def build_configs(
         except TypeError as err:  # a field that cannot be set at construction time
             raise ValueError(f"invalid {name} config: {err}") from None
     return built
+
+
+def _refuse_renamed(key: str, field: str, classes: list[type], section: str | None) -> None:
+    """An old setting name (a dataclass' ``renamed`` map: old → new) is one line naming the new one."""
+    for cls in classes:
+        new = getattr(cls, "renamed", {}).get(field)
+        if new is not None and not any(f.name == field for f in dataclasses.fields(cls)):
+            raise ValueError(f"config key {key!r} was renamed to {f'{section}.{new}' if section else new!r}")
 
 
 def _unknown_key_message(key: str, types_by_section: dict[str, dict[str, Any]], section: str | None) -> str:

@@ -8,13 +8,15 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["checkpoints", "config", "data", "decoding", "jacobi", "model", "sampling", "streams", "train"],
+    submodules=["config", "data", "decode_loop", "kv_decoders", "model", "presets", "run_folder", "sampling",
+                "selection", "streams", "train"],
     submod_attrs={
-        "config": ["DEFAULT_PRESET", "PRESETS", "PriorConfig", "PriorTrainConfig"],
+        "config": ["PriorConfig", "PriorTrainConfig"],
+        "presets": ["DEFAULT_PRESET", "PRESETS"],
         "data": ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "read_token_meta"],
         "model": ["PriorSpec", "build_prior_model", "load_prior", "save_prior"],
         "sampling": ["sample"],
         "streams": ["image_seeds"],
-        "train": ["evaluate", "train_prior", "train_step"],
+        "train": ["evaluate_bits_per_code", "train_prior", "train_step"],
     },
 )

@@ -1,5 +1,5 @@
-"""Settings of the prior: architecture (`PriorConfig`), training (`PriorTrainConfig`) and the
-size presets (`PRESETS`), from the CPU test model up to a few hundred million parameters.
+"""Settings of the prior: its architecture (`PriorConfig`) and how it is trained (`PriorTrainConfig`);
+the size presets are in `presets.py`, as the tokenizer's are.
 
 What the prior is trained on (codebook size, grid, classes) is not a setting: it comes from the
 token dataset and is stored in `vqgpt_prior.json` beside the weights (see `prior.model.PriorSpec`).
@@ -11,7 +11,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-__all__ = ["PriorConfig", "PriorTrainConfig", "PRESETS", "DEFAULT_PRESET", "ARCHITECTURES", "SAMPLERS",
+__all__ = ["PriorConfig", "PriorTrainConfig", "ARCHITECTURES", "SAMPLERS",
            "PRECISIONS", "TEMPERATURE_RANGE", "MAX_GUIDANCE", "sampling_value_error"]
 
 ARCHITECTURES = ("llama", "gpt2")
@@ -170,42 +170,3 @@ class PriorTrainConfig:
             raise ValueError(f"train.early_stopping_patience must be at least 1 or None, got {self.early_stopping_patience}")
         if self.sample_guidance_scale < 0:
             raise ValueError(f"train.sample_guidance_scale must be ≥ 0, got {self.sample_guidance_scale}")
-
-
-# One registry: {preset: {"model": PriorConfig overrides, "train": PriorTrainConfig overrides}}.
-PRESETS: dict[str, dict[str, dict]] = {
-    # Seconds on a CPU: unit tests and smoke runs.
-    "tiny": {
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.0},
-        "train": {"select_sampling": False, "batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_max_batches": 2,
-                  "checkpoint_every": 10, "log_every": 5},
-    },
-    # CPU size (128 wide, 4 layers). Training length, evaluation cadence, early stopping and the
-    # regularisation (dropout, weight decay) come from the token data (vqgpt.pipeline.auto) unless set.
-    "mini": {
-        "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
-        # batch 32 at 2e-3: on a letters set, 1.85 held-out bits per code where 64 at 1e-3 reached 1.93
-        # for the same rows seen (and the same time)
-        "train": {"batch_size": 32, "learning_rate": 2e-3, "label_dropout": 0.1, "log_every": 10},
-    },
-    # GPU sizes (LlamaGen-like widths/depths). Token data decides the vocabulary and length.
-    "small": {
-        "model": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "dropout": 0.1},
-        "train": {"batch_size": 128, "max_steps": 50_000, "learning_rate": 4e-4, "warmup_steps": 1000,
-                  "mixed_precision": "bf16", "eval_every": 1000, "checkpoint_every": 5000, "sample_every": 5000,
-                  "log_every": 50},
-    },
-    "base": {  # ~110M parameters
-        "model": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "dropout": 0.1},
-        "train": {"batch_size": 64, "max_steps": 200_000, "learning_rate": 3e-4, "warmup_steps": 2000,
-                  "mixed_precision": "bf16", "eval_every": 2000, "checkpoint_every": 5000, "sample_every": 10_000,
-                  "log_every": 100},
-    },
-    "large": {  # ~340M parameters
-        "model": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "dropout": 0.1},
-        "train": {"batch_size": 32, "gradient_accumulation_steps": 2, "max_steps": 300_000, "learning_rate": 2e-4,
-                  "warmup_steps": 5000, "mixed_precision": "bf16", "eval_every": 2000, "checkpoint_every": 5000,
-                  "sample_every": 10_000, "log_every": 100},
-    },
-}
-DEFAULT_PRESET = "mini"

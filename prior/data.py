@@ -14,8 +14,6 @@ only the metadata.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .model import PriorSpec, swap_dir
+from vqgpt.atomic import write_folder
+
+from .model import PriorSpec
 
 __all__ = ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "save_token_dataset",
            "token_meta", "token_features", "read_token_meta", "is_token_dataset", "code_counts", "TOKENS_FILE",
@@ -115,15 +115,9 @@ def save_token_dataset(splits: dict[str, Any], meta: dict, path: str | Path) -> 
     description = json.dumps(meta, sort_keys=True)
     for ds in splits.values():
         ds.info.description = description
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with write_folder(path) as tmp:
         DatasetDict(splits).save_to_disk(str(tmp))
         (tmp / TOKENS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        swap_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
+
+from vqgpt.atomic import write_folder
 
 from .config import PriorConfig
 
@@ -192,31 +191,13 @@ def code_logits(model: PreTrainedModel, input_ids: torch.Tensor, spec: PriorSpec
 
 
 def save_prior(model: PreTrainedModel, spec: PriorSpec, out_dir: str | Path) -> Path:
-    """Write `save_pretrained` files + `vqgpt_prior.json` into `out_dir` atomically (temp folder,
-    then rename). An existing `out_dir` is replaced only if it holds a prior (or is empty)."""
+    """Write `save_pretrained` files + `vqgpt_prior.json` into `out_dir` atomically (a temporary
+    sibling folder, then one rename: `vqgpt.atomic.write_folder`)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with write_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
-        swap_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def swap_dir(new: Path, path: Path) -> None:
-    """Put the finished folder `new` at `path`, replacing what is there: the old folder is moved
-    aside first and removed last, so `path` is never half-written."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, path)
 
 
 def read_spec(prior_dir: str | Path) -> PriorSpec:

@@ -38,8 +38,8 @@ import torch
 from transformers import LogitsProcessorList, PreTrainedModel, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from .config import PRECISIONS, SAMPLERS, sampling_value_error
-from .decoding import KV_CACHES, make_decoder
-from .jacobi import SharedNoise, Speculative, decode
+from .kv_decoders import KV_CACHES, make_decoder
+from .decode_loop import SharedNoise, Speculative, decode
 from .model import PriorSpec
 from .streams import seeds_from_generator
 

@@ -1,40 +1,42 @@
 """Training the prior through `accelerate` (one CPU, one GPU, or many processes).
 
 `train_step` (one optimizer step over `gradient_accumulation_steps` micro-batches → metrics),
-`evaluate` (held-out bits per code → metrics), and `train_prior`, the loop that owns
-checkpoints, logging, early stopping and the final `save_pretrained` (the folder's files are
-described in `checkpoints.py`). Only the main process writes files or shows a progress bar;
-every process runs the same steps.
+`evaluate_bits_per_code` (held-out bits per code → metrics), and `train_prior`, the loop that owns
+checkpoints, logging, early stopping and the final `save_pretrained`. Checkpoints, resuming, the
+metrics log and the NaN stop are `vqgpt.checkpoints`' (shared with the tokenizer); the folder's
+other files are described in `run_folder.py`. Only the main process writes files or shows a
+progress bar; every process runs the same steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from . import checkpoints as ckpt
+from vqgpt import checkpoints as ckpt
+
+from . import run_folder
 from .config import PriorConfig, PriorTrainConfig
 from .data import TokenData, load_token_dataset
 from .model import SPEC_FILE, PriorSpec, build_prior_model, code_logits, load_prior, save_prior
 from .sampling import sample
 from .selection import SelectionConfig, select_sampling
 
-__all__ = ["train_prior", "train_step", "evaluate", "TrainState", "sequence_nll", "param_groups"]
+__all__ = ["train_prior", "train_step", "evaluate_bits_per_code", "TrainState", "sequence_nll", "param_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, spec: PriorSpec, accelerator: Accelerator,
+def evaluate_bits_per_code(model: nn.Module, loader: DataLoader, spec: PriorSpec, accelerator: Accelerator,
              max_batches: int | None = None) -> dict:
     """Held-out loss over code positions: nats and bits per code (true labels, no dropout)."""
     was_training = model.training
@@ -179,16 +181,6 @@ def evaluate(model: nn.Module, loader: DataLoader, spec: PriorSpec, accelerator:
 
 
 # --------------------------------------------------------------------------- loop
-
-
-def _batches(accelerator: Accelerator, loader: DataLoader, start: int) -> Iterator[torch.Tensor]:
-    """Endless micro-batches; epoch e is shuffled with seed + e, so a resumed run skips to where it was."""
-    per_epoch = len(loader)
-    epoch, skip = divmod(start, per_epoch)
-    while True:
-        loader.set_epoch(epoch)
-        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
-        epoch, skip = epoch + 1, 0
 
 
 def train_prior(
@@ -219,21 +211,15 @@ def train_prior(
     out_dir = Path(out_dir)
     ckpt_root = out_dir / ckpt.CHECKPOINT_DIR
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        # our loop groups micro-batches itself, across epoch ends: never force a sync at an epoch's end
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps,
-                                                                sync_with_dataloader=False),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-    )
+    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed)
     main = accelerator.is_main_process
     if main:
-        ckpt.prepare_out_dir(out_dir, resume, overwrite)
+        run_folder.prepare_out_dir(out_dir, resume, overwrite)
     accelerator.wait_for_everyone()
-    resume_from = ckpt.checkpoints(ckpt_root)[-1][1] if resume else None
-    saved = ckpt.read_state(resume_from) if resume_from else None
+    resume_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
+    saved = ckpt.read_trainer_state(resume_from) if resume_from else None
     if saved is not None:
-        ckpt.check_resume(saved, spec, model_config, str(tokens_dir))
+        run_folder.check_resume(saved, spec, model_config, str(tokens_dir))
 
     set_seed(cfg.seed)
     model = build_prior_model(model_config, spec)
@@ -255,29 +241,20 @@ def train_prior(
 
     state = TrainState()
     if resume_from is not None:
-        ckpt.load_checkpoint(accelerator, resume_from, scheduler)  # model, optimizer, schedule, RNG states
+        ckpt.load_checkpoint(accelerator, resume_from, [scheduler])  # model, optimizer, schedule, RNG states
         state = TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState)})
         if saved.get("train_config", {}).get("max_steps") != cfg.max_steps:
             logger.warning("max_steps changed from %s to %s: the cosine schedule is stretched accordingly",
                            saved.get("train_config", {}).get("max_steps"), cfg.max_steps)
         logger.info("resuming from %s at step %d", resume_from, state.step)
 
-    metrics_path = out_dir / "metrics.jsonl"
-    if main:
-        kept = []
-        if resume_from is not None and metrics_path.is_file():  # drop records the resumed run will redo
-            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line).get("step", 0) <= state.step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    metrics_log = ckpt.MetricsLog(out_dir / ckpt.METRICS_FILE, enabled=main)
+    metrics_log.start(state.step)
     record = {
         "tokens_dir": str(tokens_dir), "tokenizer_fingerprint": spec.tokenizer_fingerprint,
         "codebook_size": spec.codebook_size, "grid": list(spec.grid), "class_names": list(spec.class_names),
         "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(cfg),
     }
-
-    def log(rec: dict) -> None:
-        if main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
 
     def draw_samples(step: int) -> None:
         if sample_callback is None:
@@ -289,8 +266,8 @@ def train_prior(
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict:
-        result = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
-        log({"step": state.step, "split": "validation", "loss": result["val_loss"],
+        result = evaluate_bits_per_code(model, val_loader, spec, accelerator, cfg.eval_max_batches)
+        metrics_log.write({"step": state.step, "split": "validation", "loss": result["val_loss"],
              "bits_per_code": result["val_bits_per_code"], "time": time.time()})
         improved = result["val_bits_per_code"] < state.best_val_bits - 1e-6
         if improved:
@@ -301,13 +278,13 @@ def train_prior(
             state.evals_without_improvement += 1
         accelerator.wait_for_everyone()
         if main:
-            ckpt.plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
+            run_folder.plot_loss_curve(metrics_log, out_dir / ckpt.LOSS_CURVE_FILE)
         return result
 
     tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes * spec.num_codes
     logger.info("prior: %.2fM parameters, %d train / %d validation sequences of %d codes, %d classes",
                 num_params / 1e6, len(data.train), len(data.validation), spec.num_codes, spec.num_classes)
-    batches = _batches(accelerator, train_loader, state.step * cfg.gradient_accumulation_steps)
+    batches = ckpt.resumable_batches(accelerator, train_loader, state.step * cfg.gradient_accumulation_steps)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="prior", unit="step", disable=not main, dynamic_ncols=True)
     start, steps_run, last_ckpt, last_eval = time.time(), 0, state.step, -1
     val: dict = {}
@@ -315,26 +292,19 @@ def train_prior(
     stopped_early = False
     while state.step < cfg.max_steps:
         micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        metrics = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg, step=state.step)
-        # a NaN/Inf loss on any process stops every process before anything is saved
-        if float(accelerator.reduce(torch.tensor(float(not math.isfinite(metrics["loss"])), device=accelerator.device),
-                                    "sum")) > 0:
-            done = ckpt.checkpoints(ckpt_root)
-            kept = f"the last good checkpoint is {done[-1][1].name}" if done else "no checkpoint was written yet"
-            raise FloatingPointError(f"the prior's loss became {metrics['loss']} at step {state.step + 1}; stopped "
-                                     f"without saving ({kept}); resume with a lower learning rate "
-                                     "(--resume --set train.learning_rate=...) or mixed precision off")
+        figures = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg, step=state.step)
+        ckpt.stop_if_diverged(accelerator, figures["loss"], state.step + 1, ckpt_root, "prior")
         state.step += 1
         steps_run += 1
-        running.append(metrics["bits_per_code"])
+        running.append(figures["bits_per_code"])
         bar.update(1)
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             elapsed = time.time() - start
-            log({"step": state.step, "split": "train", "loss": metrics["loss"],
-                 "bits_per_code": sum(running) / len(running), "lr": metrics["lr"], "grad_norm": metrics["grad_norm"],
+            metrics_log.write({"step": state.step, "split": "train", "loss": figures["loss"],
+                 "bits_per_code": sum(running) / len(running), "lr": figures["lr"], "grad_norm": figures["grad_norm"],
                  "tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9), "time": time.time()})
             running = []
-        bar.set_postfix(bits=f"{metrics['bits_per_code']:.3f}", **({"val": f"{val['val_bits_per_code']:.3f}"} if val else {}))
+        bar.set_postfix(bits=f"{figures['bits_per_code']:.3f}", **({"val": f"{val['val_bits_per_code']:.3f}"} if val else {}))
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
             val, last_eval = run_eval(), state.step
             if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
@@ -343,7 +313,7 @@ def train_prior(
                             state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
-                                 cfg.keep_checkpoints, scheduler)
+                                 cfg.keep_checkpoints, [scheduler])
             last_ckpt = state.step
         if cfg.sample_every and state.step % cfg.sample_every == 0:
             draw_samples(state.step)
@@ -354,10 +324,10 @@ def train_prior(
     if last_eval != state.step and (steps_run or not math.isfinite(state.best_val_bits)):
         val = run_eval()
     elif not val:  # resumed a finished run: report its held-out loss without logging it twice
-        val = evaluate(model, val_loader, spec, accelerator, cfg.eval_max_batches)
+        val = evaluate_bits_per_code(model, val_loader, spec, accelerator, cfg.eval_max_batches)
     if last_ckpt != state.step:
         ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
-                             cfg.keep_checkpoints, scheduler)
+                             cfg.keep_checkpoints, [scheduler])
 
     use_best = cfg.early_stopping_patience is not None and (ckpt_root / "best" / SPEC_FILE).is_file()
     final_model = load_prior(ckpt_root / "best", device=accelerator.device)[0] if use_best else \
@@ -371,7 +341,7 @@ def train_prior(
                                         batch_size=max(256, cfg.batch_size), features=grid_features)
             logger.info("sampling defaults: guidance %s, temperature %s (%s)", selection["guidance"],
                         selection["temperature"], selection["selected_by"])
-        ckpt.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)
+        run_folder.publish(final_model, dataclasses.replace(spec, sampling=selection or None), out_dir)
     accelerator.wait_for_everyone()
     if sample_callback is not None:
         if main:  # the model that was saved, with the settings `sample` will use
@@ -386,7 +356,7 @@ def train_prior(
         "stopped_early": stopped_early,
         "val_bits_per_code": state.best_val_bits if use_best else val.get("val_bits_per_code", float("nan")),
         "best_step": state.best_step,
-        "train_bits_per_code": metrics["bits_per_code"] if steps_run else float("nan"),
+        "train_bits_per_code": figures["bits_per_code"] if steps_run else float("nan"),
         "parameters": num_params,
         "seconds": elapsed,
         "train_tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9),

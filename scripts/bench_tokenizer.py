@@ -66,7 +66,7 @@ def bench_one(spec: str, args: argparse.Namespace, work: Path, evaluator: Evalua
         model_config = tk.VQGANConfig(**preset["model"])
         train_over = dict(preset["train"])
         if args.steps is not None:
-            train_over.update(steps=args.steps, disc_start=min(train_over.get("disc_start", 0), int(args.steps * 0.75)))
+            train_over.update(max_steps=args.steps, disc_start=min(train_over.get("disc_start", 0), int(args.steps * 0.75)))
         train_config = tk.TokenizerTrainConfig(**{**train_over, "cpu": args.cpu, "seed": args.seed})
     val = load_images(spec, model_config.image_size, model_config.channels, split="validation")
     if not args.tokenizer:

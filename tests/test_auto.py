@@ -52,7 +52,7 @@ def test_a_resolution_the_user_sets_gets_its_own_downsampling(tmp_path, capsys):
     assert "your setting" in why[1] and "8×8" in why[1]
     data = _folder(tmp_path / "d", 6, 20, colour=False)
     code = main(["train-tokenizer", "--data", str(data), "--out", str(tmp_path / "tok"),
-                 "--set", "model.image_size=32", "--set", "train.steps=1", "--set", "train.batch_size=2"])
+                 "--set", "model.image_size=32", "--set", "train.max_steps=1", "--set", "train.batch_size=2"])
     assert code == 0
     config = json.loads((tmp_path / "tok" / "config.json").read_text())
     assert config["image_size"] == 32 and 32 // 2 ** (len(config["channel_mult"]) - 1) == 8
@@ -63,7 +63,7 @@ def test_a_resolution_the_user_sets_gets_its_own_downsampling(tmp_path, capsys):
 def test_tokenizer_training_length_from_the_data_size(images, steps):
     survey = auto.DataSurvey(images=images, classes=0, typical_size=32, colour_share=0.0, sampled=100)
     train = auto.tokenizer_defaults(survey, False, batch_size=16)[0]["train"]
-    assert train["steps"] == steps and train["disc_start"] == int(steps * 0.75)
+    assert train["max_steps"] == steps and train["disc_start"] == int(steps * 0.75)
 
 
 @pytest.mark.parametrize("rows, images, steps, dropout", [(300, None, 200, 0.1), (1500, None, 375, 0.1),
@@ -79,11 +79,11 @@ def test_prior_training_length_and_regularisation_from_the_data_size(rows, image
 
 def test_train_tokenizer_without_preset_keeps_colour_and_records_its_source(capsys, image_folder, tmp_path):
     out = tmp_path / "tok"
-    code = main(["train-tokenizer", "--data", str(image_folder), "--out", str(out), "--set", "train.steps=2",
+    code = main(["train-tokenizer", "--data", str(image_folder), "--out", str(out), "--set", "train.max_steps=2",
                  "--set", "model.base_channels=8", "--set", "train.batch_size=4", "--set", "train.checkpoint_every=0"])
     stdout = capsys.readouterr().out
     assert code == 0 and "derived from the data: channels 3" in stdout and "resolution 16 px" in stdout
-    assert "your settings replace: train.steps=2" in stdout  # a derived value the user overrode is named
+    assert "your settings replace: train.max_steps=2" in stdout  # a derived value the user overrode is named
     config = json.loads((out / "config.json").read_text())
     assert config["channels"] == 3 and config["image_size"] == 16  # the shapes are 24 px colour images
     assert config["trained_on"] == str(image_folder.resolve()) and config["trained_val_fraction"] == 0.1

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vqgpt.pipeline.cli import main
 
-TINY_TOKENIZER = ["--preset", "tiny", "--set", "train.steps=3"]
+TINY_TOKENIZER = ["--preset", "tiny", "--set", "train.max_steps=3"]
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -53,7 +53,7 @@ def test_train_tokenizer_and_reconstruct(capsys, image_folder, tmp_path):
         (["--set", "model.no_such_key=3"], "no_such_key"),
         (["--set", "model.image_size=17"], "divisible"),
         (["--preset", "nope"], "unknown preset"),
-        (["--set", "train.steps=many"], "integer"),
+        (["--set", "train.max_steps=many"], "integer"),
     ],
 )
 def test_train_tokenizer_bad_config(capsys, image_folder, tmp_path, extra, needle):

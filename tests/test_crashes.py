@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-TOKENIZER_ARGS = ["--preset", "tiny", "--set", "train.steps=30", "--set", "train.checkpoint_every=1",
+TOKENIZER_ARGS = ["--preset", "tiny", "--set", "train.max_steps=30", "--set", "train.checkpoint_every=1",
                   "--set", "train.keep_checkpoints=3", "--set", "train.use_ema=true", "--set", "train.ema_decay=0.9",
                   "--set", "train.sample_every=0", "--set", "train.log_every=5"]
 PRIOR_ARGS = ["--preset", "tiny", "--set", "train.max_steps=30", "--set", "train.checkpoint_every=1",
@@ -128,7 +128,7 @@ def test_damaged_or_planted_checkpoint_files(tiny_run, tmp_path):
 def test_tokenizer_damaged_optimizer_state_is_one_line(image_folder, tmp_path):
     out = tmp_path / "tok"
     args = ["train-tokenizer", "--data", image_folder, "--out", out, "--preset", "tiny"]
-    kill_args = [*args, "--set", "train.steps=30", "--set", "train.checkpoint_every=2"]
+    kill_args = [*args, "--set", "train.max_steps=30", "--set", "train.checkpoint_every=2"]
     kill_at_checkpoint(kill_args, out / "checkpoints", 4)
     latest = _latest(out / "checkpoints")
     (latest / "optimizer.bin").write_bytes(b"\x80\x04garbage")

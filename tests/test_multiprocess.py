@@ -63,7 +63,7 @@ def test_prior_with_two_processes_matches_one_with_the_same_global_batch(tiny_ru
 
 
 def test_tokenizer_with_two_processes_matches_one_with_the_same_global_batch(image_folder, tmp_path):
-    common = ["train-tokenizer", "--data", image_folder, "--preset", "tiny", "--set", "train.steps=8",
+    common = ["train-tokenizer", "--data", image_folder, "--preset", "tiny", "--set", "train.max_steps=8",
               "--set", "train.disc_start=3", "--set", "model.restart_after_steps=2", "--set", "train.checkpoint_every=4"]
     launch(1, *common, "--out", tmp_path / "one", "--set", "train.batch_size=8")
     launch(2, *common, "--out", tmp_path / "two", "--set", "train.batch_size=4")

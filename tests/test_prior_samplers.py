@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from vqgpt.prior import PriorConfig, PriorSpec, build_prior_model, sample
-from vqgpt.prior.decoding import StaticKV, TransformersKV, cache_keyword
+from vqgpt.prior.kv_decoders import StaticKV, TransformersKV, cache_keyword
 from vqgpt.prior.model import code_logits
 from vqgpt.prior.streams import gumbel, image_seeds, mix, stream_keys, uniform
 

@@ -112,7 +112,7 @@ def test_resume_refuses_tokens_of_another_tokenizer_or_codebook(tmp_path):
 def test_output_folder_rules(tmp_path):
     tok = tokens(tmp_path / "tok")
     train_prior(MODEL, TRAIN, tok, tmp_path / "out")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="`overwrite`"):
         train_prior(MODEL, TRAIN, tok, tmp_path / "out")
     (tmp_path / "out" / "notes.txt").write_text("mine")  # a user's own file beside the prior
     before = load_prior(tmp_path / "out")[1]

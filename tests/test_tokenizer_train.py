@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from vqgpt.tokenizer import PRESETS, VQGAN, TokenizerTrainConfig, VQGANConfig, evaluate, train_tokenizer
+from vqgpt.tokenizer import PRESETS, VQGAN, TokenizerTrainConfig, VQGANConfig, evaluate_reconstruction, train_tokenizer
 
 
 class TinyImages(Dataset):
@@ -34,12 +34,12 @@ def train_cfg(**overrides) -> TokenizerTrainConfig:
 
 def metric_steps(out):
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l)["step"] for l in lines if "split" not in json.loads(l)]
+    return [json.loads(l)["step"] for l in lines if json.loads(l)["split"] == "train"]
 
 
 def test_two_step_training_writes_everything(tmp_path):
     out = tmp_path / "tok"
-    summary = train_tokenizer(MODEL, train_cfg(steps=2, disc_start=1), TinyImages(24), TinyImages(8, seed=1), out)
+    summary = train_tokenizer(MODEL, train_cfg(max_steps=2, disc_start=1), TinyImages(24), TinyImages(8, seed=1), out)
     assert summary["steps"] == 2
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "train_images_per_sec", "fingerprint"):
         assert key in summary
@@ -47,9 +47,9 @@ def test_two_step_training_writes_everything(tmp_path):
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss_curve.png",
                  "samples/recon_step_000002.png", "checkpoints/step_2/trainer_state.json"):
         assert (out / name).is_file(), name
-    assert not list((out / "checkpoints").glob(".tmp*"))
+    assert not list((out / "checkpoints").glob(".*tmp*"))
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "split" not in r] == [1, 2]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
     assert "d_loss" in records[1] and "gan_lambda" in records[1]  # GAN active from step index 1
     assert "d_loss" not in records[0]
     assert records[-1]["split"] == "validation"
@@ -61,18 +61,18 @@ def test_two_step_training_writes_everything(tmp_path):
 def test_existing_output_needs_overwrite_or_resume(tmp_path):
     out = tmp_path / "tok"
     data = TinyImages(16)
-    train_tokenizer(MODEL, train_cfg(steps=1, checkpoint_every=0, sample_every=0), data, None, out)
+    train_tokenizer(MODEL, train_cfg(max_steps=1, checkpoint_every=0, sample_every=0), data, None, out)
     with pytest.raises(FileExistsError, match="overwrite"):
-        train_tokenizer(MODEL, train_cfg(steps=1), data, None, out)
-    summary = train_tokenizer(MODEL, train_cfg(steps=1, checkpoint_every=0, sample_every=0), data, None, out, overwrite=True)
+        train_tokenizer(MODEL, train_cfg(max_steps=1), data, None, out)
+    summary = train_tokenizer(MODEL, train_cfg(max_steps=1, checkpoint_every=0, sample_every=0), data, None, out, overwrite=True)
     assert summary["steps"] == 1 and "psnr" not in summary  # no validation data given
 
 
 def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     data, val = TinyImages(24), TinyImages(8, seed=1)
-    straight = train_tokenizer(MODEL, train_cfg(steps=4), data, val, tmp_path / "straight")
+    straight = train_tokenizer(MODEL, train_cfg(max_steps=4), data, val, tmp_path / "straight")
 
-    import vqgpt.tokenizer.checkpoints as tc
+    import vqgpt.checkpoints as tc
 
     save_checkpoint = tc.save_checkpoint
 
@@ -83,13 +83,13 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_pa
     out = tmp_path / "resumed"
     monkeypatch.setattr(tc, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_tokenizer(MODEL, train_cfg(steps=4), data, val, out)
+        train_tokenizer(MODEL, train_cfg(max_steps=4), data, val, out)
     monkeypatch.setattr(tc, "save_checkpoint", save_checkpoint)
     assert not (out / "config.json").exists()  # a killed run does not look complete
     assert (out / "checkpoints" / "step_2").is_dir()
     with pytest.raises(FileExistsError, match="resume"):
-        train_tokenizer(MODEL, train_cfg(steps=4), data, val, out)
-    resumed = train_tokenizer(MODEL, train_cfg(steps=4), data, val, out, resume=True)
+        train_tokenizer(MODEL, train_cfg(max_steps=4), data, val, out)
+    resumed = train_tokenizer(MODEL, train_cfg(max_steps=4), data, val, out, resume=True)
     assert resumed["steps"] == 4
     assert metric_steps(out) == [1, 2, 3, 4]
     assert (out / "checkpoints" / "step_4").is_dir()
@@ -111,8 +111,8 @@ def test_image_shape_must_match_config(tmp_path):
 def test_train_config_validation():
     with pytest.raises(ValueError, match="mixed_precision"):
         TokenizerTrainConfig(mixed_precision="fp8")
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        TokenizerTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        TokenizerTrainConfig(max_steps=0)
     with pytest.raises(ValueError, match="rec_loss"):
         TokenizerTrainConfig(rec_loss="huber")
 
@@ -120,14 +120,14 @@ def test_train_config_validation():
 def test_evaluate_reports_reconstruction_and_usage():
     torch.manual_seed(0)
     model = VQGAN(MODEL)
-    metrics = evaluate(model, TinyImages(8), batch_size=3)
+    metrics = evaluate_reconstruction(model, TinyImages(8), batch_size=3)
     assert metrics["num_images"] == 8
     assert 0 < metrics["codebook_usage"] <= 100 and metrics["perplexity"] >= 1
     assert metrics["psnr"] < 30 and -1 <= metrics["ssim"] <= 1
     # codes alone determine the histogram: identical images use a single code... or a few
     same = TinyImages(1)
     same.images = same.images.expand(8, -1, -1, -1) * 0 + 0.5
-    flat = evaluate(model, same, batch_size=4)
+    flat = evaluate_reconstruction(model, same, batch_size=4)
     assert flat["codebook_usage"] < metrics["codebook_usage"]
 
 
@@ -152,7 +152,7 @@ def test_weight_ema_averages_every_weight_and_copies_buffers():
 
 def test_training_with_ema_saves_the_averaged_weights(tmp_path):
     out = tmp_path / "tok"
-    summary = train_tokenizer(MODEL, train_cfg(steps=2, use_ema=True, ema_decay=0.9), TinyImages(16), None, out)
+    summary = train_tokenizer(MODEL, train_cfg(max_steps=2, use_ema=True, ema_decay=0.9), TinyImages(16), None, out)
     assert VQGAN.from_pretrained(out).fingerprint() == summary["fingerprint"]
     assert (out / "checkpoints" / "step_2" / "ema.safetensors").is_file()  # EMA checkpointed, no pickle
     assert not list((out / "checkpoints" / "step_2").glob("custom_checkpoint_*"))
@@ -161,11 +161,11 @@ def test_training_with_ema_saves_the_averaged_weights(tmp_path):
 def test_resume_needs_a_checkpoint_and_the_same_model(tmp_path):
     out = tmp_path / "tok"
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train_tokenizer(MODEL, train_cfg(steps=2), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
-    train_tokenizer(MODEL, train_cfg(steps=2, checkpoint_every=2), TinyImages(24), TinyImages(8, seed=1), out)
+        train_tokenizer(MODEL, train_cfg(max_steps=2), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
+    train_tokenizer(MODEL, train_cfg(max_steps=2, checkpoint_every=2), TinyImages(24), TinyImages(8, seed=1), out)
     other = VQGANConfig(**{**PRESETS["tiny"]["model"], "codebook_size": 16})
     with pytest.raises(ValueError, match="another model config"):
-        train_tokenizer(other, train_cfg(steps=4), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
+        train_tokenizer(other, train_cfg(max_steps=4), TinyImages(24), TinyImages(8, seed=1), out, resume=True)
 
 
 def test_overwrite_refuses_another_stage_folder(tmp_path):
@@ -173,7 +173,7 @@ def test_overwrite_refuses_another_stage_folder(tmp_path):
     prior_dir.mkdir()
     (prior_dir / "vqgpt_prior.json").write_text("{}")
     with pytest.raises(ValueError, match="not a tokenizer run"):
-        train_tokenizer(MODEL, train_cfg(steps=2), TinyImages(24), TinyImages(8, seed=1), prior_dir, overwrite=True)
+        train_tokenizer(MODEL, train_cfg(max_steps=2), TinyImages(24), TinyImages(8, seed=1), prior_dir, overwrite=True)
     assert (prior_dir / "vqgpt_prior.json").is_file()
 
 
@@ -190,6 +190,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     monkeypatch.setattr(tt, "reconstruction_loss", poisoned)
     out = tmp_path / "tok"
     with pytest.raises(FloatingPointError, match="step 3.*step_2"):
-        train_tokenizer(MODEL, train_cfg(steps=4, checkpoint_every=2), TinyImages(16), None, out)
+        train_tokenizer(MODEL, train_cfg(max_steps=4, checkpoint_every=2), TinyImages(16), None, out)
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_2"]
     assert not (out / "model.safetensors").exists()

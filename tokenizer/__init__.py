@@ -12,13 +12,13 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["checkpoints", "config", "losses", "metrics", "model", "presets", "quantizer", "train"],
+    submodules=["config", "losses", "metrics", "model", "presets", "quantizer", "run_folder", "train"],
     submod_attrs={
         "config": ["VQGANConfig", "TokenizerTrainConfig"],
         "presets": ["PRESETS", "DEFAULT_PRESET"],
         "model": ["VQGAN", "VQGANOutput"],
         "quantizer": ["VectorQuantizer", "codebook_stats", "code_histogram", "perplexity"],
         "losses": ["LPIPS", "NLayerDiscriminator"],
-        "train": ["train_tokenizer", "train_step", "evaluate", "WeightEMA"],
+        "train": ["train_tokenizer", "train_step", "evaluate_reconstruction", "WeightEMA"],
     },
 )

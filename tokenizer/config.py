@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["VQGANConfig", "TokenizerTrainConfig"]
 
@@ -103,11 +104,19 @@ class VQGANConfig:
 class TokenizerTrainConfig:
     """Everything about *how* the tokenizer is trained (the architecture is VQGANConfig)."""
 
-    steps: int = 1000  # optimizer updates
+    # The training settings both stages share have the same names in both (the Hugging Face
+    # Trainer's where it has one): max_steps, batch_size, gradient_accumulation_steps,
+    # learning_rate, warmup_steps, min_lr_ratio, weight_decay, adam_beta1/2, grad_clip,
+    # mixed_precision, checkpoint_every, keep_checkpoints, sample_every, log_every, num_workers, seed.
+    renamed: ClassVar[dict[str, str]] = {"steps": "max_steps", "lr": "learning_rate",
+                                         "grad_accum_steps": "gradient_accumulation_steps",
+                                         "disc_lr": "disc_learning_rate"}
+
+    max_steps: int = 1000  # optimizer updates
     batch_size: int = 32  # images per process per micro-batch
-    grad_accum_steps: int = 1  # micro-batches per optimizer update
-    lr: float = 1e-3  # peak AdamW learning rate of the autoencoder
-    disc_lr: float | None = None  # discriminator learning rate (None = lr)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer update
+    learning_rate: float = 1e-3  # peak AdamW learning rate of the autoencoder
+    disc_learning_rate: float | None = None  # discriminator learning rate (None = learning_rate)
     adam_beta1: float = 0.5
     adam_beta2: float = 0.9
     weight_decay: float = 0.01  # on conv/linear weights only (not norms, biases, codebook)
@@ -128,7 +137,7 @@ class TokenizerTrainConfig:
     use_ema: bool = False  # keep an EMA of the weights; it is what gets evaluated and saved
     ema_decay: float = 0.999
     checkpoint_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 2  # newest checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
     sample_every: int = 500  # steps between reconstruction grids; 0 = only at the end
     num_sample_images: int = 8  # columns of the reconstruction grid
     log_every: int = 10  # steps between metrics.jsonl lines
@@ -141,14 +150,16 @@ class TokenizerTrainConfig:
         def fail(msg: str) -> None:
             raise ValueError(f"invalid tokenizer training config: {msg}")
 
-        for name in ("steps", "batch_size", "grad_accum_steps", "num_sample_images", "log_every", "eval_batch_size", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "num_sample_images", "log_every",
+                     "eval_batch_size"):
             if getattr(self, name) < 1:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "sample_every", "disc_start", "num_workers", "grad_clip", "weight_decay", "rec_weight", "perceptual_weight", "disc_weight"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "disc_start", "num_workers",
+                     "grad_clip", "weight_decay", "rec_weight", "perceptual_weight", "disc_weight"):
             if getattr(self, name) < 0:
                 fail(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or (self.disc_lr is not None and self.disc_lr <= 0):
-            fail("lr and disc_lr must be > 0")
+        if self.learning_rate <= 0 or (self.disc_learning_rate is not None and self.disc_learning_rate <= 0):
+            fail("learning_rate and disc_learning_rate must be > 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             fail(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.rec_loss not in ("l1", "l2"):

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "restart_after_steps": 5,
         },
         "train": {
-            "steps": 4,
+            "max_steps": 4,
             "batch_size": 8,
             "warmup_steps": 1,
             "disc_start": 2,
@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
         "train": {
             "batch_size": 16,
-            "lr": 2e-3,
+            "learning_rate": 2e-3,
             "adam_beta1": 0.9,
             "adam_beta2": 0.99,
             "disc_weight": 0.05,
@@ -83,9 +83,9 @@ PRESETS: dict[str, dict[str, dict]] = {
             "restart_after_steps": 200,
         },
         "train": {
-            "steps": 400_000,
+            "max_steps": 400_000,
             "batch_size": 32,
-            "lr": 1e-4,
+            "learning_rate": 1e-4,
             "weight_decay": 0.05,
             "warmup_steps": 2000,
             "mixed_precision": "bf16",

@@ -5,19 +5,17 @@ Three layers, as everywhere in vqgpt:
 - ``train_step(parts, images, step, config) -> dict`` — one micro-batch: autoencoder update
   (reconstruction + perceptual + quantizer + adaptive-weighted GAN loss) then discriminator
   update (hinge loss on real vs *detached* reconstructions). Returns numbers; logs nothing.
-- ``evaluate(model, val_data) -> dict`` — PSNR, SSIM (LPIPS when given one), codebook usage
+- ``evaluate_reconstruction(model, val_data) -> dict`` — PSNR, SSIM (LPIPS when given one), codebook usage
   and perplexity of encode→decode on held-out images (sharded over processes when given an
   accelerator); ``vqgpt evaluate`` adds rFID through its ``on_batch`` hook.
-- ``train_tokenizer(...)`` — the loop: out-dir checks, checkpoints (``accelerator.save_state``
-  into a temp dir, then renamed), resume, tqdm bar, metrics.jsonl, reconstruction grids, loss
-  curve, final save. Only the main process writes files.
+- ``train_tokenizer(...)`` — the loop: out-dir checks, checkpoints and resume (``vqgpt.checkpoints``,
+  shared with the prior), tqdm bar, metrics.jsonl, reconstruction grids, loss curve, final save.
+  Only the main process writes files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,14 +24,16 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from . import checkpoints as ckpt
+from vqgpt import checkpoints as ckpt
+
+from . import run_folder
 from .config import TokenizerTrainConfig, VQGANConfig
 from .losses import (
     LPIPS,
@@ -48,7 +48,7 @@ from .model import VQGAN
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainParts", "WeightEMA", "train_step", "evaluate", "train_tokenizer"]
+__all__ = ["TrainParts", "WeightEMA", "train_step", "evaluate_reconstruction", "train_tokenizer"]
 
 
 class WeightEMA(AveragedModel):
@@ -154,7 +154,7 @@ def train_step(parts: TrainParts, images: torch.Tensor, step: int, config: Token
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_reconstruction(
     model: VQGAN,
     val_data: Dataset,
     batch_size: int = 128,
@@ -171,7 +171,7 @@ def evaluate(
     ``lpips`` (mean over images). ``on_batch(images, reconstructions)`` sees every batch of
     this process (both (B, C, H, W) in [-1, 1]), e.g. to collect features for an rFID."""
     if len(val_data) == 0:
-        raise ValueError("evaluate() needs a non-empty validation set")
+        raise ValueError("evaluate_reconstruction() needs a non-empty validation set")
     was_training = model.training
     model.eval()
     loader = DataLoader(val_data, batch_size=batch_size, shuffle=False)
@@ -237,20 +237,21 @@ def train_tokenizer(
         val_data = None
     _check_image(train_data[0]["image"], model_config)
     perceptual = LPIPS(cfg.vgg_path, cfg.lpips_lin_path) if cfg.perceptual_weight > 0 else None  # fails early
-    accelerator = _make_accelerator(cfg)
+    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, cpu=cfg.cpu)
     is_main = accelerator.is_main_process
     ckpt_root = out / ckpt.CHECKPOINT_DIR
-    ckpt.prepare_out_dir(out, resume, overwrite, accelerator)
+    run_folder.prepare_out_dir(out, resume, overwrite, accelerator)
 
     set_seed(cfg.seed)
     model = VQGAN(model_config)
     disc = NLayerDiscriminator(model_config.channels, cfg.disc_channels, cfg.disc_layers)
     betas = (cfg.adam_beta1, cfg.adam_beta2)
-    ae_opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas)
-    d_opt = torch.optim.AdamW(_param_groups(disc, cfg.weight_decay), lr=cfg.disc_lr or cfg.lr, betas=betas)
-    ae_sched = get_cosine_with_min_lr_schedule_with_warmup(ae_opt, cfg.warmup_steps, cfg.steps,
+    ae_opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas)
+    d_opt = torch.optim.AdamW(_param_groups(disc, cfg.weight_decay), lr=cfg.disc_learning_rate or cfg.learning_rate,
+                              betas=betas)
+    ae_sched = get_cosine_with_min_lr_schedule_with_warmup(ae_opt, cfg.warmup_steps, cfg.max_steps,
                                                            min_lr_rate=cfg.min_lr_ratio)
-    d_sched = get_cosine_with_min_lr_schedule_with_warmup(d_opt, cfg.warmup_steps, max(cfg.steps - cfg.disc_start, 1),
+    d_sched = get_cosine_with_min_lr_schedule_with_warmup(d_opt, cfg.warmup_steps, max(cfg.max_steps - cfg.disc_start, 1),
                                                           min_lr_rate=cfg.min_lr_ratio)
     loader = DataLoader(
         train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
@@ -273,71 +274,61 @@ def train_tokenizer(
         saved = ckpt.read_trainer_state(latest)
         if saved.get("model_config", model_config.to_dict()) != model_config.to_dict():
             raise ValueError(f"the checkpoint in {latest} was trained with another model config; "
-                             "resume with the same --preset/--config/--set as the first run")
-        ckpt.load_checkpoint(accelerator, latest, schedulers, ema)
+                             "resume with the same preset and settings as the first run")
+        ckpt.load_checkpoint(accelerator, latest, schedulers, run_folder.ema_loader(ema, accelerator.device))
         step = int(saved["step"])
         logger.info("resumed from %s (step %d)", latest, step)
-    elif resume:
-        logger.info("no checkpoint in %s; starting from step 0", ckpt_root)
-    if is_main:
-        ckpt.truncate_metrics(out / ckpt.METRICS_FILE, step)
+    log = ckpt.MetricsLog(out / ckpt.METRICS_FILE, enabled=is_main)
+    log.start(step)
+
+    def save_checkpoint() -> None:
+        ckpt.save_checkpoint(accelerator, ckpt_root, step, record, cfg.keep_checkpoints, schedulers,
+                             run_folder.ema_writer(ema))
 
     shown = val_data if val_data is not None else train_data
     sample_images = torch.stack([shown[i]["image"] for i in range(min(cfg.num_sample_images, len(shown)))])
-    batches_per_epoch = len(loader)
-    micro = step * cfg.grad_accum_steps
-    epoch, skip = divmod(micro, batches_per_epoch)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train tokenizer", dynamic_ncols=True, disable=not accelerator.is_local_main_process)
+    batches = ckpt.resumable_batches(accelerator, loader, step * cfg.gradient_accumulation_steps)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train tokenizer", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
     start_time, images_seen = time.perf_counter(), 0
-    metrics_file = open(out / ckpt.METRICS_FILE, "a") if is_main else None
     try:
-        while step < cfg.steps:
-            loader.set_epoch(epoch)  # seeds the shuffle: epoch e has the same order on resume
-            for index, batch in enumerate(loader):
-                if index < skip:  # resuming mid-epoch: skip the batches already trained on
-                    continue
-                metrics = train_step(parts, batch["image"], step, cfg)
-                images_seen += batch["image"].shape[0] * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                _stop_if_diverged(accelerator, metrics["loss"], step + 1, ckpt_root)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(
-                    rec=f"{metrics['rec_loss']:.4f}", q=f"{metrics['codebook_loss']:.4f}",
-                    use=f"{metrics['batch_usage']:.2f}", **({"d": f"{metrics['d_loss']:.3f}"} if "d_loss" in metrics else {}),
-                )
-                if metrics_file is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-                    elapsed = time.perf_counter() - start_time
-                    line = {"step": step, **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)}
-                    metrics_file.write(json.dumps(line) + "\n")
-                    metrics_file.flush()
-                if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                    ckpt.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record, schedulers, ema)
-                if step >= cfg.steps:
-                    break
-            epoch, skip = epoch + 1, 0
+        while step < cfg.max_steps:
+            batch = next(batches)
+            metrics = train_step(parts, batch["image"], step, cfg)
+            images_seen += batch["image"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            ckpt.stop_if_diverged(accelerator, metrics["loss"], step + 1, ckpt_root, "tokenizer")
+            step += 1
+            bar.update(1)
+            bar.set_postfix(
+                rec=f"{metrics['rec_loss']:.4f}", q=f"{metrics['codebook_loss']:.4f}",
+                use=f"{metrics['batch_usage']:.2f}", **({"d": f"{metrics['d_loss']:.3f}"} if "d_loss" in metrics else {}),
+            )
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - start_time
+                log.write({"step": step, "split": "train", **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)})
+            if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.max_steps:
+                run_folder.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                save_checkpoint()
     finally:
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
     train_seconds = time.perf_counter() - start_time
 
     final_model = ema.module if ema is not None else raw_model
     final_model.eval()
-    summary: dict[str, Any] = {"steps": step, "train_seconds": train_seconds, "train_images_per_sec": images_seen / max(train_seconds, 1e-9)}
+    summary: dict[str, Any] = {"steps": step, "train_seconds": train_seconds,
+                               "train_images_per_sec": images_seen / max(train_seconds, 1e-9)}
     if val_data is not None:
-        summary.update(evaluate(final_model, val_data, cfg.eval_batch_size, accelerator))
-    ckpt.save_recon_grid(final_model, sample_images, out, step, accelerator)
+        summary.update(evaluate_reconstruction(final_model, val_data, cfg.eval_batch_size, accelerator))
+    run_folder.save_recon_grid(final_model, sample_images, out, step, accelerator)
+    log.write({"step": step, "split": "validation", "final": True, **summary})
     if is_main:
-        with open(out / ckpt.METRICS_FILE, "a") as f:
-            f.write(json.dumps({"step": step, "split": "validation", **{k: v for k, v in summary.items()}}) + "\n")
-        ckpt.plot_loss_curve(out / ckpt.METRICS_FILE, out / ckpt.LOSS_CURVE_FILE)
+        run_folder.plot_loss_curve(log, out / ckpt.LOSS_CURVE_FILE)
     accelerator.wait_for_everyone()
     if cfg.checkpoint_every:
-        ckpt.save_checkpoint(accelerator, ckpt_root, step, cfg.keep_checkpoints, record, schedulers, ema)
+        save_checkpoint()
     if is_main:
         final_model.save_pretrained(out)
     accelerator.wait_for_everyone()
@@ -351,32 +342,6 @@ def train_tokenizer(
 # ---------------------------------------------------------------------------------------------
 # Helpers of the loop
 # ---------------------------------------------------------------------------------------------
-def _make_accelerator(cfg: TokenizerTrainConfig) -> Accelerator:
-    try:
-        return Accelerator(
-            mixed_precision=cfg.mixed_precision,
-            gradient_accumulation_steps=cfg.grad_accum_steps,
-            cpu=cfg.cpu,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        )
-    except ValueError as err:  # accelerate's state is per process and fixed by its first Accelerator
-        if "already been initialized" not in str(err):
-            raise
-        raise ValueError(f"this process already runs accelerate with other settings than train.mixed_precision="
-                         f"{cfg.mixed_precision!r} / train.cpu={cfg.cpu}; train each stage in its own process") from None
-
-
-def _stop_if_diverged(accelerator: Accelerator, loss: float, step: int, ckpt_root: Path) -> None:
-    """A NaN/Inf loss on any process stops every process before anything is saved, so the last
-    checkpoint on disk is the last good state."""
-    bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss)), device=accelerator.device), "sum")
-    if float(bad) > 0:
-        latest = ckpt.latest_checkpoint(ckpt_root)
-        kept = f"the last good checkpoint is {latest.name}; " if latest else "no checkpoint was written yet; "
-        raise FloatingPointError(f"the tokenizer's loss became {loss} at step {step}; stopped without saving: {kept}"
-                                 "resume with a lower learning rate (--resume --set train.lr=...) or mixed precision off")
-
-
 def _check_image(image: torch.Tensor, config: VQGANConfig) -> None:
     expected = (config.channels, config.image_size, config.image_size)
     if tuple(image.shape) != expected:

@@ -1,0 +1,277 @@
+"""What both trainers do with their run folder: checkpoints, resuming, the metrics log, the NaN
+stop and the loss plot. One owner, so the tokenizer and the prior behave alike.
+
+    out/checkpoints/step_N/     accelerate ``save_state`` (models as safetensors, optimizers, RNG
+                                states) + trainer_state.json (step, the loop's state, the schedules)
+                                + what the stage adds (the tokenizer's EMA weights)
+    out/metrics.jsonl           one JSON record per line: {"step", "split": "train"|"validation", …}
+    out/loss_curve.png          those records plotted
+
+Guarantees, each kept by a test:
+- atomic checkpoints: written into ``.step_N.tmp`` and renamed after every process has written its
+  part, so a run killed while saving never leaves a ``step_N`` that ``--resume`` would pick up
+  half-written; old ones are discarded by rename-then-delete;
+- no pickle runs: the schedules are JSON in trainer_state.json; what accelerate reads back
+  (optimizer, RNG and sampler states) it reads with ``weights_only=True``; ``custom_checkpoint_*``
+  files (which accelerate would unpickle freely) are refused; a damaged file is one ValueError;
+- bit-identical resume: the data order is seeded per epoch (accelerate's seedable sampler) and a
+  resumed run skips the micro-batches already trained on (``resumable_batches``), so N steps, a kill
+  and a resume give the weights of an uninterrupted run; two processes draw what one does.
+
+Imports no stage: it knows accelerate and files, not models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
+from accelerate.utils import load as accelerate_load
+from torch.utils.data import DataLoader
+
+from .atomic import discard_dir, write_json, write_text
+
+__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "METRICS_FILE", "LOSS_CURVE_FILE", "make_accelerator", "list_checkpoints",
+           "latest_checkpoint", "save_checkpoint", "read_trainer_state", "load_checkpoint", "resumable_batches",
+           "stop_if_diverged", "MetricsLog", "Curve", "plot_loss_curves"]
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, seed: int, cpu: bool = False) -> Accelerator:
+    """The trainers' ``Accelerator``: seedable data order (epoch e is shuffled with seed + e, the
+    same in every process and after a resume), and gradient accumulation that the loop groups
+    itself, across epoch ends (never a forced sync at an epoch's end)."""
+    try:
+        return Accelerator(
+            mixed_precision=mixed_precision,
+            cpu=cpu,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
+                                                                    sync_with_dataloader=False),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+        )
+    except ValueError as err:  # accelerate's state is per process and fixed by its first Accelerator
+        if "already been initialized" not in str(err):
+            raise
+        raise ValueError(f"this process already runs accelerate with other settings than mixed_precision="
+                         f"{mixed_precision!r} / cpu={cpu}; train each stage in its own process") from None
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Finished checkpoints under ``root`` (``step_N`` folders holding trainer_state.json), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest finished ``step_N`` folder under ``root``, or None."""
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, step: int, state: dict[str, Any], keep: int,
+                    schedulers: Sequence[Any] = (), write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``root/step_{step}``; call on every process (``save_state`` and the barriers need all).
+
+    ``save_state`` into ``.step_N.tmp``; once every process has written its part, the main process
+    adds ``write_extra(folder)`` (files of the stage's own) and trainer_state.json
+    (``{"step", **state, "schedulers": [their state dicts]}``), renames the folder into place and
+    keeps the newest ``keep`` checkpoints (0 = all)."""
+    root = Path(root)
+    final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    # every process writes its own RNG state into `tmp`: the main one may rename it only once all
+    # have (a two-process run failed with "parent directory .step_3.tmp does not exist")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(tmp)
+        write_json(tmp / STATE_FILE, {"step": step, **state, "schedulers": [s.state_dict() for s in schedulers]})
+        if final.exists():
+            discard_dir(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(root)[:-keep] if keep else []:
+            discard_dir(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _damaged(path: Path, what: str, err: BaseException) -> ValueError:
+    reason = (str(err).splitlines() or [""])[0][:200]
+    return ValueError(f"cannot resume: {what} in {path} is damaged ({type(err).__name__}: {reason}); delete "
+                      f"{path.name} to resume from an earlier checkpoint, or start again with --overwrite")
+
+
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint folder; a damaged one is a one-line ValueError."""
+    path = Path(path)
+    try:
+        saved = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise ValueError("it holds no integer 'step'")
+        return saved
+    except (OSError, ValueError) as err:
+        raise _damaged(path, STATE_FILE, err) from None
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, schedulers: Sequence[Any] = (),
+                    load_extra: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Restore a folder written by ``save_checkpoint`` into the prepared objects (models, optimizers,
+    RNG and sampler states through accelerate; the schedules from JSON; ``load_extra(folder)`` for
+    the stage's own files); returns trainer_state.json. Any damaged or foreign file is one
+    ValueError naming it."""
+    path = Path(path)
+    saved = read_trainer_state(path)
+    planted = sorted(p.name for p in path.glob("custom_checkpoint_*"))
+    if planted:  # never written by vqgpt; accelerate would unpickle them with weights_only=False
+        raise ValueError(f"cannot resume: {path} holds {', '.join(planted)}, which vqgpt never writes and will not "
+                         "load (pickles can run code); remove them or resume from a checkpoint you made")
+    # accelerate logs and skips an unreadable RNG file; a resume that silently changes the random
+    # stream is not bit-identical, so every process checks its own file first.
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    # checkpoints of vqgpt 0.1's prior kept one schedule under "scheduler"
+    states = saved["schedulers"] if "schedulers" in saved else [saved["scheduler"]] if "scheduler" in saved else []
+    parts: list[tuple[str, Callable[[], Any]]] = [
+        (rng.name, lambda: accelerate_load(rng)),
+        ("the model, optimizer or sampler state", lambda: accelerator.load_state(str(path))),
+        ("the schedule state", lambda: [s.load_state_dict(st) for s, st in zip(schedulers, states, strict=True)]),
+    ]
+    if load_extra is not None:
+        parts.append(("the stage's own files", lambda: load_extra(path)))
+    for what, load in parts:
+        try:
+            load()
+        except Exception as err:  # torch, safetensors and accelerate raise assorted types
+            raise _damaged(path, what, err) from None
+    return saved
+
+
+def resumable_batches(accelerator: Accelerator, loader: DataLoader, start: int) -> Iterator[Any]:
+    """Endless micro-batches of a prepared ``loader``, beginning at micro-batch ``start`` (counted
+    from the first of epoch 0): epoch e is shuffled with seed + e and the batches already trained on
+    are skipped without being loaded, so a resumed run continues exactly where it stopped."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError("the training data gives no batch (fewer rows than the batch size?)")
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+def stop_if_diverged(accelerator: Accelerator, loss: float, step: int, root: str | os.PathLike, what: str) -> None:
+    """A NaN/Inf loss on any process stops every process before anything is saved, so the last
+    checkpoint on disk is the last good state: one FloatingPointError saying where to resume."""
+    bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss)), device=accelerator.device), "sum")
+    if float(bad) > 0:
+        latest = latest_checkpoint(root)
+        kept = f"the last good checkpoint is {latest.name}" if latest else "no checkpoint was written yet"
+        raise FloatingPointError(f"the {what}'s loss became {loss} at step {step}; stopped without saving ({kept}); "
+                                 "resume with a lower learning rate (--resume --set train.learning_rate=...) or "
+                                 "mixed precision off")
+
+
+# --------------------------------------------------------------------------- the metrics log
+
+
+class MetricsLog:
+    """``metrics.jsonl`` of a run: one JSON record per line, written by the main process only.
+
+    ``start(step)`` begins a run that continues from ``step`` (0 = a fresh run): records logged
+    after that step (by a run killed after its checkpoint) and ``"final"`` records (an end-of-run
+    summary, redone by the resumed run) are dropped, so the log reads as one uninterrupted run."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def start(self, step: int) -> None:
+        if not self.enabled:
+            return
+        kept = []
+        if step > 0 and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else None
+                if record is not None and record.get("step", 0) <= step and not record.get("final"):
+                    kept.append(line + "\n")
+        write_text(self.path, "".join(kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a loss plot: ``key`` of the records of ``split``, on panel ``panel``."""
+
+    panel: str  # panel title; curves with the same title share it
+    key: str
+    split: str = "train"
+    label: str | None = None  # legend entry (default: the key)
+    marker: str = ""  # matplotlib format, e.g. "o-" for sparse evaluations
+
+
+def plot_loss_curves(log: MetricsLog, png: str | os.PathLike, curves: Sequence[Curve], ylabel: str = "loss",
+                     log_panels: Sequence[str] = ()) -> None:
+    """The log's records as one panel per distinct ``Curve.panel``, losses against step
+    (``log_panels`` on a log scale) → ``png``, written atomically (Agg canvas, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = log.records()
+    panels = list(dict.fromkeys(c.panel for c in curves))
+    fig = Figure(figsize=(5 * len(panels) + 1, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, title in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        for curve in (c for c in curves if c.panel == title):
+            points = [(r["step"], r[curve.key]) for r in records
+                      if r.get("split") == curve.split and not r.get("final") and isinstance(r.get(curve.key), (int, float))
+                      and (title not in log_panels or r[curve.key] > 0)]
+            if points:
+                ax.plot(*zip(*points), curve.marker or "-", label=curve.label or curve.key, linewidth=1, markersize=3)
+        if ax.lines and title in log_panels:
+            ax.set_yscale("log")
+        ax.set_title(title if ax.lines else f"{title} (nothing logged yet)")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    png = Path(png)
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, png)
