@@ -1,25 +1,28 @@
-"""vqgpt's pipeline: data sources, tokenizing datasets, sampling + decoding, the CLI and the demo.
+"""vqgpt's pipeline: the two stages chained, laid out by job.
 
-Where things live: ``sources.py``/``hf_sources.py``/``bundled.py`` read images from a ``--data`` source,
-``images.py`` converts them, ``tokenize.py`` builds token datasets (``inspect_tokens.py``
-describes one), ``generate.py`` holds ``Pipeline`` (sample + decode), ``outputs.py`` writes
-results, ``cli.py`` parses the command line and ``verbs.py`` runs each verb (``reconstruct.py``,
-``evaluate.py``, ``demo.py`` and ``digits_check.py`` are the larger verbs' bodies; ``fid.py`` pins
-the FID protocol and ``eval_report.py`` the evaluation report).
-``settings.py`` holds the torch-free settings. Names load on first use.
+    data/         data sources: a folder, a saved or hub dataset, the bundled sets → ImageSource
+    tokens/       token datasets: tokenize a source (resumable, multi-process), describe one
+    generation/   Pipeline: sample code grids and decode them; what sample/complete write
+    evaluation/   evaluate and reconstruct on held-out images; FID protocol; the digit check
+    cli/          the ``vqgpt`` command (parser without torch, one function per verb)
+    settings.py   torch-free settings (SampleConfig, TokenizeConfig) and config layering
+    derived.py    defaults derived from the user's data (what train-tokenizer/train-prior choose)
+    demo.py       the whole chain on the bundled digits
+
+Imports go one way: data ← tokens, generation ← evaluation ← cli (the demo uses all but the cli);
+nothing imports the command line. Names load on first use.
 """
 
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["cli", "demo", "digits_check", "eval_report", "evaluate", "fid", "bundled", "generate", "hf_sources", "images",
-                "inspect_tokens", "outputs", "reconstruct", "settings", "sources", "tokenize", "verbs"],
+    submodules=["cli", "data", "demo", "derived", "evaluation", "generation", "settings", "tokens"],
     submod_attrs={
-        "generate": ["Pipeline"],
+        "data": ["ImageSource", "held_out_split", "load_images"],
+        "evaluation": ["evaluate", "reconstruct"],
+        "generation": ["Pipeline"],
         "settings": ["SampleConfig", "TokenizeConfig"],
-        "sources": ["ImageSource", "load_images"],
-        "tokenize": ["tokenize_dataset"],
-        "inspect_tokens": ["inspect_tokens"],
+        "tokens": ["describe_tokens", "tokenize_dataset"],
     },
 )

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
+from vqgpt.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 
-from .digits_check import check_digit_samples
-from .evaluate import Evaluator, Images, evaluate_tokenizer
-from .generate import Pipeline
-from .outputs import checked_tokenizer, pixel_features, prepare_out, sample_grid_writer, write_samples
-from .reconstruct import write_reconstruction_grid
+from .data import load_images
+from .evaluation import Evaluator, Images, evaluate_tokenizer, write_reconstruction_grid
+from .evaluation.digits import check_digit_samples
+from .generation import Pipeline
+from .generation.files import prepare_out, write_samples
+from .generation.training_hooks import checked_tokenizer, decoded_pixel_features, sample_grid_writer
 from .settings import SampleConfig, build_configs
-from .sources import load_images
-from .tokenize import tokenize_dataset
+from .tokens import tokenize_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
@@ -38,10 +39,9 @@ DEMO_TOKENIZER = {
 }
 DEMO_PRIOR = {
     "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384, "dropout": 0.1},
-    # Batch 32 at lr 2e-3 for 800 steps (as many rows as 400 of 64 at 1e-3): held-out 1.59-1.65 vs 1.69
-    # bits per code. The demo's goal is digits a classifier recognises (≥ 95 %), so its sampling choice
-    # may move further from plain sampling's Fréchet ratio than a user's (35 % vs 25 %; with 15 % it
-    # settled on guidance 1.5 / temperature 1, read at 89-93 %), on 500 draws per candidate (less noise).
+    # The demo's goal is digits a classifier recognises (≥ 95 %), so its sampling choice may move
+    # further from plain sampling's Fréchet ratio than a user's (35 % vs 25 %), on 500 draws per
+    # candidate (docs/design-notes.md).
     "train": {"batch_size": 32, "max_steps": 800, "learning_rate": 2e-3, "warmup_steps": 40, "weight_decay": 0.1,
               "label_dropout": 0.1, "eval_every": 100, "early_stopping_patience": 3, "checkpoint_every": 400,
               "sample_every": 200, "log_every": 10, "selection_samples": 500, "selection_max_fd_increase": 0.35},
@@ -68,8 +68,7 @@ DEMO_ARTEFACTS = {"tokenizer", "tokens", "prior", "samples", "prior_samples", "r
 
 def _stage_mode(stage_dir: Path) -> dict:
     """How to (re)start an unfinished stage: resume from its checkpoints, else start afresh."""
-    if tk.checkpoints.latest_checkpoint(stage_dir / tk.checkpoints.CHECKPOINT_DIR) or pr.checkpoints.checkpoints(
-            stage_dir / pr.checkpoints.CHECKPOINT_DIR):
+    if latest_checkpoint(stage_dir / CHECKPOINT_DIR):
         return {"resume": True}
     return {"overwrite": stage_dir.exists()}
 
@@ -82,12 +81,12 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     """Run every stage into ``out``; returns the figures of each stage."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise NotADirectoryError(f"`out` {out} exists and is not a folder")
     if overwrite and out.exists():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ARTEFACTS)
         if foreign:
-            raise ValueError(f"--overwrite refused: {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
-                             "choose another --out")
+            raise ValueError(f"`overwrite` refused: {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
+                             "choose another `out`")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, dict] = {}
@@ -108,7 +107,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         tk.train_tokenizer(model_cfg, cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
     model = tk.VQGAN.from_pretrained(tok_dir, device=device)
     fingerprint = model.fingerprint()
-    write_reconstruction_grid(model, val, out / "reconstructions.png", num_images=32)
+    write_reconstruction_grid(model, val, out / "reconstructions.png", num=32)
     # The figures come from `vqgpt evaluate tokenizer`'s own code (rFID when the Inception
     # weights file is in the torch hub cache, else a one-line reason).
     recon = evaluate_tokenizer(model, Images(val, "validation", 0, val.split_fraction),
@@ -153,7 +152,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
         callback = sample_grid_writer(tokenizer, prior_dir.parent / "prior_samples")
         mode = _stage_mode(prior_dir) if not prior_done else {"overwrite": True}
         prior_summary = pr.train_prior(pcfg["model"], pcfg["train"], tokens_dir, prior_dir, sample_callback=callback,
-                                       grid_features=pixel_features(tokenizer), **mode)
+                                       grid_features=decoded_pixel_features(tokenizer), **mode)
     figures["prior"] = {**{k: v for k, v in prior_summary.items() if isinstance(v, (int, float, str))},
                         "seconds": round(time.perf_counter() - t0, 1)}
     if prior_summary:
@@ -164,7 +163,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(out, device=device)
     settings = pipe.resolve(SampleConfig(num=10, class_labels=tuple(range(pipe.spec.num_classes)), seed=0))
-    images = pipe.generate(settings)
+    images = pipe(settings)
     paths = write_samples(images, settings, pipe, prepare_out(out / "samples", overwrite=True))
     figures["sample"] = {"images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"[4/5] sampled 10 images of every class with the prior's defaults (guidance {settings.guidance}, "

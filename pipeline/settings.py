@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vqgpt.prior.config import PRECISIONS, SAMPLERS, sampling_value_error
 
@@ -227,19 +227,19 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if self.num < 1:
-            raise ValueError(f"--num must be at least 1, got {self.num}")
+            raise ValueError(f"`num` must be at least 1, got {self.num}")
         # None = the prior's recorded default, checked when the prior is loaded
         problem = sampling_value_error(1.0 if self.temperature is None else self.temperature,
                                        1.0 if self.guidance is None else self.guidance, self.top_k, self.top_p,
-                                       flags=True)
+                                       fields=True)
         if problem:
             raise ValueError(problem)
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def labels_per_image(self) -> list[int] | None:
@@ -253,6 +253,8 @@ class SampleConfig:
 class TokenizeConfig:
     """Settings of one tokenize run (image size and channels come from the tokenizer)."""
 
+    renamed: ClassVar[dict[str, str]] = {"seed": "data_seed"}  # the split's seed has one name in every verb
+
     batch_size: int = field(default=256, metadata={"help": "rows per encode call"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
@@ -262,10 +264,10 @@ class TokenizeConfig:
                 "enough for about 10,000 training rows, at most 7; 0 for none)"})
     crop_resize: float = field(default=1.0625, metadata={
         "help": "crops are cut from the image resized to crop_resize × image_size: 1.0625 shifts by up to 1 px "
-                "either way at 32 px and zooms 6 %% (larger crops move the prior's samples away from the real "
-                "images: at 1.125 crops alone sit 2.6× as far from held-out letters as the training letters do)"})
+                "either way at 32 px and zooms 6 %% (larger values move the prior's samples away from the real "
+                "images)"})
     augment_validation: bool = field(default=False, metadata={"help": "augment the validation split too (default: train only)"})
-    seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the train/validation split and of the crop positions"})
     val_fraction: float = field(default=0.1, metadata={"help": "validation share for sources without their own split"})
     crops_per_photo: int = field(default=256, metadata={"help": "'photos' source only: crops per photograph"})
 

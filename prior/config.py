@@ -28,10 +28,11 @@ MAX_GUIDANCE = 100.0
 
 
 def sampling_value_error(temperature: float, guidance: float, top_k: int | None, top_p: float | None,
-                         flags: bool = False) -> str | None:
+                         fields: bool = False) -> str | None:
     """What is wrong with these sampling values (None: nothing), one line naming each value by its
-    Python argument, or by its CLI flag with `flags=True`."""
-    names = (("--temperature", "--guidance", "--top-k", "--top-p") if flags
+    argument of `sample`, or with `fields=True` by its settings field in backticks (`guidance`; the
+    command line shows a flag there)."""
+    names = (("`temperature`", "`guidance`", "`top_k`", "`top_p`") if fields
              else ("temperature", "guidance_scale", "top_k", "top_p"))
 
     def number(x) -> bool:
@@ -39,7 +40,7 @@ def sampling_value_error(temperature: float, guidance: float, top_k: int | None,
 
     lo, hi = TEMPERATURE_RANGE
     if not (number(temperature) and lo <= temperature <= hi):
-        greedy = "--top-k 1" if flags else "top_k=1"
+        greedy = "`top_k`=1" if fields else "top_k=1"
         return f"{names[0]} must be a number in [{lo:g}, {hi:g}] (for greedy codes use {greedy}), got {temperature!r}"
     if not (number(guidance) and 0 <= guidance <= MAX_GUIDANCE):
         return f"{names[1]} must be a number in [0, {MAX_GUIDANCE:g}] (1 = no guidance), got {guidance!r}"
@@ -128,7 +129,7 @@ class PriorTrainConfig:
     select_sampling: bool = True  # at the end, choose guidance/temperature on held-out rows (prior/selection.py)
     selection_samples: int = 520  # grids drawn per candidate setting for that choice (20 per class at 26 classes)
     # how far above plain sampling's Fréchet ratio the chosen setting may go (clearer classes vs
-    # samples that look like the data): 0.25 measured on letters (prior/selection.py); the demo allows more
+    # samples that look like the data; prior/selection.py)
     selection_max_fd_increase: float = 0.25
     log_every: int = 25  # steps between metrics.jsonl records of the training loss
     num_workers: int = 0  # DataLoader workers

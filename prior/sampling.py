@@ -48,10 +48,9 @@ __all__ = ["sample", "logits_processors", "SAMPLERS", "PRECISIONS", "default_win
 
 logger = logging.getLogger(__name__)
 
-# "auto": "jacobi" up to this many rows (guidance rows count), else "ar". CPU: measured, the same
-# limit in fp32 (a window pass costs arithmetic ∝ rows · window) and in bf16 on AMX (a 16-column
-# window: jacobi 533 vs ar 501 codes/s at 4 rows, 656 vs 833 at 8). GPU: a guess, not measured (no
-# GPU here): a pass of ≤ 16 rows × 16 columns should cost about as much as a one-code pass.
+# "auto": "jacobi" up to this many rows (guidance rows count), else "ar" (a window pass costs
+# arithmetic ∝ rows · window). CPU: measured in fp32 and bf16; GPU: not measured, a pass of ≤ 16
+# rows × 16 columns should cost about as much as a one-code pass (docs/design-notes.md).
 AUTO_JACOBI_MAX_ROWS = {"cpu": 4, "other": 16}
 
 

@@ -1,10 +1,8 @@
 """Sampling defaults chosen on held-out data at the end of training, for data nobody tuned them for.
 
 Classifier-free guidance and temperature trade how clearly a sample shows its class against how
-varied the samples are, and the best trade differs from one data set to the next (the demo's
-hand-tuned guidance 2 / temperature 0.5 reads 96 % of digits correctly but only 78 % of the
-letters of another data set). So `train-prior` ends by choosing them itself, with nothing but
-integer grids:
+varied the samples are, and the best trade differs from one data set to the next. So
+`train-prior` ends by choosing them itself, with nothing but integer grids:
 
 1. a *code judge* — a linear classifier over one-hot codes per position, trained on the
    training rows — learns to tell the classes apart; its accuracy on the held-out rows says
@@ -16,8 +14,7 @@ integer grids:
    decoded pixels) — by their *Fréchet ratio*: the Fréchet distance between the samples and the
    un-augmented training rows, over that between the held-out rows and them (1 = as close to the
    data as unseen real images are; `FrechetRatio`). Guidance and low temperatures buy
-   accuracy with distribution: on a 26-letter set guidance 2 / temperature 0.35 read 94 % of the
-   samples correctly but sat 3.3× as far from held-out letters as the training letters do;
+   accuracy with distribution;
 3. the winner is the most accurate candidate whose variety stays ≥ `min_variety` of the real
    one, whose near-copies of training rows stay rare and whose Fréchet ratio is at most
    `max_fd_increase` above that of plain sampling (guidance 1, temperature 1: the distribution
@@ -27,6 +24,7 @@ integer grids:
 
 The choice, the figures of every candidate and how they were measured are recorded in the
 prior's `vqgpt_prior.json` (`sampling`), and `vqgpt sample` / `Pipeline` use them by default.
+The measurements behind each setting of `SelectionConfig` are in docs/design-notes.md.
 """
 
 from __future__ import annotations
@@ -54,17 +52,12 @@ FALLBACK_SAMPLING = {"guidance": 1.0, "temperature": 1.0, "top_k": None, "top_p"
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    guidances: tuple[float, ...] = (1.0, 1.5, 2.0)  # 3 was never within the Fréchet bound on letters
+    guidances: tuple[float, ...] = (1.0, 1.5, 2.0)
     temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35)
-    samples: int = 520  # grids drawn per candidate (spread evenly over the classes; 200 left a letters choice to noise)
+    samples: int = 520  # grids drawn per candidate (spread evenly over the classes)
     min_variety: float = 0.8  # same-class Hamming variety, relative to held-out real grids
     max_near_copies: float = 0.1  # share of samples closer to a training row than 95 % of held-out rows are
-    # Fréchet ratio allowed above plain sampling's (guidance 1, temperature 1). Letters (tune set):
-    # 0.15 kept guidance 1 / T 0.35 (83 % legible, pixel FD 1.81x real), 0.2 let guidance 1.5 / T 0.5
-    # in (92 %, 1.91x); the goal is ≥ 90 % within 2x. With token dropout the tune set's best setting
-    # (guidance 1.5 / T 0.7: 95.8 %, 1.68x) sat at 1.18x plain, inside 0.2 by less than the ratio's
-    # noise; 0.25 keeps it in and still leaves out the next harsher ones (1.33x and 1.35x plain).
-    max_fd_increase: float = 0.25
+    max_fd_increase: float = 0.25  # Fréchet ratio allowed above plain sampling's (guidance 1, temperature 1)
     fd_dims: int = 64  # the Fréchet distance is taken in the top principal components of the features
     min_judge_accuracy: float = 0.5  # below this on held-out rows, the judge's verdicts are not used
     seed: int = 0
@@ -88,9 +81,8 @@ class CodeJudge(torch.nn.Module):
     @classmethod
     def fit(cls, codes: torch.Tensor, labels: torch.Tensor, spec: PriorSpec, steps: int = 300,
             weight_decay: float = 1e-3, seed: int = 0, batch_size: int = 2048) -> "CodeJudge":
-        """Adam on random batches of `batch_size` rows (the whole set when smaller): on 11,232
-        letter rows, batches of 2,048 read 89 % of held-out rows (full batches: 90 %) in a tenth
-        of the time — the embedding's backward pass costs in proportion to the rows."""
+        """Adam on random batches of `batch_size` rows (the whole set when smaller): the embedding's
+        backward pass costs in proportion to the rows, and small batches judge about as well."""
         torch.manual_seed(seed)
         judge = cls(spec.num_codes, spec.codebook_size, spec.num_classes)
         optimizer = torch.optim.Adam(judge.parameters(), lr=0.05)
@@ -171,9 +163,8 @@ class FrechetRatio:
     to the data as unseen real images do.
 
     The reference is the larger set, the un-augmented training rows (at most `max_rows`): Fréchet
-    distances from ~200 rows carry an estimation bias of their own, and measured against a held-out
-    split of ~150 rows it swamped the differences between settings (a letters prior's candidates all
-    scored 0.9-1.1 while 1,000 samples of them lay 1.5-2.2x as far from real letters)."""
+    distances from a few hundred rows carry an estimation bias of their own, which against a small
+    held-out split swamps the differences between settings."""
 
     def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], spec: PriorSpec, train_codes: torch.Tensor,
                  held_codes: torch.Tensor, dims: int, seed: int = 0, max_rows: int = 4000):
@@ -195,11 +186,8 @@ class FrechetRatio:
 
     def __call__(self, codes: torch.Tensor) -> float:
         # Subsets of as many samples as there are held-out rows: a Fréchet distance from n rows is
-        # biased by ~1/n, so numerator and reference are only comparable at equal n (on digits, 500
-        # samples against 180 held-out rows put plain sampling at 0.78, "closer than real data").
-        # The mean over every disjoint subset the samples hold: one subset of ~156 letters left the
-        # ratio so noisy (±0.1) that a letters run kept guidance 1.5 / T 0.7 (85 % legible) out of
-        # fear of T 0.5, whose 1,000 samples lay only 3 % further from real letters (90 %).
+        # biased by ~1/n, so numerator and reference are only comparable at equal n; the mean over
+        # every disjoint subset the samples hold, as one subset alone is noisy.
         order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(self.seed))
         size = min(self.held_rows, len(codes))
         subsets = [keep for keep in order.split(size) if len(keep) == size]  # a short remainder is left out
@@ -220,9 +208,8 @@ def choose(candidates: list[dict], config: SelectionConfig, samples: int) -> dic
         bound = (1.0 + config.max_fd_increase) * (plain[0] if plain else min(c["fd_ratio"] for c in candidates))
         pool = [c for c in allowed if c["fd_ratio"] <= bound] or [min(allowed, key=lambda c: c["fd_ratio"])]
     # Most accurate; among those as good within the noise of `samples` draws (one binomial standard
-    # error: ±2 points at 90 %, ±1 at 98 %) the mildest. A fixed 2-point margin let a prior whose best
-    # setting read 98.5 % settle for 96.5 %, which an independent digit classifier read at 93 % vs 97 %.
-    # Among those, the one nearest the data (lowest Fréchet ratio), else the mildest setting.
+    # error: ±2 points at 90 %, ±1 at 98 %): the one nearest the data (lowest Fréchet ratio), else
+    # the mildest setting.
     best_accuracy = max(c["accuracy"] for c in pool)
     margin = max(math.sqrt(best_accuracy * (1.0 - best_accuracy) / max(samples, 1)), 0.5 / max(samples, 1))
     close = [c for c in pool if c["accuracy"] >= best_accuracy - margin]

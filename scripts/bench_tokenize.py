@@ -90,7 +90,7 @@ def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
 def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, workers: int) -> dict:
     import datasets  # noqa: F401  (import time is not tokenize time)
 
-    from vqgpt.pipeline.tokenize import tokenize_dataset
+    from vqgpt.pipeline.tokens import tokenize_dataset
 
     start = time.perf_counter()
     summary = tokenize_dataset(tokenizer, data, out, batch_size=batch_size, num_workers=workers,

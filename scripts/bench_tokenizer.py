@@ -8,7 +8,7 @@ perplexity and rFID (``vqgpt evaluate tokenizer``'s code: rFID needs the Incepti
 
     python scripts/bench_tokenizer.py                         # both, preset step counts
     python scripts/bench_tokenizer.py --data digits
-    python scripts/bench_tokenizer.py --data photos --steps 300
+    python scripts/bench_tokenizer.py --data photos --max-steps 300
     python scripts/bench_tokenizer.py --data digits --tokenizer runs/digits/tokenizer
 """
 
@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vqgpt import tokenizer as tk  # noqa: E402
-from vqgpt.pipeline import auto  # noqa: E402
+from vqgpt.pipeline import derived  # noqa: E402
 from vqgpt.pipeline.demo import DEMO_TOKENIZER  # noqa: E402
-from vqgpt.pipeline.evaluate import Evaluator, Images, evaluate_tokenizer  # noqa: E402
-from vqgpt.pipeline.sources import load_images  # noqa: E402
+from vqgpt.pipeline.evaluation import Evaluator, Images, evaluate_tokenizer  # noqa: E402
+from vqgpt.pipeline.data import load_images  # noqa: E402
 
 
 def settings_for(spec: str) -> dict:
@@ -38,8 +38,9 @@ def settings_for(spec: str) -> dict:
     preset over the defaults `vqgpt train-tokenizer` derives from the data."""
     if spec == "digits":
         return DEMO_TOKENIZER
-    derived, _ = auto.tokenizer_defaults(auto.survey(spec), torch.cuda.is_available())
-    return auto.merge(derived, tk.PRESETS["small"])
+    defaults, _ = derived.tokenizer_defaults(derived.survey(spec), torch.cuda.is_available())
+    preset = tk.PRESETS["small"]
+    return {section: {**defaults.get(section, {}), **preset.get(section, {})} for section in ("model", "train")}
 
 
 @torch.no_grad()
@@ -65,8 +66,8 @@ def bench_one(spec: str, args: argparse.Namespace, work: Path, evaluator: Evalua
     else:
         model_config = tk.VQGANConfig(**preset["model"])
         train_over = dict(preset["train"])
-        if args.steps is not None:
-            train_over.update(max_steps=args.steps, disc_start=min(train_over.get("disc_start", 0), int(args.steps * 0.75)))
+        if args.max_steps is not None:
+            train_over.update(max_steps=args.max_steps, disc_start=min(train_over.get("disc_start", 0), int(args.max_steps * 0.75)))
         train_config = tk.TokenizerTrainConfig(**{**train_over, "cpu": args.cpu, "seed": args.seed})
     val = load_images(spec, model_config.image_size, model_config.channels, split="validation")
     if not args.tokenizer:
@@ -99,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["digits", "photos"], help="bundled names or image folders")
     parser.add_argument("--tokenizer", help="evaluate this trained tokenizer folder instead of training")
-    parser.add_argument("--steps", type=int, help="override the preset's training steps")
+    parser.add_argument("--max-steps", type=int, help="override the preset's training steps")
     parser.add_argument("--out", help="where trained tokenizers go (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")

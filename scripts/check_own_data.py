@@ -122,7 +122,7 @@ def safe_name(text: str) -> str:
 def load_real(root: Path, rel_paths: list[str], size: int, channels: int) -> np.ndarray:
     """Images as the data sources prepare them → float32[N, C, S, S] in [0, 1]."""
     from PIL import Image
-    from vqgpt.pipeline.images import fit_image
+    from vqgpt.pipeline.data.images import fit_image
 
     out = np.empty((len(rel_paths), channels, size, size), dtype=np.float32)
     for i, rel in enumerate(rel_paths):

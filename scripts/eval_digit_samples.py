@@ -18,7 +18,8 @@ import time
 import torch
 
 from vqgpt import Pipeline
-from vqgpt.pipeline.digits_check import check_digit_samples
+from vqgpt.pipeline.evaluation.digits import check_digit_samples
+from vqgpt.pipeline.settings import SampleConfig
 
 
 def main() -> None:
@@ -41,8 +42,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 figures = check_digit_samples(pipe, num_samples=args.num, guidance_scale=scale,
                                               temperature=temperature, seed=args.seed, sampler=sampler)
-                figures["guidance"], figures["temperature"] = pipe.sampling_defaults(True) if scale is None and \
-                    temperature is None else (scale, temperature)
+                chosen = pipe.resolve(SampleConfig(guidance=scale, temperature=temperature), conditional=True)
+                figures["guidance"], figures["temperature"] = chosen.guidance, chosen.temperature
                 figures["sampler"] = sampler
                 figures["seconds"] = round(time.perf_counter() - t0, 1)
                 print(json.dumps(figures))
@@ -57,7 +58,8 @@ def compare_code_histograms(pipe, num: int, guidance: float, temperature: float,
     from scipy.stats import chi2_contingency
 
     labels = torch.arange(num) % 10
-    draws = [pipe.sample_codes(num, labels, guidance, temperature, batch_size=250, seed=s, sampler=name).flatten(1)
+    draws = [pipe.sample_codes(SampleConfig(guidance=guidance, temperature=temperature, batch_size=250, seed=s,
+                                            sampler=name), labels=labels).flatten(1)
              for s, name in ((seed, first), (seed + 1, other))]  # other seeds: independent draws
     K, positions = pipe.spec.codebook_size, draws[0].shape[1]
     pvalues = []

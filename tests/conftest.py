@@ -47,8 +47,8 @@ def tiny_run(tmp_path_factory, image_folder) -> Path:
     from vqgpt import prior as pr
     from vqgpt import tokenizer as tk
     from vqgpt.pipeline.settings import build_configs
-    from vqgpt.pipeline.sources import load_images
-    from vqgpt.pipeline.tokenize import tokenize_dataset
+    from vqgpt.pipeline.data import load_images
+    from vqgpt.pipeline.tokens import tokenize_dataset
 
     run = tmp_path_factory.mktemp("run")
     cfg = build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig}, [tk.PRESETS["tiny"]])

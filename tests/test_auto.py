@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqgpt.pipeline import auto
+from vqgpt.pipeline import derived as auto
 from vqgpt.pipeline.cli import main
 
 

@@ -141,12 +141,12 @@ def test_tokenize_killed_then_rerun_is_identical(tiny_run, tmp_path):
     dataset; it equals an uninterrupted run, and the killed folder never loads as complete."""
     import datasets
 
-    from vqgpt.pipeline.sources import load_images
+    from vqgpt.pipeline.data import load_images
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     digits = load_images("digits", 16, 1, split="all")
-    from vqgpt.pipeline.images import to_pil
+    from vqgpt.pipeline.data.images import to_pil
 
     for i in range(120):
         to_pil(digits[i]["image"][None])[0].save(folder / f"{i:03d}.png")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgpt.pipeline.bundled import PHOTOS_HELD_OUT
-from vqgpt.pipeline.sources import load_images, split_indices
+from vqgpt.pipeline.data.bundled import PHOTOS_HELD_OUT
+from vqgpt.pipeline.data import load_images, split_indices
 
 
 def _img(path: Path, size: tuple[int, int] = (20, 12), mode: str = "RGB", color=(200, 30, 30)) -> Path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vqgpt.pipeline.digits_check import DigitJudge
-from vqgpt.pipeline.sources import load_images
+from vqgpt.pipeline.evaluation.digits import DigitJudge
+from vqgpt.pipeline.data import load_images
 
 
 def test_frechet_ratio_separates_real_digits_from_blurred_and_noise():

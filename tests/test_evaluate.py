@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqgpt.pipeline import fid
+from vqgpt.pipeline.evaluation import fid
 from vqgpt.pipeline.cli import main
 from vqgpt.tokenizer.metrics import psnr
 from vqgpt.tokenizer.quantizer import codebook_stats
@@ -146,7 +146,7 @@ def test_usage_and_perplexity_of_a_known_histogram():
 
 
 def test_real_and_generated_images_take_the_same_uint8_path():
-    from vqgpt.pipeline.images import to_pil, to_uint8
+    from vqgpt.pipeline.data.images import to_pil, to_uint8
 
     x = torch.rand(2, 3, 5, 5) * 2.2 - 1.1  # a little out of range on both sides
     u = to_uint8(x)

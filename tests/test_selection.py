@@ -53,7 +53,7 @@ def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
     _, spec = load_prior(tmp_path / "out")
     assert spec.sampling == record
 
-    from vqgpt.pipeline.generate import Pipeline
+    from vqgpt.pipeline.generation import Pipeline
     from vqgpt.pipeline.settings import SampleConfig
 
     pipe = Pipeline.__new__(Pipeline)  # resolve() reads only the prior's spec

@@ -1,4 +1,4 @@
-"""Tokenizing a data source into a token dataset (vqgpt.pipeline.tokenize)."""
+"""Tokenizing a data source into a token dataset (vqgpt.pipeline.tokens)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgpt.pipeline.inspect_tokens import inspect_tokens
+from vqgpt.pipeline.tokens import describe_tokens
 from vqgpt.pipeline.settings import TokenizeConfig
-from vqgpt.pipeline.sources import load_images
-from vqgpt.pipeline.tokenize import tokenize_dataset
+from vqgpt.pipeline.data import load_images
+from vqgpt.pipeline.tokens import tokenize_dataset
 from vqgpt.prior.data import codes_dtype
 from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
 
@@ -117,7 +117,7 @@ def test_resume_after_interruption_gives_the_same_dataset(tok: Path, images: Pat
     assert (out / ".partial" / "manifest.json").is_file()
     assert not (out / "vqgpt_tokens.json").exists()
     with pytest.raises(ValueError, match="unfinished"):
-        inspect_tokens(out)
+        describe_tokens(out)
     summary = tokenize_dataset(tok, str(images), out, **settings)
     assert summary["resumed_shards"] == 2
     _assert_same(_load(out), _load(whole))
@@ -219,12 +219,12 @@ def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) 
 def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """Without ``crops`` a small data set gets random crops up to about TARGET_TRAIN_ROWS rows
     (never flips); a data set that is already large enough gets none. Validation stays plain."""
-    from vqgpt.pipeline import auto
+    from vqgpt.pipeline import derived as auto
 
     train = load_images(str(images), 16, 1, split="train")
     monkeypatch.setattr(auto, "TARGET_TRAIN_ROWS", 4 * len(train))  # → 3 crops per training image
     out = tmp_path / "auto"
-    with caplog.at_level("INFO", logger="vqgpt.pipeline.tokenize"):
+    with caplog.at_level("INFO", logger="vqgpt.pipeline.tokens.tokenize_dataset"):
         summary = tokenize_dataset(tok, str(images), out, progress=False)
     assert "derived from the data: 3 random crop(s)" in caplog.text
     meta = json.loads((out / "vqgpt_tokens.json").read_text())
@@ -252,19 +252,19 @@ def test_digits_and_codes_dtype(tok: Path, tmp_path: Path) -> None:
 def test_inspect_tokens(tok: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
     tokenize_dataset(tok, str(images), out, crops=0, progress=False)
-    report = inspect_tokens(out)
+    report = describe_tokens(out)
     assert report["train_rows"] + report["validation_rows"] == 14
     assert report["grid"] == "8×8" and report["codebook_size"] == 32 and report["classes"] == 2
     assert 1 <= report["codes_used"] <= 32 and 1 <= report["perplexity"] <= 32
     png = tmp_path / "rows.png"
-    report = inspect_tokens(out, tokenizer=tok, png=png)
+    report = describe_tokens(out, tokenizer=tok, png=png)
     assert report["png"] == str(png) and Image.open(png).size[0] > 8 * 16
     with pytest.raises(ValueError, match="needs the tokenizer"):
-        inspect_tokens(out, png=png)
+        describe_tokens(out, png=png)
     with pytest.raises(ValueError, match="made with tokenizer"):
-        inspect_tokens(out, tokenizer=_tokenizer(tmp_path / "other", seed=3))
+        describe_tokens(out, tokenizer=_tokenizer(tmp_path / "other", seed=3))
     with pytest.raises(ValueError, match="not a token dataset"):
-        inspect_tokens(images)
+        describe_tokens(images)
 
 
 class _FakeState:

@@ -4,7 +4,7 @@
 
 Presets name model sizes, not data sets; what depends on the data (channels, resolution,
 codebook size, training length) is derived from it by ``vqgpt train-tokenizer``
-(``vqgpt.pipeline.auto``) and recorded in the tokenizer's ``config.json``.
+(``vqgpt.pipeline.derived``) and recorded in the tokenizer's ``config.json``.
 
 - ``tiny``: for tests — trains in seconds, quality irrelevant.
 - ``small`` (default): a CPU-sized model, 32 px → 8×8 codes; minutes on a 2-core CPU.
@@ -49,10 +49,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
     },
     # CPU size: 32 px → 8×8 codes. Channels, resolution, codebook and training length come from
-    # the data (pipeline/auto.py) unless set; these are the widths and the optimiser.
+    # the data (pipeline/derived.py) unless set; these are the widths and the optimiser.
     "small": {
         "model": {
-            "base_channels": 16,  # 32 trains at half the speed; on letters its reconstructions read no better (88 vs 96 %, one run each)
+            "base_channels": 16,  # 32 trains at half the speed and read no better (docs/design-notes.md)
             "num_res_blocks": 1,
             "z_channels": 32,
             "norm_groups": 8,

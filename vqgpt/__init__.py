@@ -3,8 +3,9 @@
     from vqgpt import VQGAN, Pipeline, load_images
 
 The stages are sub-packages: ``vqgpt.tokenizer`` (images ⇄ code grids), ``vqgpt.prior``
-(a causal LM over code grids) and ``vqgpt.pipeline`` (data sources, tokenizing, sampling +
-decoding, the ``vqgpt`` command). Names are imported on first use (``lazy_loader``), so
+(a causal LM over code grids) and ``vqgpt.pipeline`` (data sources, token datasets, generation,
+evaluation, the ``vqgpt`` command). Two leaf modules know no model: ``vqgpt.checkpoints`` (what
+both trainers do with their run folders) and ``vqgpt.atomic`` (atomic file and folder writes). Names are imported on first use (``lazy_loader``), so
 ``import vqgpt`` and ``vqgpt --help`` stay free of torch until a model is needed.
 """
 
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["tokenizer", "prior", "pipeline"],
+    submodules=["tokenizer", "prior", "pipeline", "atomic", "checkpoints"],
     submod_attrs={
         "tokenizer.model": ["VQGAN"],
         "tokenizer.config": ["VQGANConfig", "TokenizerTrainConfig"],
@@ -24,10 +25,11 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "prior.data": ["load_token_dataset"],
         "prior.train": ["train_prior"],
         "prior.sampling": ["sample"],
-        "pipeline.generate": ["Pipeline"],
+        "pipeline.generation": ["Pipeline"],
         "pipeline.settings": ["SampleConfig", "TokenizeConfig"],
-        "pipeline.sources": ["load_images"],
-        "pipeline.tokenize": ["tokenize_dataset"],
+        "pipeline.data": ["load_images"],
+        "pipeline.tokens": ["tokenize_dataset"],
+        "pipeline.evaluation": ["evaluate"],
     },
 )
 __all__ = [*__all__, "__version__"]

@@ -123,7 +123,7 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, step: int
 def _damaged(path: Path, what: str, err: BaseException) -> ValueError:
     reason = (str(err).splitlines() or [""])[0][:200]
     return ValueError(f"cannot resume: {what} in {path} is damaged ({type(err).__name__}: {reason}); delete "
-                      f"{path.name} to resume from an earlier checkpoint, or start again with --overwrite")
+                      f"{path.name} to resume from an earlier checkpoint, or start again with `overwrite`")
 
 
 def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -192,8 +192,7 @@ def stop_if_diverged(accelerator: Accelerator, loss: float, step: int, root: str
         latest = latest_checkpoint(root)
         kept = f"the last good checkpoint is {latest.name}" if latest else "no checkpoint was written yet"
         raise FloatingPointError(f"the {what}'s loss became {loss} at step {step}; stopped without saving ({kept}); "
-                                 "resume with a lower learning rate (--resume --set train.learning_rate=...) or "
-                                 "mixed precision off")
+                                 "resume (`resume`) with a lower train.learning_rate or with mixed precision off")
 
 
 # --------------------------------------------------------------------------- the metrics log

@@ -8,12 +8,13 @@
   class-conditional priors, and for digits runs the independent classifier check.
 
 ``evaluate`` resolves folders, the split and the weights and returns one report: the figures,
-the FID protocol and the machine (schema and table in ``eval_report.py``). FID is computed as
+the FID protocol and the machine (schema and table in ``report.py``). FID is computed as
 ``fid.py`` pins it; without the Inception weights file the FID fields say why they are absent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
 
+from ..data import held_out_split, load_images
+from ..generation import Pipeline
+from ..settings import SampleConfig
 from . import fid
-from .eval_report import SCHEMA, machine_info, protocol_line
-from .settings import SampleConfig
-from .sources import default_split, load_images
+from .report import SCHEMA, machine_info, protocol_line
 
 __all__ = ["EVAL_TARGETS", "Evaluator", "Images", "evaluate", "evaluate_tokenizer", "evaluate_prior",
            "prior_bits_per_code"]
@@ -98,18 +100,18 @@ class Evaluator:
     def create(cls, inception_weights: str | None = None, vgg_weights: str | None = None, lpips: bool = False,
                cache_dir: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> "Evaluator":
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}")
         weights, absent = fid.find_inception_weights(inception_weights)
         inception = fid.InceptionFeatures(weights, device, batch_size) if weights else None
         lpips_module, lpips_absent = None, None
         if lpips:
             vgg = Path(vgg_weights).expanduser() if vgg_weights else tk.losses.default_vgg_path()
             if vgg_weights and not vgg.is_file():
-                raise FileNotFoundError(f"--vgg-weights {vgg} does not exist")
+                raise FileNotFoundError(f"`vgg_weights` {vgg} does not exist")
             if vgg.is_file():
                 lpips_module = tk.LPIPS(vgg_path=vgg).to(device)
             else:
-                lpips_absent = f"no VGG16 weights: {vgg.name} is not in {vgg.parent} and no --vgg-weights FILE was given"
+                lpips_absent = f"no VGG16 weights: {vgg.name} is not in {vgg.parent} and no `vgg_weights` file was given"
         return cls(inception, absent, lpips_module, lpips_absent, Path(cache_dir) if cache_dir else None, device, batch_size)
 
     def collector(self, images: Images | None = None, channels: int = 0, image_size: int = 0) -> fid.FeatureCollector:
@@ -243,29 +245,26 @@ def evaluate_prior(model: torch.nn.Module, spec: pr.PriorSpec, pipe: Any | None,
         for c, (value, rows) in bits["per_class"].items():
             per_class[c].update(validation_bits_per_code=value, held_out_rows=rows)
     if pipe is None:
-        section["gfid"], section["gfid_absent"] = None, "no tokenizer to decode samples (give --run or --tokenizer)"
+        section["gfid"], section["gfid_absent"] = None, "no tokenizer to decode samples (give `run` or `tokenizer`)"
     else:
         n = num_samples or (len(images) if images is not None else 0)
         if n < 2:
-            raise ValueError(f"--num-samples must be at least 2 for sample statistics, got {n}")
+            raise ValueError(f"`num_samples` must be at least 2 for sample statistics, got {n}")
         labels = _sample_labels(spec, images, n, seed)
         collector = evaluator.collector(channels=pipe.tokenizer.config.channels,
                                         image_size=pipe.tokenizer.config.image_size)
-        histogram = torch.zeros(spec.codebook_size, dtype=torch.long)
-        generator = pipe.generator(seed)
+        settings = dataclasses.replace(sampling, seed=seed, num=n)
+        # one call: every image's seed is a function of (seed, class, k), so the samples do not
+        # depend on the batch size; decoded and measured batch by batch
+        codes = pipe.sample_codes(settings, labels=labels)
         for start in range(0, n, sampling.batch_size):
-            count = min(sampling.batch_size, n - start)
-            batch_labels = labels[start:start + count] if labels is not None else None
-            codes = pipe.sample_codes(count, batch_labels, sampling.guidance, sampling.temperature, sampling.top_k,
-                                      sampling.top_p, generator=generator, batch_size=sampling.batch_size,
-                                      sampler=sampling.sampler, precision=sampling.precision)
-            histogram += tk.code_histogram(codes.cpu(), spec.codebook_size)
-            collector.add(pipe.decode(codes), batch_labels)
-        usage, perplexity = tk.codebook_stats(histogram)
+            batch_labels = labels[start:start + sampling.batch_size] if labels is not None else None
+            collector.add(pipe.decode(codes[start:start + sampling.batch_size]), batch_labels)
+        usage, perplexity = tk.codebook_stats(tk.code_histogram(codes.cpu(), spec.codebook_size))
         section.update(num_samples=n, seed=seed, sample_codebook_usage=100.0 * usage, sample_perplexity=perplexity,
                        sampling={k: getattr(sampling, k) for k in ("guidance", "temperature", "top_k", "top_p")})
         if images is None:
-            section.update(gfid=None, gfid_absent="no real images to compare with (the data source is unknown: give --data)",
+            section.update(gfid=None, gfid_absent="no real images to compare with (the data source is unknown: give `data`)",
                            pixel_fd=None, pixel_fd_absent="no real images to compare with")
         else:
             reference, record = evaluator.reference(images, cache_dir)
@@ -310,18 +309,18 @@ def _resolve(what: str, run: str | None, tokenizer: str | None, prior: str | Non
         if not root.is_dir():
             raise FileNotFoundError(f"run folder {root} does not exist")
         if tokenizer or prior:
-            raise ValueError("give either --run DIR or --tokenizer DIR / --prior DIR, not both")
+            raise ValueError("give either `run` or `tokenizer` / `prior`, not both")
         tokenizer = str(root / "tokenizer") if (root / "tokenizer").is_dir() else None
         prior = str(root / "prior") if (root / "prior").is_dir() else None
         tokens = tokens or (str(root / "tokens") if (root / "tokens").is_dir() else None)
     if what == "tokenizer" and not tokenizer:
-        raise ValueError("evaluate tokenizer needs --tokenizer DIR (or --run DIR holding tokenizer/)")
+        raise ValueError("evaluate tokenizer needs `tokenizer` (or `run` holding tokenizer/)")
     if what == "prior" and not prior:
-        raise ValueError("evaluate prior needs --prior DIR with --tokenizer DIR, or --run DIR")
+        raise ValueError("evaluate prior needs `prior` with `tokenizer`, or `run`")
     if what == "tokenizer":
         prior = None
     if not tokenizer and not prior:
-        raise ValueError("evaluate needs --run DIR, or --tokenizer DIR and/or --prior DIR")
+        raise ValueError("evaluate needs `run`, or `tokenizer` and/or `prior`")
     return tokenizer, prior, tokens
 
 
@@ -330,24 +329,30 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
              num_samples: int | None = None, seed: int = 0, data_seed: int | None = None,
              inception_weights: str | None = None, vgg_weights: str | None = None, stats_cache: str | None = None,
              sampling: SampleConfig | None = None, batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
-    """Evaluate the tokenizer, the prior or both ("all"); returns the report (``eval_report``)."""
+    """Evaluate the tokenizer, the prior or both ("all"); returns the report (``report.py``)."""
     tokenizer, prior, tokens = _resolve(what, run, tokenizer, prior, tokens)
     if num_samples is not None and num_samples < 2:
-        raise ValueError(f"--num-samples must be at least 2, got {num_samples}")
+        raise ValueError(f"`num_samples` must be at least 2, got {num_samples}")
     sampling = sampling or SampleConfig()
     token_data = pr.load_token_dataset(tokens) if tokens and prior else None
     meta = token_data.meta if token_data else (pr.read_token_meta(tokens) if tokens else {})
     split_meta = meta.get("split") or {}
     if data_seed is not None and "seed" in split_meta and data_seed != split_meta["seed"]:
-        raise ValueError(f"the token dataset {tokens} was split with seed {split_meta['seed']}; --data-seed {data_seed} "
+        raise ValueError(f"the token dataset {tokens} was split with seed {split_meta['seed']}; `data_seed` {data_seed} "
                          "would evaluate on images the prior was trained on")
-    split_seed = data_seed if data_seed is not None else int(split_meta.get("seed", 0))
-    val_fraction = split_meta.get("val_fraction") or 0.1
-    data = data or meta.get("data") or None
     vq = tk.VQGAN.from_pretrained(tokenizer, device=device) if tokenizer else None
-    if split is None:  # held-out images of the source the models learnt from; all of any other source
-        trained_on = meta.get("data") or (vq.config.trained_on if vq is not None else "")
-        split = default_split(data, trained_on)[0] if data else "validation"
+    # what the models recorded about their training data: the token dataset's record, else the tokenizer's
+    if meta.get("data"):
+        trained_on, recorded_seed, recorded_fraction = meta["data"], int(split_meta.get("seed", 0)), split_meta.get("val_fraction")
+    elif vq is not None:
+        trained_on = vq.config.trained_on
+        recorded_seed, recorded_fraction = vq.config.trained_split_seed, vq.config.trained_val_fraction
+    else:
+        trained_on, recorded_seed, recorded_fraction = "", 0, None
+    data = data or meta.get("data") or None
+    held_out = held_out_split(data or "", trained_on, recorded_seed if data_seed is None else data_seed,
+                              recorded_fraction, split=split)
+    split, split_seed, val_fraction = held_out.split, held_out.seed, held_out.val_fraction
     stats_dir = Path(tokens) / "reference_stats" if tokens else None  # next to the token dataset's data
 
     evaluator = Evaluator.create(inception_weights, vgg_weights, lpips=tokenizer is not None and what != "prior",
@@ -369,8 +374,8 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
     if vq is not None and what in ("tokenizer", "all"):
         if not data:
             if what == "tokenizer":
-                raise ValueError("evaluate tokenizer needs --data SRC (or --tokens DIR naming its data source)")
-            logger.warning("no --data (and no token dataset naming one): tokenizer metrics skipped")
+                raise ValueError("evaluate tokenizer needs `data` (or `tokens` naming its data source)")
+            logger.warning("no data source (and no token dataset naming one): tokenizer metrics skipped")
         else:
             images = real_images(limit=num_samples)
             report["tokenizer"] = {"path": str(tokenizer), "fingerprint": vq.fingerprint(),
@@ -379,13 +384,11 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
         model, spec = pr.load_prior(prior, device=device)
         pipe = None
         if vq is not None:
-            from .generate import Pipeline
-
             pipe = Pipeline(vq, model, spec, device=device)
         elif what == "prior":
             logger.warning("no tokenizer: samples cannot be decoded, gFID skipped")
         if token_data is None:
-            logger.warning("no --tokens: held-out prior loss skipped")
+            logger.warning("no token dataset: held-out prior loss skipped")
         images = real_images()
         report["prior"] = {"path": str(prior), "tokens": tokens,
                            **evaluate_prior(model, spec, pipe, images, evaluator, sampling, num_samples, seed, token_data, stats_dir)}
@@ -395,7 +398,7 @@ def evaluate(what: str = "all", run: str | None = None, tokenizer: str | None = 
 
 
 def _digits_check(pipe: Any, num_samples: int, seed: int, sampling: SampleConfig) -> dict:
-    from .digits_check import check_digit_samples
+    from .digits import check_digit_samples
 
     if num_samples < 10:
         return {"absent": f"the digit check needs at least 10 samples, got {num_samples}"}

@@ -3,7 +3,7 @@
 The first ``datasets.Image`` column holds the images; the first ``ClassLabel`` column (else an
 integer ``label``/``labels``/``class``/``target`` column) the classes. A source's own
 ``train`` and ``validation`` (or ``valid``/``val``/``test``) splits are used when present;
-otherwise it is split like a folder (``sources.split_indices``). Without a network the hub fails
+otherwise it is split like a folder (``source.split_indices``). Without a network the hub fails
 within seconds with a ValueError instead of hanging.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from PIL import Image
 
 from .images import check_decodes, check_many, decode_image
-from .sources import ImageSource, _require_nonempty, split_indices
+from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["HFSource", "is_saved_dataset", "hf_source", "load_hub"]
 
@@ -148,7 +148,7 @@ def hf_source(data: Any, spec: str, root: Path | None, image_size: int, channels
     else:
         indices = split_indices(len(base), split, seed, val_fraction)
         parts, total = [(train_name, base, indices)], len(base)
-    _require_nonempty([i for *_, ix in parts for i in ix], split, spec, total, val_fraction)
+    require_nonempty([i for *_, ix in parts for i in ix], split, spec, total, val_fraction)
     source = HFSource(spec, root, parts, image_col, label_col, class_names, image_size, channels, split, check)
     source.split_fraction = None if val_name is not None else val_fraction
     return source

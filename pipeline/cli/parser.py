@@ -4,6 +4,9 @@ The parser is built from torch-free settings modules only (presets, config datac
 ``vqgpt --help`` answers at once; a verb's function (``verbs.py``) imports what it needs when
 it runs. User mistakes (bad paths, bad values, impossible configs) become one ``error: ...``
 line and exit code 2; ``--debug`` shows the traceback instead.
+
+Only the command line speaks of flags. The library names its parameters, in backticks where an
+error message names one (`keep_rows`); here such a name becomes the verb's flag (``--keep-rows``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -43,7 +47,8 @@ def _add_config_args(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--config", metavar="JSON", help='JSON file {"model": {...}, "train": {...}} layered over the preset')
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", default=[],
-        help="override one setting, e.g. --set model.codebook_size=512 --set train.max_steps=2000 (repeatable)",
+        help="override one setting, e.g. --set model.codebook_size=512 --set train.max_steps=2000 (repeatable; "
+             "both stages name their training settings alike: max_steps, learning_rate, batch_size, …)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
@@ -70,12 +75,12 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vqgpt.prior.config import DEFAULT_PRESET as PRIOR_DEFAULT
-    from vqgpt.prior.config import PRESETS as PRIOR_PRESETS
+    from vqgpt.prior.presets import DEFAULT_PRESET as PRIOR_DEFAULT
+    from vqgpt.prior.presets import PRESETS as PRIOR_PRESETS
     from vqgpt.tokenizer.presets import DEFAULT_PRESET as TOKENIZER_DEFAULT
     from vqgpt.tokenizer.presets import PRESETS as TOKENIZER_PRESETS
 
-    from .settings import SampleConfig, TokenizeConfig
+    from ..settings import SampleConfig, TokenizeConfig
 
     parser = argparse.ArgumentParser(prog="vqgpt", description="vqgpt: two-stage image generation — a VQGAN tokenizer turns images into code grids, a GPT prior learns them, the pipeline samples and decodes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str, device: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func="cmd_" + name.replace("-", "_"))  # the function in verbs.py
+        p.set_defaults(func="cmd_" + name.replace("-", "_"), parser=p)  # the function in verbs.py
         if device:  # training verbs take their devices from accelerate (`accelerate launch`/config)
             p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
         return p
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
              device=False)
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, samples, checkpoints)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split (default: 0)")
     _add_config_args(p, list(TOKENIZER_PRESETS), TOKENIZER_DEFAULT)
 
     p = verb("reconstruct", "encode+decode images; write a side-by-side grid, print PSNR/SSIM/usage")
@@ -105,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file for the side-by-side grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--split", choices=["train", "validation", "all"],
-                   help="images scored (default: the validation split of the source the tokenizer was trained on, "
-                        "all of any other source)")
+                   help="images scored (default: the validation split of the source the tokenizer was trained on — "
+                        "the images evaluate scores too — all of any other source)")
     p.add_argument("--num", type=int, default=32, help="images shown in the grid")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-seed", type=int, help="seed of the train/validation split (default: the tokenizer's)")
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, metavar="N",
                    help="prior: samples drawn (default: as many as the split has images); tokenizer: a seeded "
                         "subset of N images of the split (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of a --num-samples subset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of a --num-samples subset (default: 0)")
     p.add_argument("--data-seed", type=int, help="seed of the train/validation split (default: the token dataset's, else 0)")
     p.add_argument("--inception-weights", metavar="FILE",
                    help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth; default: looked for in the "
@@ -182,12 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags_named(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """The library's `parameter` names in ``message`` as this verb's flags (`keep_rows` →
+    --keep-rows); a name the verb has no flag for loses its backticks only."""
+    flags = {}
+    for action in parser._actions if parser is not None else []:
+        longest = max(action.option_strings, key=len, default=None)
+        if longest and longest.startswith("--"):
+            flags.setdefault(action.dest, longest)
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return flags.get(name) or flags.get(name.replace("-", "_")) or name
+
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_-]*)`", flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vqgpt`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    verb_parser = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        verb_parser = args.parser
         _configure_logging(args.verbose)
         from . import verbs
 
@@ -198,17 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, (FileNotFoundError, NotADirectoryError)) and err.filename and str(err.filename) not in message:
             message = f"{message}: {err.filename}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_flags_named(message, verb_parser)}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # training diverged: not a user mistake, but no traceback either
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_flags_named(str(err), verb_parser)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vqgpt.atomic import write_json
 from vqgpt.prior.data import SPLITS
 
-from .settings import TokenizeConfig
-from .sources import ImageSource
+from ..data import ImageSource
+from ..settings import TokenizeConfig
 
-__all__ = ["Rows", "collate", "Shard", "plan_shards", "plan_batches", "write_shard", "write_json", "shard_done",
+__all__ = ["Rows", "collate", "Shard", "plan_shards", "plan_batches", "write_shard", "shard_done",
            "prefetch", "open_shards", "shard_failures"]
 
 
@@ -59,7 +60,7 @@ class Rows(Dataset):
                 big_size = max(size, round(size * self.config.crop_resize))
                 big = src.image_at(i, big_size)  # (C, S', S')
                 g = torch.Generator().manual_seed(
-                    zlib.crc32(f"{self.config.seed}:{split}:{i}:crops".encode()))
+                    zlib.crc32(f"{self.config.data_seed}:{split}:{i}:crops".encode()))
                 offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
                 rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
             images = torch.stack(rows)  # (V, C, S, S)
@@ -138,12 +139,6 @@ def write_shard(partial: Path, shard: Shard, codes: list[np.ndarray], labels: li
     os.replace(tmp, partial / f"{shard.stem}.arrow")
     marker = {"rows": len(sources), "images": shard.stop - shard.start, "failed": failed}
     write_json(partial / f"{shard.stem}.json", marker)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def shard_done(partial: Path, shard: Shard) -> bool:

@@ -1,6 +1,6 @@
 """The ``vqgpt`` verbs: one function per verb, each a thin layer over the library.
 
-``cli.py`` parses the command line (without importing torch) and calls ``cmd_<verb>`` here;
+``parser.py`` parses the command line (without importing torch) and calls ``cmd_<verb>`` here;
 each builds its configs (preset → ``--config`` → ``--set``), calls its stage and prints the
 figures a person wants to see. Results go to stdout from the main process only.
 """
@@ -32,7 +32,7 @@ def _print(*parts: Any) -> None:
 def _layers(preset_registry: dict[str, dict], preset: str | None, config: str | None, sets: list[str] | None,
             derived: dict | None = None) -> list[dict]:
     """Settings layers, later ones winning: derived from the data → preset → --config → --set."""
-    from .settings import parse_sets, read_config_file
+    from ..settings import parse_sets, read_config_file
 
     layers: list[dict] = [derived] if derived else []
     if preset is not None:
@@ -49,7 +49,7 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> A
     import dataclasses
     import typing
 
-    from .settings import coerce
+    from ..settings import coerce
 
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = dict(fixed)
@@ -77,25 +77,25 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     from vqgpt import tokenizer as tk
 
-    from . import auto
-    from .settings import build_configs
-    from .sources import canonical_spec, load_images
+    from .. import derived
+    from ..data import canonical_spec, load_images
+    from ..settings import build_configs
 
     preset = tk.PRESETS.get(args.preset, {})
     batch = preset.get("train", {}).get("batch_size", tk.TokenizerTrainConfig.batch_size)
-    data = auto.survey(args.data, seed=args.data_seed)
-    derived, why = auto.tokenizer_defaults(data, torch.cuda.is_available(), batch)
+    data = derived.survey(args.data, seed=args.data_seed)
+    defaults, why = derived.tokenizer_defaults(data, torch.cuda.is_available(), batch)
 
     def configs():
         return build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
-                             _layers(tk.PRESETS, args.preset, args.config, args.set, derived))
+                             _layers(tk.PRESETS, args.preset, args.config, args.set, defaults))
     cfg = configs()
     chosen = cfg["model"]
-    if chosen.image_size != derived["model"]["image_size"] and chosen.channel_mult == derived["model"]["channel_mult"]:
+    if chosen.image_size != defaults["model"]["image_size"] and chosen.channel_mult == defaults["model"]["channel_mult"]:
         # another resolution was asked for and the downsampling was not: derive it for that resolution
-        derived, why = auto.tokenizer_defaults(data, torch.cuda.is_available(), batch, image_size=chosen.image_size)
+        defaults, why = derived.tokenizer_defaults(data, torch.cuda.is_available(), batch, image_size=chosen.image_size)
         cfg = configs()
-    _print_derived(why, derived, cfg)
+    _print_derived(why, defaults, cfg)
     model_cfg, train_cfg = cfg["model"], cfg["train"]
     train = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="train", seed=args.data_seed)
     val = load_images(args.data, model_cfg.image_size, model_cfg.channels, split="validation", seed=args.data_seed)
@@ -115,42 +115,32 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from vqgpt import tokenizer as tk
 
-    from .reconstruct import reconstruct
-    from .sources import default_split, load_images
+    from ..evaluation import reconstruct
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"--out {args.out} already exists; pass --overwrite to replace it")
-    device = _device(args.device)
-    model = tk.VQGAN.from_pretrained(args.tokenizer, device=device)
-    mc = model.config
-    split, seed, fraction = default_split(args.data, mc.trained_on, mc.trained_split_seed, mc.trained_val_fraction)
-    split = args.split or split
-    seed = seed if args.data_seed is None else args.data_seed
-    data = load_images(args.data, mc.image_size, mc.channels, split=split, seed=seed, val_fraction=fraction)
-    total = len(data) if split == "all" else len(data) + len(load_images(
-        args.data, mc.image_size, mc.channels, split="train" if split == "validation" else "validation", seed=seed,
-        val_fraction=fraction, check=False))
-    result = reconstruct(model, data, args.out, num_images=args.num, batch_size=args.batch_size)
-    if data.skipped:
-        _print(data.skip_report())
-    why = ("the images the tokenizer never saw" if split == "validation" and not args.split else
-           "not the tokenizer's training source" if split == "all" and not args.split else "as asked")
-    _print(f"scored {len(data)} of {total} images of {args.data}: the {split} split ({why})")
-    _print(_format_metrics(f"reconstruct ({split}, {len(data)} images)", result))
+    model = tk.VQGAN.from_pretrained(args.tokenizer, device=_device(args.device))
+    result = reconstruct(model, args.data, args.out, split=args.split, data_seed=args.data_seed, num=args.num,
+                         batch_size=args.batch_size)
+    if result["skipped"]:
+        _print(result["skip_report"])
+    _print(f"scored {result['images']} of {result['total']} images of {args.data}: the {result['split']} split "
+           f"({result['why']})")
+    figures = {k: v for k, v in result.items() if k not in ("split", "why", "total", "skip_report")}
+    _print(_format_metrics(f"reconstruct ({result['split']}, {result['images']} images)", figures))
     _print(f"side-by-side grid (originals | reconstructions) written to {args.out}")
     return 0
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from .inspect_tokens import inspect_tokens
-    from .settings import TokenizeConfig
-    from .tokenize import tokenize_dataset
+    from ..settings import TokenizeConfig
+    from ..tokens import describe_tokens, tokenize_dataset
 
     if args.inspect:
         given = [f"--{f}" for f in ("data", "out") if getattr(args, f) is not None]
         if given:
             raise ValueError(f"--inspect reads a token dataset; {', '.join(given)} cannot be used with it")
-        report = inspect_tokens(args.inspect, tokenizer=args.tokenizer, png=args.png)
+        report = describe_tokens(args.inspect, tokenizer=args.tokenizer, png=args.png)
         _print(_format_metrics("tokens", report))
         return 0
     if args.png:
@@ -171,26 +161,27 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_train_prior(args: argparse.Namespace) -> int:
     from vqgpt import prior as pr
 
-    from . import auto
-    from .settings import build_configs
+    from .. import derived
+    from ..settings import build_configs
 
     data = pr.load_token_dataset(args.tokens)
     preset = pr.PRESETS.get(args.preset, {})
     batch = preset.get("train", {}).get("batch_size", pr.PriorTrainConfig.batch_size)
     aug = data.meta.get("augmentations") or {}
     copies = 1 + (int(bool(aug.get("flip"))) + int(aug.get("crops") or 0) if "train" in (aug.get("splits") or []) else 0)
-    derived, why = auto.prior_defaults(len(data.train), data.spec.num_codes, batch, images=len(data.train) // copies)
+    defaults, why = derived.prior_defaults(len(data.train), data.spec.num_codes, batch, images=len(data.train) // copies)
     cfg = build_configs(
         {"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
-        _layers(pr.PRESETS, args.preset, args.config, args.set, derived),
+        _layers(pr.PRESETS, args.preset, args.config, args.set, defaults),
     )
-    _print_derived(why, derived, cfg)
+    _print_derived(why, defaults, cfg)
     callback = features = None
     if args.tokenizer:  # sample grids during training, and pixels for choosing the sampling defaults
-        from .outputs import checked_tokenizer, pixel_features, sample_grid_writer
+        from ..generation.training_hooks import checked_tokenizer, decoded_pixel_features, sample_grid_writer
 
         tokenizer = checked_tokenizer(args.tokenizer, args.tokens)
-        callback, features = sample_grid_writer(tokenizer, Path(args.out) / "samples"), pixel_features(tokenizer)
+        callback = sample_grid_writer(tokenizer, Path(args.out) / "samples")
+        features = decoded_pixel_features(tokenizer)
     summary = pr.train_prior(cfg["model"], cfg["train"], args.tokens, args.out, resume=args.resume,
                              overwrite=args.overwrite, sample_callback=callback, grid_features=features)
     _print(_format_metrics("prior", summary))
@@ -199,14 +190,14 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .outputs import prepare_out, write_samples
-    from .settings import SampleConfig
+    from ..generation.files import prepare_out, write_samples
+    from ..settings import SampleConfig
 
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
     settings = pipe.resolve(_dataclass_from_args(SampleConfig, args, class_labels=labels))
     prepare_out(args.out, args.overwrite, check_only=True)  # refuse before the work, clear after it
-    images = pipe.generate(settings)
+    images = pipe(settings)
     out = prepare_out(args.out, args.overwrite)
     paths = write_samples(images, settings, pipe, out)
     _print(f"{len(images)} images written to {args.out} (grid: {paths['grid']}, settings: {paths['settings']})")
@@ -214,15 +205,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from .outputs import complete_to_files
-    from .settings import SampleConfig
+    from ..generation.files import write_completions
+    from ..settings import SampleConfig
 
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
     if labels and len(labels) != 1:
         raise ValueError("complete takes at most one --class")
     settings = _dataclass_from_args(SampleConfig, args, class_labels=labels)
-    paths = complete_to_files(pipe, args.image, args.keep_rows, settings, args.out, overwrite=args.overwrite)
+    paths = write_completions(pipe, args.image, args.keep_rows, settings, args.out, overwrite=args.overwrite)
     _print(f"{settings.num} completions of {args.image} (top {args.keep_rows} code rows kept) "
            f"written to {args.out} (grid: {paths['grid']})")
     return 0
@@ -231,9 +222,9 @@ def cmd_complete(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .eval_report import format_report
-    from .evaluate import evaluate
-    from .settings import SampleConfig
+    from ..evaluation import evaluate
+    from ..evaluation.report import format_report
+    from ..settings import SampleConfig
 
     sampling_flags = [f"--{n.replace('_', '-')}" for n in ("guidance", "temperature", "top_k", "top_p")
                       if getattr(args, n) is not None]
@@ -252,14 +243,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(args.out, overwrite=args.overwrite, device=_device(args.device), quick=args.quick)
     return 0
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from .generate import Pipeline
+    from ..generation import Pipeline
 
     if args.run and (args.tokenizer or args.prior):
         raise ValueError("give either --run DIR or --tokenizer DIR --prior DIR, not both")

@@ -14,12 +14,12 @@ import torch
 from vqgpt.prior.data import code_counts, read_token_meta
 from vqgpt.tokenizer import VQGAN
 
-from .tokenize import code_summary, load_tokenizer
+from .tokenize_dataset import code_summary, load_tokenizer
 
-__all__ = ["inspect_tokens"]
+__all__ = ["describe_tokens"]
 
 
-def inspect_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike | VQGAN | None" = None,
+def describe_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike | VQGAN | None" = None,
                    png: str | os.PathLike | None = None, num_images: int = 16) -> dict[str, Any]:
     """Describe a token dataset: rows per split, grid, codebook, classes, fingerprint,
     code histogram (used codes, perplexity, most common codes). With ``tokenizer`` (whose
@@ -30,7 +30,7 @@ def inspect_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike |
     path = Path(directory).expanduser()
     meta = read_token_meta(path)
     if png is not None and tokenizer is None:
-        raise ValueError("writing a PNG of decoded rows needs the tokenizer (--tokenizer DIR)")
+        raise ValueError("writing a PNG of decoded rows needs the `tokenizer`")
     dd = datasets.load_from_disk(str(path))
     K = int(meta["codebook_size"])
     counts = code_counts([dd[s] for s in dd], K)

@@ -1,7 +1,7 @@
 """Turn a data source into a token dataset: every image → its tokenizer code grid.
 
-``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any ``--data`` source
-(``sources.load_images``), encodes them with the VQGAN and writes a token dataset in the
+``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any data source
+(``vqgpt.pipeline.data.load_images``), encodes them with the VQGAN and writes a token dataset in the
 format ``vqgpt.prior.data`` owns (features, metadata and the final atomic save come from
 there). Each row's ``source`` is the image's relative path / ``index:N``, plus ``#flip`` /
 ``#cropN`` for augmented rows; the metadata records the train/validation split's seed and
@@ -55,7 +55,10 @@ from vqgpt.prior.data import (
 )
 from vqgpt.tokenizer import VQGAN, codebook_stats
 
-from .settings import TokenizeConfig
+from vqgpt.atomic import write_json
+
+from ..data import ImageSource, canonical_spec, load_images
+from ..settings import TokenizeConfig
 from .shards import (
     Rows,
     Shard,
@@ -66,10 +69,8 @@ from .shards import (
     prefetch,
     shard_done,
     shard_failures,
-    write_json,
     write_shard,
 )
-from .sources import ImageSource, canonical_spec, load_images
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +151,11 @@ def tokenize_dataset(
         tokenizer: a tokenizer folder (``VQGAN.from_pretrained``) or a loaded ``VQGAN``
             (moved to ``device``). Its ``image_size`` and ``channels`` decide how images
             are read.
-        data: any ``--data`` spec (``pipeline.data.load_images``).
+        data: any data source (``vqgpt.pipeline.data.load_images``).
         out_dir: the output folder. An unfinished run there (``.partial/``) is resumed. With
             ``overwrite`` a finished dataset there stays intact until the new one replaces it.
         config: a ``TokenizeConfig``; keyword ``overrides`` replace its fields
-            (``batch_size=32, flip=True, crops=4, seed=1, ...``).
+            (``batch_size=32, flip=True, crops=4, data_seed=1, ...``).
         overwrite: replace a finished token dataset / restart an unfinished one.
         device: where to encode; default ``accelerate.PartialState().device``.
         progress: show a tqdm bar (main process only).
@@ -177,6 +178,9 @@ def tokenize_dataset(
     config = config or TokenizeConfig()
     if overrides:
         known = {f.name for f in dataclasses.fields(TokenizeConfig)}
+        renamed = {k: TokenizeConfig.renamed[k] for k in overrides if k in TokenizeConfig.renamed}
+        if renamed:
+            raise ValueError("tokenize setting(s) renamed: " + ", ".join(f"{k} → {v}" for k, v in renamed.items()))
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown tokenize setting(s): {', '.join(unknown)}; "
@@ -197,8 +201,7 @@ def tokenize_dataset(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is a file; choose another output folder")
     if is_token_dataset(out) and not overwrite:
-        raise FileExistsError(f"{out} already holds a token dataset; pass overwrite=True "
-                              f"(--overwrite) to replace it")
+        raise FileExistsError(f"{out} already holds a token dataset; pass `overwrite` to replace it")
     foreign = out.is_dir() and not is_token_dataset(out) and any(
         p.name != PARTIAL_NAME for p in out.iterdir())
     if foreign:
@@ -213,13 +216,13 @@ def tokenize_dataset(
     # No up-front decode check: every image is decoded once, when it is encoded, and one that
     # cannot be decoded is counted and reported there (the split does not depend on it).
     sources = {split: load_images(data, mcfg.image_size, mcfg.channels, split=split,
-                                  seed=config.seed, val_fraction=config.val_fraction,
+                                  seed=config.data_seed, val_fraction=config.val_fraction,
                                   crops_per_photo=config.crops_per_photo, check=False)
                for split in SPLITS}
     skipped = [fs for s in sources.values() for fs in s.skipped]
     sizes = {split: len(s) for split, s in sources.items()}
     if config.crops is None:  # not set: as many crops as a data set of this size needs
-        from .auto import tokenize_defaults
+        from ..derived import tokenize_defaults
 
         crops, why = tokenize_defaults(sizes["train"])
         config = dataclasses.replace(config, crops=crops)
@@ -235,7 +238,7 @@ def tokenize_dataset(
         "image_size": mcfg.image_size,
         "channels": mcfg.channels,
         "settings": {k: getattr(config, k) for k in ("shard_size", "flip", "crops", "crop_resize",
-                                                     "augment_validation", "seed", "val_fraction",
+                                                     "augment_validation", "data_seed", "val_fraction",
                                                      "crops_per_photo")},
         "sources": {split: {"images": sizes[split], "digest": _digest(s)} for split, s in sources.items()},
     }
@@ -268,7 +271,7 @@ def tokenize_dataset(
     meta = token_meta(tokenizer_fingerprint=fingerprint, grid=grid, codebook_size=K,
                       class_names=sources["train"].class_names, image_size=mcfg.image_size,
                       channels=mcfg.channels, augmentations=config.augmentations(), data=canonical_spec(data),
-                      split_seed=config.seed, val_fraction=sources["train"].split_fraction)
+                      split_seed=config.data_seed, val_fraction=sources["train"].split_fraction)
     summary: dict[str, Any] = {}
     if state.is_main_process:
         with _datasets_bars(progress):
@@ -311,7 +314,7 @@ def _check_manifest(found: dict[str, Any], expected: dict[str, Any], out: Path) 
     if diffs:
         what = "a different tokenizer" if "tokenizer_fingerprint" in " ".join(diffs) else "different settings"
         raise ValueError(f"{out} holds an unfinished run with {what} ({'; '.join(diffs[:3])}); "
-                         f"pass overwrite=True (--overwrite) to start over")
+                         "pass `overwrite` to start over")
 
 
 def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: TokenizeConfig,

@@ -11,6 +11,7 @@ back to the 8×8 resolution the real digits were drawn at.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ from sklearn.svm import SVC
 
 from vqgpt.prior.selection import frechet_distance
 
-from .sources import load_images
+from ..data import load_images
+from ..settings import SampleConfig
 
 __all__ = ["DigitJudge", "near_copy_distances", "check_digit_samples"]
 
@@ -98,12 +100,12 @@ def check_digit_samples(pipe, num_samples: int = 1000, guidance_scale: float | N
         raise ValueError(f"the digit check needs at least 10 samples (one per class), got {num_samples}")
     judge = judge or DigitJudge.fit(pipe.tokenizer.config.image_size)
     labels = torch.arange(num_samples) % 10
-    cond = pipe.decode(pipe.sample_codes(num_samples, labels, guidance_scale, temperature, top_k, top_p,
-                                         batch_size=250, seed=seed, sampler=sampler))
+    settings = SampleConfig(guidance=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            batch_size=250, sampler=sampler)
+    cond = pipe.decode(pipe.sample_codes(settings, labels=labels))
     pred = judge.predict(cond)
     accuracy = float((pred == labels.numpy()).mean())
-    uncond = pipe.decode(pipe.sample_codes(num_samples, None, 1.0, temperature, top_k, top_p,
-                                           batch_size=250, seed=seed, sampler=sampler))
+    uncond = pipe.decode(pipe.sample_codes(dataclasses.replace(settings, num=num_samples, guidance=1.0)))
     counts = np.bincount(judge.predict(uncond), minlength=10)
     shares = counts / counts.sum()
     copies = float(judge.near_copy_mask(torch.cat([cond, uncond])).mean())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .images import check_decodes, decode_image
-from .sources import ImageSource, _require_nonempty, split_indices
+from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["PHOTOS", "PHOTOS_HELD_OUT", "DigitsSource", "PhotoSource"]
 
@@ -35,8 +35,6 @@ PHOTOS = (
 PHOTOS_HELD_OUT = ("chelsea.png", "coins.png", "gravel.png", "rocket.jpg")
 
 
-
-
 class DigitsSource(ImageSource):
     """scikit-learn's handwritten digits: 8×8 values 0..16, upsampled bilinearly."""
 
@@ -49,7 +47,7 @@ class DigitsSource(ImageSource):
         n = len(digits.images)  # 1797
         self.indices = split_indices(n, split, seed, val_fraction)
         self.split_fraction = val_fraction
-        _require_nonempty(self.indices, split, "digits", n, val_fraction)
+        require_nonempty(self.indices, split, "digits", n, val_fraction)
         self._images = torch.from_numpy(digits.images.astype(np.float32))  # (N, 8, 8) in 0..16
         self._targets = digits.target.astype(np.int64)
 

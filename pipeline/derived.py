@@ -17,14 +17,15 @@ layered *under* the preset, ``--config`` and ``--set`` (any of which wins):
   a run with early stopping and best-checkpoint selection, and the regularisation (dropout and
   weight decay by data-set size, token dropout).
 
-Each choice comes with a sentence saying why, printed on the first lines of the command.
+Each choice comes with a sentence saying why, printed on the first lines of the command (these
+sentences name the command's flags: they are written for it). The measurements behind the values
+are in docs/design-notes.md.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,12 +33,10 @@ __all__ = ["DataSurvey", "survey", "tokenizer_defaults", "tokenize_defaults", "p
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 CPU_MAX_RESOLUTION = 32
-# Training lengths: what fits the four default commands on a 1,500-image set into 15 minutes on a
-# 2-core CPU (tokenizer ~4.5, prior ~7.5 minutes), as long as that allows.
-# 11 prior passes left the letters prior still improving on held-out rows at its last step (85-92 %
-# legible over four runs); 16: best step ~7/8 of the run, 94-95 % — about 9 minutes in all, alone.
+# Training lengths: as long as the four default commands on a 1,500-image set fit into 15 minutes
+# on a 2-core CPU.
 PRIOR_PASSES = 16  # over the source images, × √(augmented copies)
-TOKENIZER_PASSES = 11  # 3 passes left letters blurred (held-out PSNR 21.3 dB, 89 % legible); 12: 25.8 dB, 97 %
+TOKENIZER_PASSES = 11  # over the training images
 TARGET_TRAIN_ROWS = 10_000  # augmented token rows a small data set is brought up to
 MAX_CROPS = 7
 
@@ -51,12 +50,11 @@ class DataSurvey:
     typical_size: int  # median shorter side of the sampled images, in pixels
     colour_share: float  # share of sampled images with visible colour
     sampled: int
-    notes: list[str] = field(default_factory=list)
 
 
 def survey(spec: str, seed: int = 0, val_fraction: float = 0.1, max_images: int = 200) -> DataSurvey:
     """Look at up to ``max_images`` training images of ``spec`` (decoded as RGB, full size)."""
-    from .sources import load_images
+    from .data import load_images
 
     source = load_images(spec, 32, 3, split="train", seed=seed, val_fraction=val_fraction, check=False)
     rng = np.random.default_rng(seed)
@@ -116,11 +114,9 @@ def tokenizer_defaults(data: DataSurvey, on_gpu: bool, batch_size: int = 16, ima
 def tokenize_defaults(train_images: int) -> tuple[int, str]:
     """Random crops per training image for ``tokenize`` (``TokenizeConfig.crops`` left unset), and why.
 
-    A small data set is brought up to about ``TARGET_TRAIN_ROWS`` token rows with crops: on a
-    1,404-image letters set seven crops per image took the prior's held-out loss from 2.03 to 1.61
-    bits per code and the samples' legibility from 54 % to 87 %. Crops shift the image by a pixel
-    and zoom it slightly (``crop_resize``: crops that move further teach the prior images unlike
-    the real ones); flips are never chosen (they change text)."""
+    A small data set is brought up to about ``TARGET_TRAIN_ROWS`` token rows with crops, the prior's
+    main defence against over-fitting it. Crops shift the image by a pixel and zoom it slightly
+    (``crop_resize``); flips are never chosen (they change text)."""
     crops = min(MAX_CROPS, max(0, math.ceil(TARGET_TRAIN_ROWS / max(train_images, 1)) - 1))
     if crops:
         why = (f"{crops} random crop(s) of each of the {train_images} training images → {train_images * (crops + 1)} "
@@ -137,21 +133,16 @@ def prior_defaults(rows: int, num_codes: int, batch_size: int = 64, images: int 
     images = rows if images is None else max(1, min(images, rows))
     copies = rows / images
     # Augmented copies are not new images, but they are not repeats either: the prior keeps
-    # improving on held-out rows for longer (letters: best held-out loss still falling at 36
-    # passes over 1,404 images with 8 copies each). Train for √copies × the un-augmented length.
+    # improving on held-out rows for longer, so it trains for √copies × the un-augmented length.
     steps = int(min(5000, max(200, round(PRIOR_PASSES * images * math.sqrt(copies) / batch_size))))
     eval_every = max(10, steps // 8)
     small = rows < 20_000
     train = {"max_steps": steps, "warmup_steps": min(200, max(10, steps // 10)), "eval_every": eval_every,
              "early_stopping_patience": 3, "checkpoint_every": eval_every * 2, "sample_every": eval_every * 2,
              "weight_decay": 0.1 if small else 0.05,
-             # Token dropout (prior/train.py `drop_tokens`): on the letters tune set 0.1 took the samples
-             # from 94.0 % legible at 1.76x real letters' Fréchet distance to 95.8 % at 1.68x, same steps and
-             # time (0.2: held-out loss 1.86 vs 1.80 bits, 88.8 %).
-             "token_dropout": 0.1}
-    # Attention dropout only where even augmented rows are few: with crops bringing a 1,404-image
-    # letters set to 11,232 rows, dropout 0.1 gave no better held-out loss (1.887 vs 1.894 bits)
-    # nor samples (91 vs 93 % legible), and costs a fifth of the step time on a CPU.
+             "token_dropout": 0.1}  # prior/train.py `drop_tokens`
+    # Attention dropout only where even augmented rows are few (it slows a CPU step and did not help
+    # a set that crops brought to ~11,000 rows).
     model = {"dropout": 0.1 if rows < TARGET_TRAIN_ROWS // 2 else 0.0}
     made = f" ({copies:.0f} per image)" if copies > 1.01 else ""
     why = [f"{steps} steps ≈ {steps * batch_size / max(rows, 1):.1f} passes over {rows} rows{made} of {num_codes} codes "
@@ -161,16 +152,3 @@ def prior_defaults(rows: int, num_codes: int, batch_size: int = 64, images: int 
            f"dropout {model['dropout']}, weight decay {train['weight_decay']} for {rows} training rows, "
            f"token dropout {train['token_dropout']}"]
     return {"model": model, "train": train}, why
-
-
-def describe(why: list[str]) -> str:
-    return "derived from the data: " + "; ".join(why)
-
-
-def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Nested section dicts merged left to right (later wins)."""
-    out: dict[str, dict] = {}
-    for layer in layers:
-        for section, values in layer.items():
-            out.setdefault(section, {}).update(values)
-    return out

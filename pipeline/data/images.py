@@ -1,7 +1,8 @@
 """Images at the edges of vqgpt: PIL images in, PIL images out, model tensors in between.
 
 Every data source, ``complete --image`` and the sample writers prepare images here, so an image
-is read the same way wherever it enters: 16/32-bit grey scaled to 8 bits, transparency
+is read the same way wherever it enters: its EXIF orientation applied (a phone photo stored
+sideways with an orientation tag stands upright), 16/32-bit grey scaled to 8 bits, transparency
 composited on white, ``channels=1`` → "L" and ``channels=3`` → "RGB", the shorter side resized
 (bicubic, antialiased) and centre-cropped. Inside, images are FloatTensor[C, H, W] in [-1, 1].
 """
@@ -16,10 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["to_mode", "resize_center_crop", "pil_to_model", "decode_image", "check_decodes", "check_many",
+__all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_model", "decode_image", "check_decodes", "check_many",
            "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
@@ -68,13 +69,19 @@ def _open(data: str | Path | bytes) -> Image.Image:
     return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (phones store photos sideways and tag them);
+    an image without the tag comes back as it is."""
+    return ImageOps.exif_transpose(img)
+
+
 def decode_image(data: str | Path | bytes, channels: int, min_size: int) -> Image.Image:
-    """Decode fully; JPEGs are DCT-scaled to the smallest size whose shorter side is
-    still ≥ ``min_size`` (a large speed-up for big photos, no visible loss)."""
+    """Decode fully and turn upright (EXIF orientation); JPEGs are DCT-scaled to the smallest size
+    whose shorter side is still ≥ ``min_size`` (a large speed-up for big photos, no visible loss)."""
     with _open(data) as img:
         img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
         img.load()
-        return to_mode(img, channels)
+        return to_mode(upright(img), channels)
 
 
 def check_decodes(data: str | Path | bytes) -> str | None:
@@ -123,9 +130,9 @@ def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
 
 
 def fit_image(img: Image.Image, image_size: int, channels: int) -> Image.Image:
-    """Prepare an image exactly as the data sources do: mode (16-bit grey scaled, alpha on
-    white), shorter side resized to ``image_size``, centre crop."""
-    return resize_center_crop(to_mode(img, channels), image_size)
+    """Prepare an image exactly as the data sources do: upright (EXIF orientation), mode (16-bit
+    grey scaled, alpha on white), shorter side resized to ``image_size``, centre crop."""
+    return resize_center_crop(to_mode(upright(img), channels), image_size)
 
 
 def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.Image:
@@ -138,7 +145,7 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.I
     try:
         with Image.open(path) as im:
             im.load()
-            img = im.copy()
+            img = im.copy()  # turned upright by fit_image
     except Image.DecompressionBombError:
         raise ValueError(f"{path} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
                          "PIL's decompression-bomb limit)") from None

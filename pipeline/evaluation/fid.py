@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .images import to_uint8
+from ..data import to_uint8
 
 __all__ = ["INCEPTION_FILES", "PIXEL_FD_MAX_VALUES", "inception_search_paths", "find_inception_weights",
-           "InceptionFeatures", "FrechetStats", "frechet_distance", "pixel_features", "pixel_fd_absent",
+           "InceptionFeatures", "FrechetStats", "frechet_distance", "flat_pixels", "pixel_fd_absent",
            "FeatureCollector", "file_sha256", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
@@ -70,14 +70,14 @@ def find_inception_weights(path: str | Path | None) -> tuple[Path | None, str | 
     if path:
         file = Path(path).expanduser()
         if not file.is_file():
-            raise FileNotFoundError(f"--inception-weights {file} does not exist")
+            raise FileNotFoundError(f"`inception_weights` {file} does not exist")
         return file, None
     for file in inception_search_paths():
         if file.is_file():
             return file, None
     folder = inception_search_paths()[0].parent
     return None, (f"no Inception weights file: {INCEPTION_FILES[0]} is not in {folder} and no "
-                  "--inception-weights FILE was given (nothing is downloaded; see the README, Evaluation)")
+                  "`inception_weights` file was given (nothing is downloaded; see the README, Evaluation)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -111,7 +111,7 @@ class InceptionFeatures:
         from torch_fidelity import FeatureExtractorInceptionV3
 
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}")
         self.weights = Path(weights)
         _check_inception_file(self.weights)
         try:
@@ -172,7 +172,7 @@ def frechet_distance(a: FrechetStats, b: FrechetStats) -> float:
     return float(result[KEY_METRIC_FID])
 
 
-def pixel_features(images: torch.Tensor) -> torch.Tensor:
+def flat_pixels(images: torch.Tensor) -> torch.Tensor:
     """ByteTensor[B, C, H, W] → FloatTensor[B, C·H·W]: the 8-bit pixels scaled to [0, 1]."""
     return images.flatten(1).float().div(255.0)
 
@@ -200,7 +200,7 @@ class FeatureCollector:
         if self.inception is not None:
             self.parts["inception"].append(self.inception.features(batch))
         if self.pixels:
-            self.parts["pixel"].append(pixel_features(batch))
+            self.parts["pixel"].append(flat_pixels(batch))
         if labels is not None:
             self.parts["label"].append(torch.as_tensor(labels).reshape(-1).cpu())
 

@@ -1,0 +1,21 @@
+"""Data sources: images in, ``ImageSource`` datasets out (the ``--data`` of every verb).
+
+    from vqgpt.pipeline.data import load_images, held_out_split
+    train = load_images("digits", image_size=32, channels=1, split="train")
+
+- ``load.py``: the entry point — ``load_images`` picks the source, ``held_out_split`` decides which
+  images an evaluation scores;
+- ``source.py``: ``ImageSource`` (what every source is) and the seeded train/validation split;
+- ``folder.py``, ``hf.py``, ``bundled.py``: image folders, ``datasets`` folders and hub datasets,
+  the bundled ``digits`` and ``photos``;
+- ``images.py``: how an image is read and converted wherever it enters or leaves (PIL ⇄ tensors).
+
+Imports nothing else of the pipeline.
+"""
+
+from .images import fit_image, from_pil, load_image_file, to_pil, to_uint8
+from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images
+from .source import SPLITS, ImageSource, split_indices
+
+__all__ = ["BUNDLED", "SPLITS", "HeldOut", "ImageSource", "canonical_spec", "held_out_split", "load_images",
+           "split_indices", "fit_image", "from_pil", "load_image_file", "to_pil", "to_uint8"]
