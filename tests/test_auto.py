@@ -91,7 +91,7 @@ def test_train_tokenizer_without_preset_keeps_colour_and_records_its_source(caps
     grid = tmp_path / "r.png"
     assert main(["reconstruct", "--tokenizer", str(out), "--data", str(image_folder), "--out", str(grid)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("scored"))
-    assert "the validation split (the images the tokenizer never saw)" in line  # its own source: held out only
+    assert "the validation split (the images the models never saw)" in line  # its own source: held out only
     other = _folder(tmp_path / "other", 5, 24, colour=True)
     assert main(["reconstruct", "--tokenizer", str(out), "--data", str(other), "--out", str(grid), "--overwrite"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("scored"))

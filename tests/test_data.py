@@ -268,3 +268,27 @@ def test_items_batch_in_a_dataloader_with_workers(class_folder: Path) -> None:
     assert sum(b["image"].shape[0] for b in batches) == len(src)
     assert batches[0]["image"].shape == (4, 3, 8, 8) and batches[0]["label"].dtype == torch.int64
     np.testing.assert_array_equal(batches[0]["image"][0].numpy(), src[0]["image"].numpy())
+
+
+def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path: Path) -> None:
+    """A phone photo stored sideways with an EXIF orientation tag (6: rotate 90° clockwise to view)
+    is read upright by every source and by `complete --image`, like the same photo stored upright."""
+    from vqgpt.pipeline.data import load_image_file
+
+    upright = np.zeros((40, 20, 3), dtype=np.uint8)  # tall: a bright top half, a dark bottom half
+    upright[:20] = 230
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # what the camera wrote: 20 × 40, sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns it 90° clockwise
+    for name in ("tagged", "plain"):
+        (tmp_path / name).mkdir()
+    stored.save(tmp_path / "tagged" / "photo.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(upright).save(tmp_path / "plain" / "photo.jpg", quality=95)
+    assert Image.open(tmp_path / "tagged" / "photo.jpg").size == (40, 20)  # stored sideways
+
+    for name in ("tagged", "plain"):
+        image = load_images(str(tmp_path / name), 16, 1, split="all")[0]["image"][0]  # (16, 16), centre crop of the upright photo
+        # the crop shows the middle of the tall photo: the bright top half above the dark bottom half
+        assert image[:6].mean() > 0.5 and image[-6:].mean() < -0.5, name
+        fitted = np.asarray(load_image_file(tmp_path / name / "photo.jpg", 16, 1), dtype=np.float32)
+        assert fitted[:6].mean() > 160 and fitted[-6:].mean() < 60, name

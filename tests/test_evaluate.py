@@ -300,3 +300,31 @@ def test_evaluate_bad_input_is_one_error_line(capsys, tiny_run, tmp_path, args, 
     errors = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert needle in errors[0], errors[0]
+
+
+def test_evaluate_and_reconstruct_score_the_same_held_out_images(capsys, image_folder, tmp_path):
+    """One function decides the held-out split: a tokenizer trained with --data-seed 3 is scored by
+    `evaluate tokenizer` and by `reconstruct` on the same images — its own validation split under
+    seed 3, not the images of seed 0's split, some of which it trained on."""
+    from vqgpt.pipeline.data import load_images
+    from vqgpt.pipeline.evaluation import evaluate, reconstruct
+    from vqgpt.tokenizer import VQGAN
+
+    tok = tmp_path / "tok"
+    assert main(["train-tokenizer", "--data", str(image_folder), "--out", str(tok), "--preset", "tiny",
+                 "--data-seed", "3", "--set", "train.max_steps=2"]) == 0
+    model = VQGAN.from_pretrained(tok)
+    assert model.config.trained_split_seed == 3
+    held = load_images(str(image_folder), 16, 1, split="validation", seed=3).files
+    assert held != load_images(str(image_folder), 16, 1, split="validation", seed=0).files  # the seeds' splits differ
+
+    recon = reconstruct(model, str(image_folder), tmp_path / "r.png")
+    report = evaluate("tokenizer", tokenizer=str(tok), data=str(image_folder))["tokenizer"]
+    assert recon["split"] == report["reference"]["split"] == "validation"
+    assert report["reference"]["seed"] == 3 and recon["images"] == report["num_images"] == len(held)
+    assert recon["psnr"] == pytest.approx(report["psnr"], rel=1e-6)  # the same images, the same figure
+    assert recon["codebook_usage"] == pytest.approx(report["codebook_usage"])
+
+    capsys.readouterr()
+    assert main(["reconstruct", "--tokenizer", str(tok), "--data", str(image_folder), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"scored {len(held)} of " in capsys.readouterr().out

@@ -259,7 +259,7 @@ def test_inspect_tokens(tok: Path, images: Path, tmp_path: Path) -> None:
     png = tmp_path / "rows.png"
     report = describe_tokens(out, tokenizer=tok, png=png)
     assert report["png"] == str(png) and Image.open(png).size[0] > 8 * 16
-    with pytest.raises(ValueError, match="needs the tokenizer"):
+    with pytest.raises(ValueError, match="needs the `tokenizer`"):
         describe_tokens(out, png=png)
     with pytest.raises(ValueError, match="made with tokenizer"):
         describe_tokens(out, tokenizer=_tokenizer(tmp_path / "other", seed=3))

@@ -17,7 +17,7 @@ import os
 import re
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "flags_named"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags_named(message: str, parser: argparse.ArgumentParser | None) -> str:
+def flags_named(message: str, parser: argparse.ArgumentParser | None) -> str:
     """The library's `parameter` names in ``message`` as this verb's flags (`keep_rows` →
     --keep-rows); a name the verb has no flag for loses its backticks only."""
     flags = {}
@@ -221,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, (FileNotFoundError, NotADirectoryError)) and err.filename and str(err.filename) not in message:
             message = f"{message}: {err.filename}"
-        print(f"error: {_flags_named(message, verb_parser)}", file=sys.stderr)
+        print(f"error: {flags_named(message, verb_parser)}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # training diverged: not a user mistake, but no traceback either
         if debug:
             raise
-        print(f"error: {_flags_named(str(err), verb_parser)}", file=sys.stderr)
+        print(f"error: {flags_named(str(err), verb_parser)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -225,6 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     from ..evaluation.report import format_report
     from ..settings import SampleConfig
+    from .parser import flags_named
 
     sampling_flags = [f"--{n.replace('_', '-')}" for n in ("guidance", "temperature", "top_k", "top_p")
                       if getattr(args, n) is not None]
@@ -238,7 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       data_seed=args.data_seed, inception_weights=args.inception_weights,
                       vgg_weights=args.vgg_weights, stats_cache=args.stats_cache, sampling=sampling,
                       batch_size=args.batch_size, device=_device(args.device))
-    _print(json.dumps(report, indent=2) if args.json else format_report(report))
+    # the report's reasons name the library's parameters (`inception_weights`): shown as this verb's flags
+    _print(flags_named(json.dumps(report, indent=2) if args.json else format_report(report), args.parser))
     return 0
 
 
