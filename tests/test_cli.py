@@ -21,12 +21,14 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def assert_user_error(code: int, err: str, *needles: str) -> None:
+def assert_user_error(code: int, err: str, says: str, *also: str) -> None:
+    """Exit code 2, one `error:` line and no traceback, and the line says what went wrong: it holds
+    ``says`` and each of ``also`` (phrases of the message, not just any word)."""
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    for needle in (says, *also):
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
 
 
 # ------------------------------------------------------------------ stage 1 through the CLI
@@ -44,16 +46,19 @@ def test_train_tokenizer_and_reconstruct(capsys, image_folder, tmp_path):
     assert "psnr=" in stdout and "ssim=" in stdout and "codebook_usage=" in stdout
     # A finished model is not overwritten without --overwrite.
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", out, *TINY_TOKENIZER)
-    assert_user_error(code, err, str(out))
+    assert_user_error(code, err, f"{out} already holds a trained tokenizer; pass --overwrite to replace it")
 
 
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        (["--set", "model.no_such_key=3"], "no_such_key"),
-        (["--set", "model.image_size=17"], "divisible"),
-        (["--preset", "nope"], "unknown preset"),
-        (["--set", "train.max_steps=many"], "integer"),
+        (["--set", "model.no_such_key=3"], "unknown config key 'model.no_such_key'"),
+        (["--set", "model.image_size=17"], "image_size 17 is not divisible by the downsampling factor 2"),
+        (["--preset", "nope"], "unknown preset 'nope'; presets: tiny, small, base"),
+        (["--set", "train.max_steps=many"], "train.max_steps: expected an integer, got 'many'"),
+        (["--set", "train.steps=3"], "config key 'train.steps' was renamed to 'train.max_steps'"),
+        (["--set", "lr=0.1"], "config key 'lr' was renamed to 'learning_rate'"),
+        (["--set", "train.grad_accum_steps=2"], "renamed to 'train.gradient_accumulation_steps'"),
     ],
 )
 def test_train_tokenizer_bad_config(capsys, image_folder, tmp_path, extra, needle):
@@ -64,32 +69,32 @@ def test_train_tokenizer_bad_config(capsys, image_folder, tmp_path, extra, needl
 
 def test_train_tokenizer_bad_data(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "missing", "--out", tmp_path / "t", *TINY_TOKENIZER)
-    assert_user_error(code, err, "missing")
+    assert_user_error(code, err, f"data folder {tmp_path / 'missing'} does not exist")
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "empty", "--out", tmp_path / "t", *TINY_TOKENIZER)
-    assert_user_error(code, err)
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'empty'}")
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("hello")
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "texts", "--out", tmp_path / "t", *TINY_TOKENIZER)
-    assert_user_error(code, err, "no images")
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'texts'}")
     assert not (tmp_path / "t" / "model.safetensors").exists()
 
 
 def test_reconstruct_bad_tokenizer_folders(capsys, tiny_run, image_folder, tmp_path):
     code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", tmp_path / "nothing", "--data", image_folder,
                            "--out", tmp_path / "r.png")
-    assert_user_error(code, err)
+    assert_user_error(code, err, f"tokenizer folder {tmp_path / 'nothing'} does not exist")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_run / "tokenizer", broken)
     (broken / "model.safetensors").unlink()
     code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", broken, "--data", image_folder, "--out", tmp_path / "r.png")
-    assert_user_error(code, err, "model.safetensors")
+    assert_user_error(code, err, f"tokenizer folder {broken} has no model.safetensors")
     config = json.loads((tiny_run / "tokenizer" / "config.json").read_text())
     config["codebook_size"] = config["codebook_size"] * 2
     shutil.copy(tiny_run / "tokenizer" / "model.safetensors", broken / "model.safetensors")
     (broken / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", broken, "--data", image_folder, "--out", tmp_path / "r.png")
-    assert_user_error(code, err)
+    assert_user_error(code, err, "model.safetensors does not match its config.json", "quantizer.codebook")
     assert not (tmp_path / "r.png").exists()
 
 
@@ -171,9 +176,14 @@ def test_sampler_flag_and_seeds_mean_images(capsys, tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--guidance", "inf"], "--guidance"), (["--guidance", "nan"], "--guidance"), (["--guidance", "-1"], "--guidance"),
-    (["--temperature", "1e-45"], "--temperature"), (["--temperature", "nan"], "--temperature"),
-    (["--top-p", "nan"], "--top-p"), (["--sampler", "beam"], "--sampler"), (["--precision", "fp8"], "--precision"),
+    (["--guidance", "inf"], "--guidance must be a number in [0, 100] (1 = no guidance), got inf"),
+    (["--guidance", "nan"], "--guidance must be a number in [0, 100]"),
+    (["--guidance", "-1"], "--guidance must be a number in [0, 100] (1 = no guidance), got -1.0"),
+    (["--temperature", "1e-45"], "--temperature must be a number in [0.01, 100] (for greedy codes use --top-k=1)"),
+    (["--temperature", "nan"], "--temperature must be a number in [0.01, 100]"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1] (or unset), got nan"),
+    (["--sampler", "beam"], "--sampler must be one of auto, ar, jacobi, sjd, got 'beam'"),
+    (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16, got 'fp8'"),
 ])
 def test_absurd_sampling_values_are_one_line_errors(capsys, tiny_run, tmp_path, flags, needle):
     code, _, err = run_cli(capsys, "sample", "--run", tiny_run, "--class", "circle", "--out", tmp_path / "s", *flags)
@@ -183,50 +193,58 @@ def test_absurd_sampling_values_are_one_line_errors(capsys, tiny_run, tmp_path, 
 
 def test_sample_and_complete_bad_input(capsys, tiny_run, tmp_path):
     base = ["sample", "--run", tiny_run, "--out", tmp_path / "s"]
-    assert_user_error(*run_cli(capsys, *base, "--class", "triangle")[::2], "triangle")
-    assert_user_error(*run_cli(capsys, *base, "--num", 0)[::2], "--num")
-    assert_user_error(*run_cli(capsys, "sample", "--run", tmp_path / "nowhere", "--out", tmp_path / "s")[::2])
+    assert_user_error(*run_cli(capsys, *base, "--class", "triangle")[::2],
+                      "unknown class 'triangle'; classes are: circle, square (or 0..1)")
+    assert_user_error(*run_cli(capsys, *base, "--num", 0)[::2], "--num must be at least 1, got 0")
+    assert_user_error(*run_cli(capsys, "sample", "--run", tmp_path / "nowhere", "--out", tmp_path / "s")[::2],
+                      f"run folder {tmp_path / 'nowhere'} does not exist")
     half = tmp_path / "half"
     shutil.copytree(tiny_run / "tokenizer", half / "tokenizer")
-    assert_user_error(*run_cli(capsys, "sample", "--run", half, "--out", tmp_path / "s")[::2], "no prior/")
+    assert_user_error(*run_cli(capsys, "sample", "--run", half, "--out", tmp_path / "s")[::2], f"run folder {half} has no prior/ (run `vqgpt train-prior` or `vqgpt demo` first)")
     not_image = tmp_path / "notes.txt"
     not_image.write_text("words")
     complete = ["complete", "--run", tiny_run, "--num", 2, "--out", tmp_path / "c"]
-    assert_user_error(*run_cli(capsys, *complete, "--image", not_image, "--keep-rows", 1)[::2], "not an image")
+    assert_user_error(*run_cli(capsys, *complete, "--image", not_image, "--keep-rows", 1)[::2],
+                      f"{not_image} is not an image this tool can read")
     good = tmp_path / "good.png"
     Image.new("RGB", (20, 20), (200, 10, 10)).save(good)
-    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", 99)[::2], "keep-rows")
-    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", -1)[::2], "keep-rows")
+    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", 99)[::2],
+                      "--keep-rows must be between 0 and 8 (the code grid has 8 rows), got 99")
+    assert_user_error(*run_cli(capsys, *complete, "--image", good, "--keep-rows", -1)[::2], "--keep-rows must be between")
     assert not (tmp_path / "s").exists()
-    assert_user_error(*run_cli(capsys, *base, "--device", "gpu")[::2], "not a device")
+    assert_user_error(*run_cli(capsys, *base, "--device", "gpu")[::2], "--device 'gpu' is not a device")
     assert run_cli(capsys, *base, "--num", 2)[0] == 0
-    assert_user_error(*run_cli(capsys, *base, "--num", 1)[::2], "--overwrite")  # no stale files left behind
+    assert_user_error(*run_cli(capsys, *base, "--num", 1)[::2],  # no stale files left behind
+                      f"{tmp_path / 's'} already holds 4 result file(s); pass --overwrite or choose another folder")
     assert run_cli(capsys, *base, "--num", 1, "--overwrite")[0] == 0
     assert len(list((tmp_path / "s").glob("sample_*.png"))) == 1
 
 
 def test_prior_bad_input(capsys, tiny_run, tmp_path):
     code, _, err = run_cli(capsys, "train-prior", "--tokens", tmp_path / "none", "--out", tmp_path / "p", "--preset", "tiny")
-    assert_user_error(code, err, "does not exist")
+    assert_user_error(code, err, f"{tmp_path / 'none'} does not exist")
     code, _, err = run_cli(capsys, "train-prior", "--tokens", tiny_run / "tokenizer", "--out", tmp_path / "p", "--preset", "tiny")
-    assert_user_error(code, err, "not a token dataset")
+    assert_user_error(code, err, f"{tiny_run / 'tokenizer'} is not a token dataset")
     no_json = tmp_path / "prior_no_json"
     shutil.copytree(tiny_run / "prior", no_json)
     (no_json / "vqgpt_prior.json").unlink()
     code, _, err = run_cli(capsys, "sample", "--tokenizer", tiny_run / "tokenizer", "--prior", no_json, "--out", tmp_path / "s")
-    assert_user_error(code, err, "vqgpt_prior.json")
+    assert_user_error(code, err, f"{no_json} is not a vqgpt prior: vqgpt_prior.json is missing")
 
 
 def test_tokenize_bad_input(capsys, tiny_run, image_folder, tmp_path):
     code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", image_folder,
                            "--out", tiny_run / "tokens")
-    assert_user_error(code, err, "--overwrite")
+    assert_user_error(code, err, f"{tiny_run / 'tokens'} already holds a token dataset; pass --overwrite to replace it")
     code, _, err = run_cli(capsys, "tokenize", "--tokenizer", image_folder, "--data", image_folder, "--out", tmp_path / "t")
-    assert_user_error(code, err)
+    assert_user_error(code, err, f"tokenizer folder {image_folder} has no config.json; is it a tokenizer folder?")
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", tmp_path / "empty",
                            "--out", tmp_path / "t")
-    assert_user_error(code, err)
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'empty'}")
+    code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", image_folder,
+                           "--out", tmp_path / "t", "--crops", -1)
+    assert_user_error(code, err, "invalid tokenize config: crops must be ≥ 0, got -1")
 
 
 def test_console_script_exit_code(tmp_path):
@@ -261,5 +279,6 @@ def test_demo_quick(capsys, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "mine", "--quick", "--overwrite")
-    assert_user_error(code, err, "thesis.tex")
+    assert_user_error(code, err, f"--overwrite refused: {tmp_path / 'mine'} holds files the demo did not write "
+                                 "(thesis.tex); choose another --out")
     assert (tmp_path / "mine" / "thesis.tex").exists()

@@ -285,12 +285,13 @@ def test_weights_are_found_in_the_torch_hub_cache(capsys, tiny_run, image_folder
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["tokenizer", "--guidance", 2], "evaluate prior"),
-    (["prior", "--vgg-weights", "x.pth"], "evaluate tokenizer"),
-    (["tokenizer", "--inception-weights", "missing.pth"], "does not exist"),
+    (["tokenizer", "--guidance", 2], "--guidance belong to evaluate prior, not evaluate tokenizer"),
+    (["prior", "--vgg-weights", "x.pth"], "--vgg-weights (LPIPS) belongs to evaluate tokenizer, not evaluate prior"),
+    (["tokenizer", "--inception-weights", "missing.pth"], "--inception-weights missing.pth does not exist"),
     (["tokenizer", "--inception-weights", "{notes}"], "could not read Inception weights"),
-    (["tokenizer", "--num-samples", 1], "--num-samples"),
-    (["tokenizer", "--data-seed", 3], "seed"),
+    (["tokenizer", "--num-samples", 1], "--num-samples must be at least 2, got 1"),
+    (["tokenizer", "--data-seed", 3], "was split with seed 0; --data-seed 3 would evaluate on images the prior was "
+                                      "trained on"),
 ])
 def test_evaluate_bad_input_is_one_error_line(capsys, tiny_run, tmp_path, args, needle):
     notes = tmp_path / "notes.pth"
