@@ -20,8 +20,8 @@ drafts) and gives the model's distributions for the next `width` columns. Each i
 
 Either way a row keeps its leading confirmed drafts plus one decided code (≥ 1 per pass), so rows
 of a batch move at different speeds. A column entering the window starts as a copy of the code
-above it (one grid row up; the rows of an image look alike): on a 16×16 digits prior that took
-Jacobi from 2.0 to 2.6 codes per pass with 8-column windows, from 2.6 to 3.7 with 16.
+above it (one grid row up; the rows of an image look alike, so more drafts are confirmed:
+docs/design-notes.md).
 """
 
 from __future__ import annotations
