@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 
-__all__ = ["main", "build_parser", "flags_named"]
+from .messages import flags_named
+
+__all__ = ["main", "build_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,22 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     p.add_argument("--quick", action="store_true", help="a much shorter run, for a smoke test")
     return parser
-
-
-def flags_named(message: str, parser: argparse.ArgumentParser | None) -> str:
-    """The library's `parameter` names in ``message`` as this verb's flags (`keep_rows` →
-    --keep-rows); a name the verb has no flag for loses its backticks only."""
-    flags = {}
-    for action in parser._actions if parser is not None else []:
-        longest = max(action.option_strings, key=len, default=None)
-        if longest and longest.startswith("--"):
-            flags.setdefault(action.dest, longest)
-
-    def flag(match: re.Match) -> str:
-        name = match.group(1)
-        return flags.get(name) or flags.get(name.replace("-", "_")) or name
-
-    return re.sub(r"`([A-Za-z_][A-Za-z0-9_-]*)`", flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:

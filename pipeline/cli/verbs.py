@@ -225,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     from ..evaluation.report import format_report
     from ..settings import SampleConfig
-    from .parser import flags_named
+    from .messages import flags_named
 
     sampling_flags = [f"--{n.replace('_', '-')}" for n in ("guidance", "temperature", "top_k", "top_p")
                       if getattr(args, n) is not None]
