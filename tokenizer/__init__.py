@@ -12,7 +12,7 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["config", "losses", "metrics", "model", "presets", "quantizer", "run_folder", "train"],
+    submodules=["config", "importers", "losses", "metrics", "model", "presets", "quantizer", "run_folder", "train"],
     submod_attrs={
         "config": ["VQGANConfig", "TokenizerTrainConfig"],
         "presets": ["PRESETS", "DEFAULT_PRESET"],
@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "quantizer": ["VectorQuantizer", "codebook_stats", "code_histogram", "perplexity"],
         "losses": ["LPIPS", "NLayerDiscriminator"],
         "train": ["train_tokenizer", "train_step", "evaluate_reconstruction", "WeightEMA"],
+        "importers": ["import_tokenizer"],
     },
 )

@@ -12,7 +12,12 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["VQGANConfig", "TokenizerTrainConfig"]
+__all__ = ["VQGANConfig", "TokenizerTrainConfig", "CODEBOOK_NORMS"]
+
+CODEBOOK_NORMS = ("l2", "none")
+# Settings added after vqgpt 0.1, with the value every earlier tokenizer had.
+_LATER_DEFAULTS = {"attn_resolutions": [], "norm_eps": 1e-6, "codebook_norm": "l2", "source_family": "",
+                   "source_file": "", "source_sha256": ""}
 
 
 @dataclass(frozen=True)
@@ -25,11 +30,14 @@ class VQGANConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per level; f = 2**(levels-1)
     num_res_blocks: int = 1  # ResNet blocks per encoder level (decoder uses one more)
     attn_at_lowest: bool = False  # self-attention in the middle (lowest resolution) blocks
+    attn_resolutions: tuple[int, ...] = ()  # feature-map sides (px) whose ResNet blocks are each followed by attention
     norm_groups: int = 8  # GroupNorm groups (capped at the channel count)
+    norm_eps: float = 1e-6  # GroupNorm epsilon
     dropout: float = 0.0  # dropout inside ResNet blocks
     z_channels: int = 64  # latent size: encoder output / decoder input channels
     codebook_size: int = 256  # K, number of codes
-    codebook_dim: int = 8  # codes live in this (small) l2-normalised space
+    codebook_dim: int = 8  # codes live in this (small) space
+    codebook_norm: str = "l2"  # "l2": vectors and codes l2-normalised (cosine lookups); "none": plain Euclidean
     commitment_beta: float = 0.25  # β of the commitment loss β·||z_e - sg[z_q]||²
     kmeans_init: bool = True  # k-means-initialise the codebook on the first training batch
     kmeans_iters: int = 10  # k-means iterations for that initialisation
@@ -41,6 +49,11 @@ class VQGANConfig:
     trained_on: str = ""
     trained_split_seed: int = 0
     trained_val_fraction: float | None = None
+    # Where an imported tokenizer came from (``vqgpt import-tokenizer``; "" = trained here): the
+    # family (taming, llamagen, diffusers), the file's name and its SHA-256.
+    source_family: str = ""
+    source_file: str = ""
+    source_sha256: str = ""
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -51,6 +64,7 @@ class VQGANConfig:
         if len(self.channel_mult) < 1 or any(int(m) < 1 for m in self.channel_mult):
             fail(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         f = self.downsample_factor
         if self.image_size < 1 or self.image_size % f != 0:
             fail(
@@ -70,6 +84,13 @@ class VQGANConfig:
                 fail(f"channel width {width} is not divisible by norm_groups {self.norm_groups}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.codebook_norm not in CODEBOOK_NORMS:
+            fail(f"codebook_norm must be one of {', '.join(CODEBOOK_NORMS)}, got {self.codebook_norm!r}")
+        if not self.norm_eps > 0:
+            fail(f"norm_eps must be > 0, got {self.norm_eps}")
+        sides = {self.image_size // 2 ** level for level in range(len(self.channel_mult))}
+        if any(r not in sides for r in self.attn_resolutions):
+            fail(f"attn_resolutions {self.attn_resolutions} must be feature-map sides of this model: {sorted(sides)}")
         if self.commitment_beta < 0:
             fail(f"commitment_beta must be >= 0, got {self.commitment_beta}")
         if self.kmeans_iters < 0 or self.restart_after_steps < 0:
@@ -95,9 +116,20 @@ class VQGANConfig:
         if unknown:
             raise ValueError(f"{source} has unknown tokenizer config keys: {', '.join(unknown)}")
         values = dict(data)
-        if "channel_mult" in values:
-            values["channel_mult"] = tuple(values["channel_mult"])
+        for key in ("channel_mult", "attn_resolutions"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
+
+    def identity(self) -> dict:
+        """The settings that identify the tokenizer (its fingerprint's part): settings added after
+        vqgpt 0.1 count only when they differ from their default, so tokenizers trained before them
+        keep their fingerprints (and stay paired with their token datasets and priors)."""
+        data = self.to_dict()
+        for name, default in _LATER_DEFAULTS.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return data
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,18 @@ WEIGHTS_NAME = "model.safetensors"
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(groups, channels), num_channels=channels, eps=1e-6)
+def _norm(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=min(groups, channels), num_channels=channels, eps=eps)
 
 
 class ResnetBlock(nn.Module):
     """GroupNorm → SiLU → conv3x3, twice, plus a (1x1-projected) skip connection."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = _norm(in_channels, groups)
+        self.norm1 = _norm(in_channels, groups, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels, groups)
+        self.norm2 = _norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -58,9 +58,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over spatial positions (SDPA)."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, eps: float = 1e-6):
         super().__init__()
-        self.norm = _norm(channels, groups)
+        self.norm = _norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -94,28 +94,39 @@ class Upsample(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, C, H, W) → (B, z_channels, H/f, W/f)."""
+    """(B, C, H, W) → (B, z_channels, H/f, W/f).
+
+    ``down`` runs level by level: ``num_res_blocks`` ResNet blocks (each followed by attention
+    where the feature map's side is in ``attn_resolutions``), then a downsampling except after the
+    last level. ``layout`` names each of its modules: ("res" | "attn" | "resample", level, index)."""
 
     def __init__(self, cfg: "VQGANConfig"):
         super().__init__()
-        ch, g = cfg.base_channels, cfg.norm_groups
+        ch, g, eps = cfg.base_channels, cfg.norm_groups, cfg.norm_eps
         self.conv_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
         blocks: list[nn.Module] = []
-        in_ch = ch
+        self.layout: list[tuple[str, int, int]] = []
+        in_ch, side = ch, cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
             out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(in_ch, out_ch, g, cfg.dropout))
+            for i in range(cfg.num_res_blocks):
+                blocks.append(ResnetBlock(in_ch, out_ch, g, cfg.dropout, eps))
+                self.layout.append(("res", level, i))
                 in_ch = out_ch
+                if side in cfg.attn_resolutions:
+                    blocks.append(AttnBlock(in_ch, g, eps))
+                    self.layout.append(("attn", level, i))
             if level != len(cfg.channel_mult) - 1:
                 blocks.append(Downsample(in_ch))
+                self.layout.append(("resample", level, 0))
+                side //= 2
         self.down = nn.Sequential(*blocks)
         self.mid = nn.Sequential(
-            ResnetBlock(in_ch, in_ch, g, cfg.dropout),
-            AttnBlock(in_ch, g) if cfg.attn_at_lowest else nn.Identity(),
-            ResnetBlock(in_ch, in_ch, g, cfg.dropout),
+            ResnetBlock(in_ch, in_ch, g, cfg.dropout, eps),
+            AttnBlock(in_ch, g, eps) if cfg.attn_at_lowest else nn.Identity(),
+            ResnetBlock(in_ch, in_ch, g, cfg.dropout, eps),
         )
-        self.norm_out = _norm(in_ch, g)
+        self.norm_out = _norm(in_ch, g, eps)
         self.conv_out = nn.Conv2d(in_ch, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,28 +135,39 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, z_channels, h, w) → (B, C, h·f, w·f), unbounded (the model clamps at decode)."""
+    """(B, z_channels, h, w) → (B, C, h·f, w·f), unbounded (the model clamps at decode).
+
+    ``up`` mirrors the encoder from the lowest resolution up, with one more ResNet block per
+    level; ``layout`` as the encoder's, levels numbered as the encoder's (0 = full resolution)."""
 
     def __init__(self, cfg: "VQGANConfig"):
         super().__init__()
-        ch, g = cfg.base_channels, cfg.norm_groups
+        ch, g, eps = cfg.base_channels, cfg.norm_groups, cfg.norm_eps
         in_ch = ch * cfg.channel_mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, in_ch, 3, padding=1)
         self.mid = nn.Sequential(
-            ResnetBlock(in_ch, in_ch, g, cfg.dropout),
-            AttnBlock(in_ch, g) if cfg.attn_at_lowest else nn.Identity(),
-            ResnetBlock(in_ch, in_ch, g, cfg.dropout),
+            ResnetBlock(in_ch, in_ch, g, cfg.dropout, eps),
+            AttnBlock(in_ch, g, eps) if cfg.attn_at_lowest else nn.Identity(),
+            ResnetBlock(in_ch, in_ch, g, cfg.dropout, eps),
         )
         blocks: list[nn.Module] = []
+        self.layout: list[tuple[str, int, int]] = []
+        side = cfg.image_size // cfg.downsample_factor
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(in_ch, out_ch, g, cfg.dropout))
+            for i in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(in_ch, out_ch, g, cfg.dropout, eps))
+                self.layout.append(("res", level, i))
                 in_ch = out_ch
+                if side in cfg.attn_resolutions:
+                    blocks.append(AttnBlock(in_ch, g, eps))
+                    self.layout.append(("attn", level, i))
             if level != 0:
                 blocks.append(Upsample(in_ch))
+                self.layout.append(("resample", level, 0))
+                side *= 2
         self.up = nn.Sequential(*blocks)
-        self.norm_out = _norm(in_ch, g)
+        self.norm_out = _norm(in_ch, g, eps)
         self.conv_out = nn.Conv2d(in_ch, cfg.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -184,6 +206,7 @@ class VQGAN(nn.Module):
             kmeans_iters=config.kmeans_iters,
             restart_after_steps=config.restart_after_steps,
             chunk_rows=config.distance_chunk_rows,
+            l2_normalized=config.codebook_norm == "l2",
         )
         self.post_quant_proj = nn.Conv2d(config.codebook_dim, config.z_channels, 1)  # back
         self.decoder = Decoder(config)
@@ -275,7 +298,7 @@ class VQGAN(nn.Module):
     def fingerprint(self) -> str:
         """16 hex chars of sha256 over the canonical config JSON and every weight's bytes."""
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
+        digest.update(json.dumps(self.config.identity(), sort_keys=True, separators=(",", ":")).encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())

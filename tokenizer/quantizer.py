@@ -1,7 +1,8 @@
-"""Vector quantizer with l2-normalised, low-dimensional codes (ViT-VQGAN / LlamaGen style).
+"""Vector quantizer with low-dimensional codes, l2-normalised (ViT-VQGAN / LlamaGen style) or plain
+Euclidean (taming-transformers, diffusers: for imported tokenizers).
 
 The encoder output is projected to ``codebook_dim`` (e.g. 8) outside this module; here each
-vector is l2-normalised and snapped to the nearest l2-normalised codebook entry. Three things
+vector is (l2-normalised and) snapped to the nearest (l2-normalised) codebook entry. Three things
 keep the codebook alive:
 
 - k-means initialisation of the codebook on the first training batch,
@@ -111,8 +112,10 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: int = 10,
         restart_after_steps: int = 20,
         chunk_rows: int = 1024,
+        l2_normalized: bool = True,
     ) -> None:
         super().__init__()
+        self.l2_normalized = l2_normalized
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.kmeans_iters = kmeans_iters
@@ -124,11 +127,15 @@ class VectorQuantizer(nn.Module):
 
     # -- lookups ---------------------------------------------------------------------------
     def normalized_codebook(self) -> torch.Tensor:
-        """(K, D) unit-norm code vectors, fp32."""
-        return F.normalize(self.codebook.float(), dim=1)
+        """(K, D) code vectors as looked up, fp32: unit-norm, or as they are for a Euclidean codebook."""
+        return F.normalize(self.codebook.float(), dim=1) if self.l2_normalized else self.codebook.float()
+
+    def _prepare(self, vectors: torch.Tensor, dim: int) -> torch.Tensor:
+        """Encoder vectors as compared with the codes: l2-normalised along ``dim`` (or as they are)."""
+        return F.normalize(vectors, dim=dim) if self.l2_normalized else vectors
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) long → unit-norm code vectors (B, D, h, w) fp32."""
+        """codes (B, h, w) long → code vectors (B, D, h, w) fp32 (unit-norm for an l2 codebook)."""
         if codes.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16):
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
@@ -142,7 +149,7 @@ class VectorQuantizer(nn.Module):
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, D, h, w) → codes (B, h, w) without touching any training state."""
         b, d, h, w = z.shape
-        flat = F.normalize(z.float().permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (B*h*w, D)
+        flat = self._prepare(z.float().permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (B*h*w, D)
         idx, _ = nearest_codes(flat, self.normalized_codebook(), self.chunk_rows)
         return idx.view(b, h, w)
 
@@ -157,7 +164,7 @@ class VectorQuantizer(nn.Module):
         if d != self.codebook_dim:
             raise ValueError(f"expected {self.codebook_dim} channels, got {d}")
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z_e = F.normalize(z.float(), dim=1)  # (B, D, h, w)
+            z_e = self._prepare(z.float(), dim=1)  # (B, D, h, w)
             flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (N, D)
             if self.training and not bool(self.initialized):
                 self._kmeans_init(flat.detach())
@@ -190,13 +197,14 @@ class VectorQuantizer(nn.Module):
             centers = data[torch.randperm(data.shape[0], device=data.device)[:k]].clone()
         else:  # fewer vectors than codes: sample with replacement and jitter
             pick = torch.randint(0, data.shape[0], (k,), device=data.device)
-            centers = F.normalize(data[pick] + 0.01 * torch.randn_like(data[pick]), dim=1)
+            centers = self._prepare(data[pick] + 0.01 * torch.randn_like(data[pick]), dim=1)
         for _ in range(self.kmeans_iters):
             assign, _ = nearest_codes(data, centers, self.chunk_rows)
             sums = torch.zeros_like(centers).index_add_(0, assign, data)
             counts = torch.bincount(assign, minlength=k)
             empty = counts == 0
-            centers = torch.where(empty[:, None], centers, F.normalize(sums, dim=1))
+            means = F.normalize(sums, dim=1) if self.l2_normalized else sums / counts.clamp_min(1)[:, None]
+            centers = torch.where(empty[:, None], centers, means)
         self.codebook.data.copy_(centers.to(self.codebook.dtype))
         _broadcast(self.codebook.data)
         self.initialized.fill_(True)
@@ -219,13 +227,13 @@ class VectorQuantizer(nn.Module):
         rows = _gather_rows(flat)  # candidates from every process's batch (rank 0's choice is broadcast)
         pick = torch.randint(0, rows.shape[0], (num_dead,), device=rows.device)
         fresh = rows[pick] + 1e-3 * torch.randn(num_dead, rows.shape[1], device=rows.device)
-        self.codebook.data[dead] = F.normalize(fresh, dim=1).to(self.codebook.dtype)
+        self.codebook.data[dead] = self._prepare(fresh, dim=1).to(self.codebook.dtype)
         _broadcast(self.codebook.data)
         self.steps_unused.masked_fill_(dead, 0)
         logger.debug("restarted %d dead codes", num_dead)
 
     def extra_repr(self) -> str:
-        return f"codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}"
+        return f"codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, l2_normalized={self.l2_normalized}"
 
 
 # -- multi-process helpers: no-ops when torch.distributed is not initialised ------------------

@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split (default: 0)")
     _add_config_args(p, list(TOKENIZER_PRESETS), TOKENIZER_DEFAULT)
 
+    p = verb("import-tokenizer", "a published VQGAN (taming-transformers, LlamaGen, diffusers) → a vqgpt tokenizer folder",
+             device=False)
+    p.add_argument("--from", dest="family", required=True, choices=["taming", "llamagen", "diffusers"],
+                   help="the family the checkpoint comes from")
+    p.add_argument("--checkpoint", required=True,
+                   help="taming: the Lightning .ckpt; llamagen: the .pt (vq_ds16_c2i.pt); diffusers: the VQModel folder")
+    p.add_argument("--config", help="taming: its model.yaml (required); diffusers: a config.json other than the folder's")
+    p.add_argument("--image-size", type=int, help="resolution to run at (default: taming's recorded resolution, else 256)")
+    p.add_argument("--out", required=True, help="output tokenizer folder (config.json, model.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
+
     p = verb("reconstruct", "encode+decode images; write a side-by-side grid, print PSNR/SSIM/usage")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--data", required=True, help=data_help)

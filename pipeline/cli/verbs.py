@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_train_tokenizer", "cmd_reconstruct", "cmd_tokenize", "cmd_train_prior", "cmd_sample",
+__all__ = ["cmd_train_tokenizer", "cmd_import_tokenizer", "cmd_reconstruct", "cmd_tokenize", "cmd_train_prior", "cmd_sample",
            "cmd_complete", "cmd_evaluate", "cmd_demo"]
 
 
@@ -109,6 +109,27 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
             _print(src.skip_report())
     _print(_format_metrics("tokenizer", summary))
     _print(f"tokenizer saved to {args.out}")
+    return 0
+
+
+def cmd_import_tokenizer(args: argparse.Namespace) -> int:
+    from vqgpt.atomic import write_folder
+    from vqgpt.tokenizer.importers import import_tokenizer
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"--out {out} already exists; pass --overwrite to replace it")
+    if args.image_size is not None and args.image_size < 8:
+        raise ValueError(f"--image-size must be at least 8, got {args.image_size}")
+    model = import_tokenizer(args.family, args.checkpoint, config=args.config, image_size=args.image_size)
+    with write_folder(out) as tmp:  # the whole folder or nothing
+        model.save_pretrained(tmp)
+    c = model.config
+    params = sum(p.numel() for p in model.parameters())
+    _print(f"imported {args.family} {c.source_file} (sha256 {c.source_sha256[:16]}…): {params / 1e6:.1f} M parameters, "
+           f"{c.image_size} px {c.channels}-channel images → {c.grid_size[0]}×{c.grid_size[1]} codes of {c.codebook_size} "
+           f"({c.codebook_norm} codebook, dimension {c.codebook_dim})")
+    _print(f"tokenizer saved to {out} (fingerprint {model.fingerprint()})")
     return 0
 
 
