@@ -21,7 +21,7 @@ from .data import load_images
 from .evaluation import Evaluator, Images, evaluate_tokenizer, write_reconstruction_grid
 from .evaluation.digits import check_digit_samples
 from .generation import Pipeline
-from .generation.files import prepare_out, write_samples
+from .generation.files import write_samples
 from .generation.training_hooks import checked_tokenizer, decoded_pixel_features, sample_grid_writer
 from .settings import SampleConfig, build_configs
 from .tokens import tokenize_dataset
@@ -164,7 +164,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     pipe = Pipeline.from_pretrained(out, device=device)
     settings = pipe.resolve(SampleConfig(num=10, class_labels=tuple(range(pipe.spec.num_classes)), seed=0))
     images = pipe(settings)
-    paths = write_samples(images, settings, pipe, prepare_out(out / "samples", overwrite=True))
+    paths = write_samples(images, settings, pipe, out / "samples", overwrite=True)
     figures["sample"] = {"images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
     _say(f"[4/5] sampled 10 images of every class with the prior's defaults (guidance {settings.guidance}, "
          f"temperature {settings.temperature}, chosen on held-out digits) → {paths['grid']}")

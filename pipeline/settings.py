@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,9 +108,12 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # inf and nan are never a setting: they only fail later, far away
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise ValueError(f"{key}: expected a string, got {value!r}")

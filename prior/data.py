@@ -26,7 +26,7 @@ from vqgpt.atomic import write_folder
 
 from .model import PriorSpec
 
-__all__ = ["TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "save_token_dataset",
+__all__ = ["code_range", "TokenData", "TokenSequences", "load_token_dataset", "write_token_dataset", "save_token_dataset",
            "token_meta", "token_features", "read_token_meta", "is_token_dataset", "code_counts", "TOKENS_FILE",
            "SPLITS", "codes_dtype"]
 
@@ -119,6 +119,17 @@ def save_token_dataset(splits: dict[str, Any], meta: dict, path: str | Path) -> 
         DatasetDict(splits).save_to_disk(str(tmp))
         (tmp / TOKENS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def code_range(split: Any) -> tuple[int, int]:
+    """(smallest, largest) code in the `codes` column of a `datasets.Dataset` ((0, -1) when empty)."""
+    low, high = None, None
+    for batch in split.select_columns(["codes"]).with_format("numpy").iter(batch_size=8192):
+        codes = np.asarray(batch["codes"])
+        if codes.size:
+            low = int(codes.min()) if low is None else min(low, int(codes.min()))
+            high = int(codes.max()) if high is None else max(high, int(codes.max()))
+    return (0, -1) if low is None else (low, high)
 
 
 def code_counts(splits: Sequence[Any], codebook_size: int) -> np.ndarray:
@@ -220,6 +231,10 @@ def load_token_dataset(path: str | Path) -> TokenData:
         labels = np.asarray(split.with_format("numpy")["label"])
         if labels.min() < -1 or labels.max() >= spec.num_classes:
             raise ValueError(f"{root}/{name}: labels span {labels.min()}..{labels.max()} but there are {spec.num_classes} classes")
+        low, high = code_range(split)  # a code ≥ K would be read as a class token, or index past the vocabulary
+        if low < 0 or high >= spec.codebook_size:
+            raise ValueError(f"{root}/{name}: codes span {low}..{high} but the codebook has {spec.codebook_size} codes "
+                             f"(0..{spec.codebook_size - 1}); the dataset or its {TOKENS_FILE} was altered")
     return TokenData(TokenSequences(dsd["train"], spec), TokenSequences(dsd["validation"], spec), meta, spec, str(root))
 
 

@@ -290,35 +290,45 @@ def train_prior(
     val: dict = {}
     running: list[float] = []
     stopped_early = False
-    while state.step < cfg.max_steps:
-        micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        figures = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg, step=state.step)
-        ckpt.stop_if_diverged(accelerator, figures["loss"], state.step + 1, ckpt_root, "prior")
-        state.step += 1
-        steps_run += 1
-        running.append(figures["bits_per_code"])
-        bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            elapsed = time.time() - start
-            metrics_log.write({"step": state.step, "split": "train", "loss": figures["loss"],
-                 "bits_per_code": sum(running) / len(running), "lr": figures["lr"], "grad_norm": figures["grad_norm"],
-                 "tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9), "time": time.time()})
-            running = []
-        bar.set_postfix(bits=f"{figures['bits_per_code']:.3f}", **({"val": f"{val['val_bits_per_code']:.3f}"} if val else {}))
-        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-            val, last_eval = run_eval(), state.step
-            if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
-                stopped_early = True
-                logger.info("early stopping at step %d: no held-out improvement for %d evaluations (best %.4f at step %d)",
-                            state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
-                                 cfg.keep_checkpoints, [scheduler])
-            last_ckpt = state.step
-        if cfg.sample_every and state.step % cfg.sample_every == 0:
-            draw_samples(state.step)
-        if stopped_early:
-            break
+    guard = ckpt.StepGuard(accelerator, ckpt_root, "prior").__enter__()  # left in the finally below
+    try:
+        while state.step < cfg.max_steps:
+            micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            figures = train_step(model, micro, spec, optimizer, scheduler, accelerator, cfg, step=state.step)
+            preempted = guard.check(figures["loss"], state.step + 1)  # NaN/Inf anywhere: stops before saving
+            state.step += 1
+            steps_run += 1
+            running.append(figures["bits_per_code"])
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                elapsed = time.time() - start
+                metrics_log.write({"step": state.step, "split": "train", "loss": figures["loss"],
+                                   "bits_per_code": sum(running) / len(running), "lr": figures["lr"],
+                                   "grad_norm": figures["grad_norm"], "time": time.time(),
+                                   "tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9)})
+                running = []
+            bar.set_postfix(bits=f"{figures['bits_per_code']:.3f}", **({"val": f"{val['val_bits_per_code']:.3f}"} if val else {}))
+            if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+                val, last_eval = run_eval(), state.step
+                if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
+                    stopped_early = True
+                    logger.info("early stopping at step %d: no held-out improvement for %d evaluations (best %.4f at step %d)",
+                                state.step, cfg.early_stopping_patience, state.best_val_bits, state.best_step)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
+                                     cfg.keep_checkpoints, [scheduler])
+                last_ckpt = state.step
+            if preempted and state.step < cfg.max_steps and not stopped_early:  # SIGTERM: save the step in flight
+                if last_ckpt != state.step:
+                    ckpt.save_checkpoint(accelerator, ckpt_root, state.step, {**record, **dataclasses.asdict(state)},
+                                         cfg.keep_checkpoints, [scheduler])
+                raise ckpt.Preempted("prior", state.step, ckpt_root / f"step_{state.step}")
+            if cfg.sample_every and state.step % cfg.sample_every == 0:
+                draw_samples(state.step)
+            if stopped_early:
+                break
+    finally:
+        guard.__exit__()
     bar.close()
     elapsed = time.time() - start
     if last_eval != state.step and (steps_run or not math.isfinite(state.best_val_bits)):

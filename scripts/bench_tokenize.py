@@ -2,8 +2,11 @@
 
     python scripts/bench_tokenize.py                      # digits preset, 2,000 and 20,000 images
     python scripts/bench_tokenize.py --preset small --sizes 1000 10000 --batch-size 32
+    python scripts/bench_tokenize.py --preset llamagen-vq16 --sizes 64 256 --batch-size 8   # 256 px, 72 M
 
-It builds a random-init tokenizer from a preset (throughput does not depend on training),
+It builds a random-init tokenizer from a preset, or in the layout of a published tokenizer as
+``vqgpt import-tokenizer`` makes it (``llamagen-vq16``: LlamaGen's VQ-16, 256 px → 16×16 codes of
+16,384; throughput does not depend on the weights),
 generates a folder of PNG images at the preset's resolution, and runs, each in its own
 subprocess so its peak RSS can be read alone (``os.wait4`` rusage):
 
@@ -46,13 +49,28 @@ def _machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
+# Architectures of published tokenizers, as `vqgpt import-tokenizer` configures them.
+IMPORTED_LAYOUTS = {
+    "llamagen-vq16": {"image_size": 256, "channels": 3, "base_channels": 128, "channel_mult": (1, 1, 2, 2, 4),
+                      "num_res_blocks": 2, "attn_resolutions": (16,), "attn_at_lowest": True, "norm_groups": 32,
+                      "z_channels": 256, "codebook_size": 16384, "codebook_dim": 8, "codebook_norm": "l2",
+                      "kmeans_init": False},
+}
+
+
+def _layout(preset: str) -> dict:
+    from vqgpt.tokenizer import PRESETS
+
+    return IMPORTED_LAYOUTS[preset] if preset in IMPORTED_LAYOUTS else PRESETS[preset]["model"]
+
+
 def _make_tokenizer(preset: str, out: Path) -> None:
     import torch
 
-    from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
+    from vqgpt.tokenizer import VQGAN, VQGANConfig
 
     torch.manual_seed(0)
-    VQGAN(VQGANConfig(**PRESETS[preset]["model"])).eval().save_pretrained(out)
+    VQGAN(VQGANConfig(**_layout(preset))).eval().save_pretrained(out)
 
 
 def _make_images(folder: Path, count: int, size: int, channels: int) -> None:
@@ -93,7 +111,9 @@ def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, worker
     from vqgpt.pipeline.tokens import tokenize_dataset
 
     start = time.perf_counter()
-    summary = tokenize_dataset(tokenizer, data, out, batch_size=batch_size, num_workers=workers,
+    # crops=0: each image encoded once, as bare encode does (left unset, tokenize derives crops for
+    # small sets and would encode every image up to 8 times)
+    summary = tokenize_dataset(tokenizer, data, out, batch_size=batch_size, num_workers=workers, crops=0,
                                progress=False)
     seconds = time.perf_counter() - start
     return {"images": summary["images"], "seconds": seconds, "images_per_s": summary["images"] / seconds}
@@ -114,7 +134,7 @@ def _run_child(args: list[str]) -> tuple[dict, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small", help="tokenizer preset (random init)")
+    p.add_argument("--preset", default="small", help="tokenizer preset, or llamagen-vq16 (random init)")
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="images per tokenize run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of tokenize")
@@ -137,10 +157,8 @@ def main() -> None:
         print(json.dumps(_child_tokenize(args.tokenizer, args.data, args.out, args.batch_size, args.workers)))
         return
 
-    from vqgpt.tokenizer import PRESETS
-
-    model_cfg = PRESETS[args.preset]["model"]
-    size, channels = model_cfg["image_size"], model_cfg["channels"]
+    model_cfg = _layout(args.preset)
+    size, channels = model_cfg.get("image_size", 32), model_cfg.get("channels", 1)
     print(f"machine: {_machine()}")
     threads = args.threads or "default"
     print(f"tokenizer preset {args.preset!r} (random init): {channels}×{size}², "

@@ -86,10 +86,17 @@ def test_metrics_log_reads_as_one_run_after_a_resume(tmp_path):
     assert not (tmp_path / "other.jsonl").exists()
 
 
-def test_divergence_stops_with_the_last_good_checkpoint(accelerator, tmp_path):
-    ckpt.stop_if_diverged(accelerator, 0.5, 3, tmp_path, "prior")  # a finite loss passes
-    with pytest.raises(FloatingPointError, match="the prior's loss became nan at step 3.*no checkpoint was written"):
-        ckpt.stop_if_diverged(accelerator, float("nan"), 3, tmp_path, "prior")
+def test_divergence_stops_with_the_last_good_checkpoint_and_sigterm_asks_for_one(accelerator, tmp_path):
+    import os
+    import signal
+
+    with ckpt.StepGuard(accelerator, tmp_path, "prior") as guard:
+        assert guard.check(0.5, 3) is False  # a finite loss, no signal: go on
+        with pytest.raises(FloatingPointError, match="the prior's loss became nan at step 3.*no checkpoint was written"):
+            guard.check(float("nan"), 3)
+        os.kill(os.getpid(), signal.SIGTERM)  # inside the guard SIGTERM only sets a flag
+        assert guard.check(0.5, 4) is True
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
 
 
 def test_write_folder_replaces_whole_or_not_at_all(tmp_path):

@@ -282,3 +282,38 @@ def test_demo_quick(capsys, tmp_path):
     assert_user_error(code, err, f"--overwrite refused: {tmp_path / 'mine'} holds files the demo did not write "
                                  "(thesis.tex); choose another --out")
     assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+def test_sample_overwrite_replaces_the_old_results_whole_or_not_at_all(capsys, tiny_run, tmp_path, monkeypatch):
+    """Killed (or out of disk) while writing the new results, `sample --overwrite` leaves the old ones
+    whole: they are replaced in one rename only once the new ones are complete."""
+    from vqgpt.pipeline.generation import files
+
+    out = tmp_path / "s"
+    assert run_cli(capsys, "sample", "--run", tiny_run, "--num", 3, "--seed", 1, "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed_while_writing(*args, **kwargs):
+        raise KeyboardInterrupt  # what a kill or a full disk does half-way through the new results
+
+    monkeypatch.setattr(files, "write_settings", killed_while_writing)
+    code, _, err = run_cli(capsys, "sample", "--run", tiny_run, "--num", 2, "--seed", 2, "--out", out, "--overwrite")
+    assert code == 130 and "interrupted" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old results, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # and no half-written folder beside them
+    monkeypatch.undo()
+    assert run_cli(capsys, "sample", "--run", tiny_run, "--num", 2, "--seed", 2, "--out", out, "--overwrite")[0] == 0
+    assert len(list(out.glob("sample_*.png"))) == 2  # replaced as a whole: no stale third image
+    (out / "notes.txt").write_text("mine")
+    assert_user_error(*run_cli(capsys, "sample", "--run", tiny_run, "--num", 2, "--out", out, "--overwrite")[::2],
+                      f"--overwrite refused: {out} holds files besides earlier results (notes.txt)")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_complete_with_a_folder_for_an_image_says_so(capsys, tiny_run, image_folder, tmp_path):
+    code, _, err = run_cli(capsys, "complete", "--run", tiny_run, "--image", tmp_path, "--keep-rows", 1,
+                           "--out", tmp_path / "c")
+    assert_user_error(code, err, f"{tmp_path} is a folder; give one image file")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", tmp_path / "t", *TINY_TOKENIZER,
+                           "--set", "train.learning_rate=inf")
+    assert_user_error(code, err, "train.learning_rate: expected a finite number, got 'inf'")

@@ -80,3 +80,9 @@ def test_coerce_bool_is_not_int():
     with pytest.raises(ValueError):
         coerce(True, int, "k")
     assert coerce(3.0, int, "k") == 3
+
+
+def test_infinite_and_nan_settings_are_refused():
+    for bad in ("inf", "-inf", "nan", "1e999"):
+        with pytest.raises(ValueError, match="expected a finite number"):
+            build_configs(SECTIONS, [parse_sets([f"train.lr={bad}"])])

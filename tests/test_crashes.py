@@ -169,3 +169,41 @@ def test_tokenize_killed_then_rerun_is_identical(tiny_run, tmp_path):
     for split in ("train", "validation"):
         assert a[split]["source"] == b[split]["source"]
         assert (a[split].with_format("numpy")[:]["codes"] == b[split].with_format("numpy")[:]["codes"]).all()
+
+
+def terminate_after_first_log(args: list, metrics: Path) -> tuple[int, str]:
+    """Start `vqgpt args`, send SIGTERM (what a cluster scheduler sends) once it has logged a step."""
+    proc = subprocess.Popen([sys.executable, "-m", "vqgpt", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "prior"])
+def test_sigterm_checkpoints_the_step_in_flight_and_resume_is_bit_identical(stage, image_folder, tiny_run, tmp_path):
+    common = ["--preset", "tiny", "--set", "train.max_steps=300", "--set", "train.checkpoint_every=0",
+              "--set", "train.log_every=2"]
+    if stage == "tokenizer":
+        args = ["train-tokenizer", "--data", image_folder, *common, "--set", "train.sample_every=0"]
+        final = "model.safetensors"
+    else:
+        args = ["train-prior", "--tokens", tiny_run / "tokens", *common, "--set", "train.eval_every=50"]
+        final = "model.safetensors"
+    vqgpt(*args, "--out", tmp_path / "straight")
+    stopped = tmp_path / "stopped"
+    code, err = terminate_after_first_log([*args, "--out", stopped], stopped / "metrics.jsonl")
+    lines = err.strip().splitlines()
+    assert code == 143, err[-2000:]
+    message = next(line for line in lines if "SIGTERM" in line)
+    assert f"the {stage}'s checkpoint step_" in message and "continue with --resume" in message and "Traceback" not in err
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert 0 < step < 300 and (stopped / "checkpoints" / f"step_{step}" / "trainer_state.json").is_file()
+    assert not (stopped / final).exists()  # a stopped run never looks finished
+    vqgpt(*args, "--out", stopped, "--resume")
+    same_weights(tmp_path / "straight" / final, stopped / final)

@@ -292,3 +292,44 @@ def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path: Path) ->
         assert image[:6].mean() > 0.5 and image[-6:].mean() < -0.5, name
         fitted = np.asarray(load_image_file(tmp_path / name / "photo.jpg", 16, 1), dtype=np.float32)
         assert fitted[:6].mean() > 160 and fitted[-6:].mean() < 60, name
+
+
+def test_links_hidden_and_other_entries_are_followed_inside_only_and_counted(tmp_path: Path) -> None:
+    """A link from one class folder into a sibling class is refused (it would file images under the
+    wrong class, or turn the labels off); links leaving the data folder are not followed; hidden
+    entries and other files are left out and named in the skip report."""
+    import os
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        for i in range(3):
+            _img(root / cls / f"{i}.png")
+    _img(root / ".cache" / "x.png")  # a hidden class folder
+    (root / "a" / "notes.txt").write_text("words")
+    outside = tmp_path / "elsewhere"
+    _img(outside / "far.png")
+    os.symlink(outside, root / "b" / "far")  # leaves the data folder
+    os.symlink(root / "a" / "0.png", root / "a" / "again.png")  # stays in its class: followed
+    src = load_images(str(root), 16, 3, split="all")
+    assert src.class_names == ["a", "b"] and len(src) == 7
+    reasons = dict(src.left_out)
+    assert reasons[".cache/"] == "a hidden folder" and "not an image" in reasons["a/notes.txt"]
+    assert reasons["b/far"].startswith("a link to") and "outside the data folder" in reasons["b/far"]
+    assert "left out 3 other entries" in src.skip_report()
+
+    os.symlink(root / "a", root / "b" / "more")  # class b's folder now links to class a's images
+    with pytest.raises(ValueError, match=r"links to .*another class's folder"):
+        load_images(str(root), 16, 3, split="all")
+
+
+def test_a_source_without_one_readable_image_writes_no_token_dataset(tmp_path: Path) -> None:
+    from vqgpt.pipeline.tokens import tokenize_dataset
+    from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
+
+    VQGAN(VQGANConfig(**PRESETS["tiny"]["model"])).save_pretrained(tmp_path / "tok")
+    for i in range(4):
+        (tmp_path / "data" / f"{i}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "data" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="none of the 4 images of .* could be read .* no token dataset was written"):
+        tokenize_dataset(tmp_path / "tok", str(tmp_path / "data"), tmp_path / "tokens", progress=False)
+    assert not (tmp_path / "tokens" / "dataset_dict.json").exists() and not (tmp_path / "tokens" / ".partial").exists()

@@ -235,3 +235,46 @@ def _write_yaml(tmp_path):
               num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
     path.write_text(yaml.safe_dump({"model": {"params": {"embed_dim": 4, "n_embed": 64, "ddconfig": dd}}}))
     return path
+
+
+@pytest.mark.slow
+def test_a_256px_llamagen_vq16_runs_the_whole_chain(tmp_path, capsys):
+    """A full-size LlamaGen VQ-16 layout (random weights, ~72 M parameters, built by LlamaGen's own
+    code) imported, then tokenize → train-prior → sample → complete at 256 px on the CPU: 16×16 grids
+    of K = 16,384 codes, the prior's vocabulary and length following from the token data."""
+    import numpy as np
+    from PIL import Image
+
+    ref = _llamagen_module().VQ_16()  # 256 px → 16×16, K = 16,384, 8-dimensional l2 codebook
+    params = sum(p.numel() for p in ref.parameters())
+    assert 65e6 < params < 80e6
+    torch.save({"model": ref.state_dict()}, tmp_path / "vq_ds16_c2i.pt")
+    del ref
+    tok = tmp_path / "tok"
+    assert main(["import-tokenizer", "--from", "llamagen", "--checkpoint", str(tmp_path / "vq_ds16_c2i.pt"),
+                 "--out", str(tok)]) == 0
+    vq = VQGAN.from_pretrained(tok)
+    assert vq.config.image_size == 256 and vq.config.grid_size == (16, 16) and vq.config.codebook_size == 16384
+
+    rng = np.random.default_rng(0)
+    for cls in ("warm", "cool"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            base = np.array([220, 120, 40] if cls == "warm" else [40, 120, 220], dtype=np.float64)
+            pixels = np.clip(base + rng.normal(0, 30, (300, 280, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
+    images, tokens, prior = tmp_path / "images", tmp_path / "tokens", tmp_path / "prior"
+    assert main(["tokenize", "--tokenizer", str(tok), "--data", str(images), "--out", str(tokens), "--crops", "0"]) == 0
+    assert main(["train-prior", "--tokens", str(tokens), "--out", str(prior), "--preset", "tiny",
+                 "--set", "train.max_steps=2", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=0"]) == 0
+    from vqgpt.prior import load_prior
+
+    model, spec = load_prior(prior)
+    assert spec.grid == (16, 16) and spec.codebook_size == 16384 and spec.num_codes == 256
+    assert spec.vocab_size == 16384 + 2 + 1 and model.config.vocab_size == spec.vocab_size
+    run = ["--tokenizer", str(tok), "--prior", str(prior)]
+    assert main(["sample", *run, "--class", "warm", "--num", "1", "--out", str(tmp_path / "s")]) == 0
+    assert Image.open(tmp_path / "s" / "sample_0000_class-warm.png").size == (256, 256)
+    assert main(["complete", *run, "--image", str(images / "cool" / "0.png"), "--keep-rows", "8", "--num", "1",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert Image.open(tmp_path / "c" / "completion_0000.png").size == (256, 256)

@@ -101,3 +101,22 @@ def test_writer_refuses_existing_folder_and_bad_codes(tmp_path):
         make(tmp_path / "tok")
     with pytest.raises(ValueError, match="codes must be in"):
         write_token_dataset(tmp_path / "bad", {"train": (np.full((2, 2, 2), 9), np.zeros(2))}, 5)
+
+
+def test_codes_outside_the_codebook_are_refused_and_inspect_says_so(tmp_path):
+    """A token dataset whose codes reach K or beyond (its metadata edited to a smaller codebook, say)
+    would be read as class tokens or index past the vocabulary: refused with one line."""
+    import json
+
+    from vqgpt.pipeline.tokens import describe_tokens
+
+    codes = np.random.default_rng(0).integers(0, 12, size=(6, 2, 2))
+    write_token_dataset(tmp_path / "t", {"train": (codes, np.zeros(6, int)), "validation": (codes[:2], np.zeros(2, int))},
+                        codebook_size=12, class_names=["x"])
+    meta_file = tmp_path / "t" / "vqgpt_tokens.json"
+    meta = json.loads(meta_file.read_text())
+    meta["codebook_size"] = 8  # the file now claims a smaller codebook than its codes use
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"codes span 0\.\.11 but the codebook has 8 codes"):
+        load_token_dataset(tmp_path / "t")
+    assert describe_tokens(tmp_path / "t")["codes_in_range"].startswith("NO: codes span 0..11")

@@ -158,3 +158,31 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         tiny_model(seed=1).save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before  # old file untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_tokenizers_from_before_the_import_settings_keep_loading_and_their_fingerprints(tmp_path):
+    """Settings added for imported tokenizers (attention resolutions, GroupNorm eps, Euclidean
+    codebooks, the source record) change nothing for a tokenizer trained before them: its config.json
+    (without those keys) loads, and its fingerprint is the one its token datasets and priors recorded."""
+    import hashlib
+    import json
+
+    from vqgpt.tokenizer import PRESETS
+
+    model = VQGAN(VQGANConfig(**PRESETS["tiny"]["model"]))
+    model.save_pretrained(tmp_path / "tok")
+    old = json.loads((tmp_path / "tok" / "config.json").read_text())
+    for key in ("attn_resolutions", "norm_eps", "codebook_norm", "source_family", "source_file", "source_sha256"):
+        old.pop(key)
+    (tmp_path / "tok" / "config.json").write_text(json.dumps(old))  # as vqgpt 0.1 wrote it
+    loaded = VQGAN.from_pretrained(tmp_path / "tok")
+    digest = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode())  # 0.1's recipe
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    assert loaded.fingerprint() == model.fingerprint() == digest.hexdigest()[:16]
+    torch.manual_seed(0)
+    l2 = VQGAN(VQGANConfig(**PRESETS["tiny"]["model"]))
+    torch.manual_seed(0)
+    euclidean = VQGAN(VQGANConfig(**{**PRESETS["tiny"]["model"], "codebook_norm": "none"}))  # same weights
+    assert euclidean.fingerprint() != l2.fingerprint()  # a setting that differs from its default counts

@@ -291,14 +291,16 @@ def train_tokenizer(
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train tokenizer", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     start_time, images_seen = time.perf_counter(), 0
+    guard = ckpt.StepGuard(accelerator, ckpt_root, "tokenizer")
     try:
+        guard.__enter__()
         while step < cfg.max_steps:
             batch = next(batches)
             metrics = train_step(parts, batch["image"], step, cfg)
             images_seen += batch["image"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            ckpt.stop_if_diverged(accelerator, metrics["loss"], step + 1, ckpt_root, "tokenizer")
+            preempted = guard.check(metrics["loss"], step + 1)  # NaN/Inf anywhere: stops before saving
             step += 1
             bar.update(1)
             bar.set_postfix(
@@ -310,9 +312,13 @@ def train_tokenizer(
                 log.write({"step": step, "split": "train", **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)})
             if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.max_steps:
                 run_folder.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            saved = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps
+            if saved or (preempted and step < cfg.max_steps):
                 save_checkpoint()
+            if preempted and step < cfg.max_steps:  # SIGTERM: the step in flight is done and saved
+                raise ckpt.Preempted("tokenizer", step, ckpt_root / f"step_{step}")
     finally:
+        guard.__exit__()
         bar.close()
     train_seconds = time.perf_counter() - start_time
 

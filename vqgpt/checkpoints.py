@@ -1,5 +1,6 @@
 """What both trainers do with their run folder: checkpoints, resuming, the metrics log, the NaN
-stop and the loss plot. One owner, so the tokenizer and the prior behave alike.
+stop, preemption (SIGTERM → checkpoint → exit 143) and the loss plot. One owner, so the tokenizer
+and the prior behave alike.
 
     out/checkpoints/step_N/     accelerate ``save_state`` (models as safetensors, optimizers, RNG
                                 states) + trainer_state.json (step, the loop's state, the schedules)
@@ -28,6 +29,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -42,7 +45,7 @@ from .atomic import discard_dir, write_json, write_text
 
 __all__ = ["CHECKPOINT_DIR", "STATE_FILE", "METRICS_FILE", "LOSS_CURVE_FILE", "make_accelerator", "list_checkpoints",
            "latest_checkpoint", "save_checkpoint", "read_trainer_state", "load_checkpoint", "resumable_batches",
-           "stop_if_diverged", "MetricsLog", "Curve", "plot_loss_curves"]
+           "Preempted", "StepGuard", "MetricsLog", "Curve", "plot_loss_curves"]
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -184,15 +187,55 @@ def resumable_batches(accelerator: Accelerator, loader: DataLoader, start: int) 
         epoch, skip = epoch + 1, 0
 
 
-def stop_if_diverged(accelerator: Accelerator, loss: float, step: int, root: str | os.PathLike, what: str) -> None:
-    """A NaN/Inf loss on any process stops every process before anything is saved, so the last
-    checkpoint on disk is the last good state: one FloatingPointError saying where to resume."""
-    bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss)), device=accelerator.device), "sum")
-    if float(bad) > 0:
-        latest = latest_checkpoint(root)
-        kept = f"the last good checkpoint is {latest.name}" if latest else "no checkpoint was written yet"
-        raise FloatingPointError(f"the {what}'s loss became {loss} at step {step}; stopped without saving ({kept}); "
-                                 "resume (`resume`) with a lower train.learning_rate or with mixed precision off")
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, what cluster schedulers send before they stop a job): the
+    step in flight was finished and a checkpoint written; ``resume`` continues from it."""
+
+    def __init__(self, what: str, step: int, checkpoint: Path):
+        super().__init__(f"stopped by SIGTERM at step {step}: the {what}'s checkpoint {checkpoint.name} is written; "
+                         "continue with `resume`")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StepGuard:
+    """What the loop asks after every optimizer step, in one all-reduce over the processes:
+
+    - did any process's loss become NaN/Inf? Then every process stops before anything is saved,
+      so the last checkpoint on disk is the last good state (FloatingPointError, one line);
+    - did any process receive SIGTERM? Then ``check`` returns True on every process: the loop
+      writes a checkpoint and raises ``Preempted``. Inside the ``with`` block SIGTERM only sets a
+      flag (installed from the main thread; the previous handler comes back on exit)."""
+
+    def __init__(self, accelerator: Accelerator, root: str | os.PathLike, what: str) -> None:
+        self.accelerator, self.root, self.what = accelerator, Path(root), what
+        self.signalled = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StepGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def check(self, loss: float, step: int) -> bool:
+        """After step ``step`` (counted from 1) with this process's ``loss``: raise on divergence,
+        return True when the run must checkpoint and stop."""
+        flags = torch.tensor([float(not math.isfinite(loss)), float(self.signalled)], device=self.accelerator.device)
+        flags = self.accelerator.reduce(flags, "sum")
+        if float(flags[0]) > 0:
+            latest = latest_checkpoint(self.root)
+            kept = f"the last good checkpoint is {latest.name}" if latest else "no checkpoint was written yet"
+            raise FloatingPointError(f"the {self.what}'s loss became {loss} at step {step}; stopped without saving "
+                                     f"({kept}); resume (`resume`) with a lower train.learning_rate or with mixed "
+                                     "precision off")
+        return float(flags[1]) > 0
 
 
 # --------------------------------------------------------------------------- the metrics log

@@ -227,3 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from vqgpt.checkpoints import Preempted  # imported only once a trainer has stopped
+
+        if not isinstance(err, Preempted) or debug:
+            raise
+        print(f"{flags_named(str(err), verb_parser)}", file=sys.stderr)  # a cluster's stop, not an error
+        return 143  # 128 + SIGTERM, as a process killed by it would report
+

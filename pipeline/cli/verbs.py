@@ -105,7 +105,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
            f"{model_cfg.image_size}px, {model_cfg.channels} channel(s)")
     summary = tk.train_tokenizer(model_cfg, train_cfg, train, val, args.out, resume=args.resume, overwrite=args.overwrite)
     for src in (train, val):
-        if src.skipped:
+        if src.skipped or src.left_out:
             _print(src.skip_report())
     _print(_format_metrics("tokenizer", summary))
     _print(f"tokenizer saved to {args.out}")
@@ -175,6 +175,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     _print(_format_metrics("tokenize", summary))
     for line in summary.get("skipped_files", []):
         _print(f"  skipped {line}")
+    for line in summary.get("left_out_files", []):
+        _print(f"  left out {line}")
     _print(f"token dataset written to {args.out}")
     return 0
 
@@ -211,16 +213,15 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ..generation.files import prepare_out, write_samples
+    from ..generation.files import check_out, write_samples
     from ..settings import SampleConfig
 
     pipe = _load_pipeline(args)
     labels = pipe.resolve_classes(args.classes)
     settings = pipe.resolve(_dataclass_from_args(SampleConfig, args, class_labels=labels))
-    prepare_out(args.out, args.overwrite, check_only=True)  # refuse before the work, clear after it
+    check_out(args.out, args.overwrite)  # refuse before the work; the old results are replaced after it
     images = pipe(settings)
-    out = prepare_out(args.out, args.overwrite)
-    paths = write_samples(images, settings, pipe, out)
+    paths = write_samples(images, settings, pipe, args.out, overwrite=args.overwrite)
     _print(f"{len(images)} images written to {args.out} (grid: {paths['grid']}, settings: {paths['settings']})")
     return 0
 

@@ -20,7 +20,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 class FolderSource(ImageSource):
     def __init__(self, spec: str, root: Path, image_size: int, channels: int, split: str,
                  seed: int, val_fraction: float, check: bool) -> None:
-        files = scan_folder(root)
+        files, left_out = scan_folder(root)
         if not files:
             exts = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
             raise ValueError(f"no images ({exts}) found under {root}")
@@ -39,6 +39,7 @@ class FolderSource(ImageSource):
         self.files = chosen  # relative posix paths
         class_index = {c: i for i, c in enumerate(class_names)}
         self.labels = [class_index[f.split("/", 1)[0]] if class_names else -1 for f in chosen]
+        self.left_out = left_out
         self._set_skipped(skipped, len(chosen) + len(skipped))
 
     def __len__(self) -> int:
@@ -55,20 +56,53 @@ class FolderSource(ImageSource):
         return decode_image(self.root / self.files[index], self.channels, min_size)
 
 
-def scan_folder(root: Path) -> list[str]:
-    """Image files under ``root`` (recursive, hidden entries skipped) as sorted relative
-    posix paths."""
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files under ``root`` (recursive) as sorted relative posix paths, and what was left out
+    and why (hidden entries, other files, links leaving the data folder), as (path, reason) pairs.
+
+    Links are followed only inside ``root``; a link from one class folder into another class's
+    folder (or onto the data folder itself) would file images under the wrong class, so it is a
+    ValueError, never silently accepted."""
     found: list[str] = []
+    left_out: list[tuple[str, str]] = []
+    root_real = os.path.realpath(root)
     seen: set[str] = set()  # real paths of visited folders: symlink cycles are walked once
+
+    def inside(target: str) -> bool:
+        return target == root_real or target.startswith(root_real + os.sep)
+
+    def check_link(path: Path, rel: Path) -> bool:
+        """True to follow the link at ``path`` (``rel`` below root); False when it leaves the folder."""
+        target = os.path.realpath(path)
+        if not inside(target):
+            left_out.append((rel.as_posix(), f"a link to {target}, outside the data folder"))
+            return False
+        target_rel = Path(os.path.relpath(target, root_real))
+        if target_rel == Path(".") or (len(rel.parts) > 1 and target_rel.parts[0] != rel.parts[0]):
+            raise ValueError(f"{path} links to {target}, another class's folder or the data folder itself: its "
+                             "images would be read under the wrong class; remove the link or copy the images")
+        return True
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append((rel / name).as_posix())
-    return sorted(found)
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                left_out.append(((rel / d).as_posix() + "/", "a hidden folder"))
+            elif not os.path.islink(os.path.join(dirpath, d)) or check_link(Path(dirpath) / d, rel / d):
+                kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            path, rel_file = Path(dirpath) / name, rel / name
+            if name.startswith("."):
+                left_out.append((rel_file.as_posix(), "a hidden file"))
+            elif not name.lower().endswith(IMAGE_EXTENSIONS):
+                left_out.append((rel_file.as_posix(), "not an image file (png/jpg/jpeg/webp/bmp)"))
+            elif not os.path.islink(path) or check_link(path, rel_file):
+                found.append(rel_file.as_posix())
+    return sorted(found), left_out

@@ -140,6 +140,8 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.I
     from PIL import UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give one image file")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:

@@ -75,7 +75,8 @@ class ImageSource(Dataset, abc.ABC):
         self.split = split
         self.class_names = list(class_names)
         self.root = root
-        self.skipped: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []  # images that could not be decoded
+        self.left_out: list[tuple[str, str]] = []  # other entries of the source not read (hidden, not images, links out)
         self.split_fraction: float | None = None  # set by sources split with split_indices
 
     @abc.abstractmethod
@@ -109,13 +110,20 @@ class ImageSource(Dataset, abc.ABC):
         }
 
     def skip_report(self) -> str:
-        """One line: how many files were skipped and why (first few)."""
-        if not self.skipped:
+        """One line: how many files were skipped or left out and why (first few of each)."""
+        def some(items: list[tuple[str, str]]) -> str:
+            shown = "; ".join(f"{s} ({r})" for s, r in items[:3])
+            return shown + (f"; … {len(items) - 3} more" if len(items) > 3 else "")
+
+        parts = []
+        if self.skipped:
+            parts.append(f"skipped {len(self.skipped)} file(s) that could not be decoded: {some(self.skipped)}")
+        if self.left_out:
+            parts.append(f"left out {len(self.left_out)} other entr{'y' if len(self.left_out) == 1 else 'ies'}: "
+                         f"{some(self.left_out)}")
+        if not parts:
             return f"{self.spec}: no files skipped"
-        shown = "; ".join(f"{s} ({r})" for s, r in self.skipped[:3])
-        more = f"; … {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-        return (f"{self.spec} ({self.split}): skipped {len(self.skipped)} file(s) that could "
-                f"not be decoded: {shown}{more}")
+        return f"{self.spec} ({self.split}): " + " — ".join(parts)
 
     def __repr__(self) -> str:
         classes = f", {len(self.class_names)} classes" if self.class_names else ""
@@ -125,7 +133,7 @@ class ImageSource(Dataset, abc.ABC):
 
     def _set_skipped(self, skipped: list[tuple[str, str]], total: int) -> None:
         self.skipped = skipped
-        if skipped:
+        if skipped or self.left_out:
             logger.warning(self.skip_report())
         if skipped and len(skipped) == total:
             first, reason = skipped[0]

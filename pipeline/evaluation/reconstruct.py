@@ -61,4 +61,4 @@ def reconstruct(model: tk.VQGAN, data: str, out: str | Path, split: str | None =
     write_reconstruction_grid(model, images, out, num=num, batch_size=batch_size)
     metrics = tk.evaluate_reconstruction(model, images, batch_size=batch_size)
     return {**metrics, "images": len(images), "total": total, "split": held.split, "why": held.why,
-            "skipped": len(images.skipped), "skip_report": images.skip_report()}
+            "skipped": len(images.skipped) + len(images.left_out), "skip_report": images.skip_report()}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgpt.prior.data import code_counts, read_token_meta
+from vqgpt.prior.data import code_counts, code_range, read_token_meta
 from vqgpt.tokenizer import VQGAN
 
 from .tokenize_dataset import code_summary, load_tokenizer
@@ -34,6 +34,8 @@ def describe_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike 
     dd = datasets.load_from_disk(str(path))
     K = int(meta["codebook_size"])
     counts = code_counts([dd[s] for s in dd], K)
+    ranges = [code_range(dd[s]) for s in dd if len(dd[s])]
+    low, high = min(r[0] for r in ranges) if ranges else 0, max(r[1] for r in ranges) if ranges else -1
     by_label = Counter()
     for s in dd:
         for batch in dd[s].select_columns(["label"]).with_format("numpy").iter(batch_size=65536):
@@ -54,6 +56,8 @@ def describe_tokens(directory: str | os.PathLike, tokenizer: "str | os.PathLike 
         "augmentations": json.dumps(meta.get("augmentations", {})),
         "data": meta.get("data"),
         **code_summary(counts),
+        # codes outside 0..K-1 mean an altered dataset: train-prior and evaluate refuse it
+        "codes_in_range": "yes" if 0 <= low and high < K else f"NO: codes span {low}..{high}, the codebook 0..{K - 1}",
     }
     if tokenizer is not None:
         model = load_tokenizer(tokenizer, torch.device("cpu"))

@@ -220,6 +220,7 @@ def tokenize_dataset(
                                   crops_per_photo=config.crops_per_photo, check=False)
                for split in SPLITS}
     skipped = [fs for s in sources.values() for fs in s.skipped]
+    left_out = sources["train"].left_out  # the same folder scan for both splits
     sizes = {split: len(s) for split, s in sources.items()}
     if config.crops is None:  # not set: as many crops as a data set of this size needs
         from ..derived import tokenize_defaults
@@ -266,6 +267,15 @@ def tokenize_dataset(
     _encode_shards(model, sources, config, mine, partial, features, device, K,
                    progress and state.is_local_main_process, on_shard)
     state.wait_for_everyone()
+    total = sum(s.stop - s.start for s in shards)
+    failed = shard_failures(partial, shards) if all(shard_done(partial, s) for s in shards) else []
+    if total and len(failed) == total:  # nothing readable: an error, not an empty dataset
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        first, reason = failed[0]
+        raise ValueError(f"none of the {total} images of {data} could be read (e.g. {first}: {reason}); "
+                         "no token dataset was written")
 
     # -- assemble (main process) ---------------------------------------------------------------
     meta = token_meta(tokenizer_fingerprint=fingerprint, grid=grid, codebook_size=K,
@@ -287,6 +297,8 @@ def tokenize_dataset(
         "images": encoded,
         "skipped": len(skipped) + len(failed),
         "skipped_files": _format_failures(skipped + failed),
+        "left_out": len(left_out),
+        "left_out_files": _format_failures(left_out),
         "resumed_shards": len(done_before),
         "seconds": round(seconds, 2),
         "images_per_s": round(encoded / seconds, 1) if seconds > 0 else 0.0,
@@ -297,7 +309,7 @@ def tokenize_dataset(
                     summary.get("validation_rows", 0), summary["skipped"],
                     summary.get("codes_used", 0), K, seconds)
         for src in sources.values():
-            if src.skipped:
+            if src.skipped or src.left_out:
                 logger.warning(src.skip_report())
     return summary
 
