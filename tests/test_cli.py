@@ -176,12 +176,13 @@ def test_sampler_flag_and_seeds_mean_images(capsys, tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--guidance", "inf"], "--guidance must be a number in [0, 100] (1 = no guidance), got inf"),
-    (["--guidance", "nan"], "--guidance must be a number in [0, 100]"),
+    (["--guidance", "inf"], "--guidance: expected a finite number, got 'inf'"),
+    (["--guidance", "nan"], "--guidance: expected a finite number, got 'nan'"),
     (["--guidance", "-1"], "--guidance must be a number in [0, 100] (1 = no guidance), got -1.0"),
+    (["--guidance", "1000"], "--guidance must be a number in [0, 100] (1 = no guidance), got 1000.0"),
     (["--temperature", "1e-45"], "--temperature must be a number in [0.01, 100] (for greedy codes use --top-k=1)"),
-    (["--temperature", "nan"], "--temperature must be a number in [0.01, 100]"),
-    (["--top-p", "nan"], "--top-p must be in (0, 1] (or unset), got nan"),
+    (["--temperature", "nan"], "--temperature: expected a finite number, got 'nan'"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1] (or unset), got 1.5"),
     (["--sampler", "beam"], "--sampler must be one of auto, ar, jacobi, sjd, got 'beam'"),
     (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16, got 'fp8'"),
 ])

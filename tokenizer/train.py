@@ -291,9 +291,8 @@ def train_tokenizer(
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train tokenizer", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     start_time, images_seen = time.perf_counter(), 0
-    guard = ckpt.StepGuard(accelerator, ckpt_root, "tokenizer")
+    guard = ckpt.StepGuard(accelerator, ckpt_root, "tokenizer").__enter__()  # left in the finally below
     try:
-        guard.__enter__()
         while step < cfg.max_steps:
             batch = next(batches)
             metrics = train_step(parts, batch["image"], step, cfg)
