@@ -72,6 +72,10 @@ class PriorConfig:
         for name in ("hidden_size", "num_layers", "num_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        for name, bound in (("hidden_size", 65536), ("num_layers", 1024), ("num_heads", 1024),
+                            ("intermediate_size", 1 << 20)):  # sizes no prior has: refused before building
+            if (getattr(self, name) or 0) > bound:
+                raise ValueError(f"model.{name} {getattr(self, name)} is beyond any prior this tool builds (at most {bound})")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})")
         if (self.hidden_size // self.num_heads) % 2 and self.architecture == "llama":

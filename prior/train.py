@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vqgpt import checkpoints as ckpt
+from vqgpt.resources import require_memory
 
 from . import run_folder
 from .config import PriorConfig, PriorTrainConfig
@@ -221,6 +222,10 @@ def train_prior(
     if saved is not None:
         run_folder.check_resume(saved, spec, model_config, str(tokens_dir))
 
+    with torch.device("meta"):  # sizes that cannot fit are refused before anything is allocated
+        weights = sum(p.numel() for p in build_prior_model(model_config, spec).parameters())
+    # weights, gradients and two AdamW moments, fp32
+    require_memory(16 * weights, f"training a {weights / 1e6:.0f} M-parameter prior", accelerator.device)
     set_seed(cfg.seed)
     model = build_prior_model(model_config, spec)
     num_params = sum(p.numel() for p in model.parameters())

@@ -108,3 +108,11 @@ def test_write_folder_replaces_whole_or_not_at_all(tmp_path):
             (tmp / "a.txt").write_text("half")
             raise RuntimeError("killed while writing")
     assert (target / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["prior"]
+
+
+def test_an_rng_state_that_does_not_restore_completely_stops_the_resume(accelerator, tmp_path):
+    model, opt, sched = _parts(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, 1, {}, keep=1, schedulers=[sched])
+    torch.save({"step": 1}, path / "random_states_0.pkl")  # unpickles fine, restores nothing
+    with pytest.raises(ValueError, match="random_states_0.pkl in .* is damaged .*lacks random_state"):
+        ckpt.load_checkpoint(accelerator, path, [sched])

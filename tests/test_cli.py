@@ -318,3 +318,51 @@ def test_complete_with_a_folder_for_an_image_says_so(capsys, tiny_run, image_fol
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", tmp_path / "t", *TINY_TOKENIZER,
                            "--set", "train.learning_rate=inf")
     assert_user_error(code, err, "train.learning_rate: expected a finite number, got 'inf'")
+
+
+def test_tampered_sizes_and_impossible_requests_are_one_line_before_anything_is_allocated(capsys, tiny_run, tmp_path):
+    import time
+
+    base = json.loads((tiny_run / "tokenizer" / "config.json").read_text())
+    for change, says in (({"codebook_size": 10**9}, "codebook_size 1000000000 is beyond any tokenizer"),
+                         ({"base_channels": 10**6}, "base_channels 1000000 is beyond any tokenizer"),
+                         ({"image_size": 2**20}, "image_size 1048576 is beyond any tokenizer"),
+                         ({"base_channels": "16"}, "base_channels must be int, got '16'"),
+                         ({"codebook_size": 64}, "does not match its config.json")):
+        folder = tmp_path / f"tok{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_run / "tokenizer", folder)
+        (folder / "config.json").write_text(json.dumps({**base, **change}))
+        start = time.monotonic()
+        code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", folder, "--data", tmp_path, "--out", tmp_path / "r.png")
+        assert_user_error(code, err, says)
+        assert time.monotonic() - start < 30  # refused from the header, not after building terabytes
+    code, _, err = run_cli(capsys, "train-prior", "--tokens", tiny_run / "tokens", "--out", tmp_path / "p",
+                           "--set", "model.hidden_size=1000000")
+    assert_user_error(code, err, "model.hidden_size 1000000 is beyond any prior this tool builds")
+    code, _, err = run_cli(capsys, "train-prior", "--tokens", tiny_run / "tokens", "--out", tmp_path / "p",
+                           "--set", "model.hidden_size=16384", "--set", "model.num_layers=200", "--set", "model.num_heads=128")
+    assert_user_error(code, err, "training a ", "M-parameter prior would need about", "GiB free")
+    code, _, err = run_cli(capsys, "sample", "--run", tiny_run, "--num", 10**11, "--out", tmp_path / "s")
+    assert_user_error(code, err, "100,000,000,000 images would need about")
+
+
+def test_a_full_disk_is_one_line_and_the_old_tokenizer_stays(capsys, image_folder, tmp_path, monkeypatch):
+    import errno
+
+    from vqgpt.tokenizer import VQGAN
+
+    out = tmp_path / "tok"
+    assert run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", out, *TINY_TOKENIZER)[0] == 0
+    before = VQGAN.from_pretrained(out).fingerprint()
+
+    def disk_full(self, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(VQGAN, "save_pretrained", disk_full)
+    code, _, err = run_cli(capsys, "train-tokenizer", "--data", image_folder, "--out", out, *TINY_TOKENIZER,
+                           "--set", "train.seed=1", "--overwrite")
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert f"no space left on the device while writing {out}" in lines[0] and "intact" in lines[0]
+    monkeypatch.undo()
+    assert VQGAN.from_pretrained(out).fingerprint() == before  # the finished tokenizer was never removed

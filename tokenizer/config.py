@@ -15,6 +15,20 @@ from typing import ClassVar
 __all__ = ["VQGANConfig", "TokenizerTrainConfig", "CODEBOOK_NORMS"]
 
 CODEBOOK_NORMS = ("l2", "none")
+_UPPER_BOUNDS = {"image_size": 8192, "base_channels": 4096, "channel_mult": 64, "num_res_blocks": 64, "z_channels": 16384,
+                 "codebook_size": 1 << 22, "codebook_dim": 4096, "norm_groups": 4096}
+
+
+def _fits(value: object, annotation: str) -> bool:
+    """Is a config.json value of the type a field's annotation (as a string) names?"""
+    kinds = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+             "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str), "None": lambda v: v is None,
+             "tuple[int, ...]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not
+                                                                                isinstance(x, bool) for x in v)}
+    return any(kinds.get(part.strip(), lambda v: True)(value) for part in str(annotation).split("|"))
+
+
 # Settings added after vqgpt 0.1, with the value every earlier tokenizer had.
 _LATER_DEFAULTS = {"attn_resolutions": [], "norm_eps": 1e-6, "codebook_norm": "l2", "source_family": "",
                    "source_file": "", "source_sha256": ""}
@@ -73,6 +87,12 @@ class VQGANConfig:
             )
         if self.codebook_size < 2:
             fail(f"codebook_size must be >= 2, got {self.codebook_size}")
+        for name, bound in _UPPER_BOUNDS.items():  # sizes no tokenizer has: refused before anything is built
+            value = getattr(self, name)
+            if (max(value) if isinstance(value, tuple) and value else value) > bound:
+                fail(f"{name} {value} is beyond any tokenizer this tool builds (at most {bound})")
+        if len(self.channel_mult) > 12:
+            fail(f"channel_mult has {len(self.channel_mult)} levels; at most 12")
         if self.codebook_dim < 1:
             fail(f"codebook_dim must be >= 1, got {self.codebook_dim}")
         for name in ("base_channels", "num_res_blocks", "norm_groups", "z_channels", "distance_chunk_rows"):
@@ -116,6 +136,9 @@ class VQGANConfig:
         if unknown:
             raise ValueError(f"{source} has unknown tokenizer config keys: {', '.join(unknown)}")
         values = dict(data)
+        for f in dataclasses.fields(cls):  # a string where a number belongs is one line, not a TypeError
+            if f.name in values and not _fits(values[f.name], f.type):
+                raise ValueError(f"{source}: {f.name} must be {f.type}, got {values[f.name]!r}")
         for key in ("channel_mult", "attn_resolutions"):
             if key in values:
                 values[key] = tuple(values[key])

@@ -18,8 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vqgpt.resources import require_memory
 
 from .config import VQGANConfig
 from .quantizer import VectorQuantizer
@@ -286,12 +289,22 @@ class VQGAN(nn.Module):
         weights_path = directory / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"tokenizer folder {directory} has no {WEIGHTS_NAME}")
+        # The config is checked against the weights' shapes (read from the file's header) on a model
+        # built on the meta device: an edited config.json allocates nothing before it is refused.
+        with torch.device("meta"):
+            shell = cls(config)
+        require_memory(4 * sum(p.numel() for p in shell.parameters()), f"the tokenizer in {directory}")
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                shapes = {k: _Shape(tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{weights_path} could not be read as safetensors ({err})") from None
+        _check_state_dict(shell.state_dict(), shapes, weights_path)
         try:
             state = load_file(str(weights_path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{weights_path} could not be read as safetensors ({err})") from None
         model = cls(config)
-        _check_state_dict(model.state_dict(), state, weights_path)
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
 
@@ -304,6 +317,13 @@ class VQGAN(nn.Module):
             digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A weight's shape as a file's header gives it (for ``_check_state_dict``)."""
+
+    shape: tuple[int, ...]
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -45,7 +45,8 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool, accelerator: Accel
     """Check ``out`` for the requested mode and make its sub-folders.
 
     Without ``resume`` or ``overwrite`` a finished tokenizer or an unfinished run is refused;
-    ``overwrite`` removes only what a tokenizer run writes (never a user's other files)."""
+    ``overwrite`` removes only what a tokenizer run writes (never a user's other files), and keeps
+    the finished tokenizer loadable until the new one replaces it at the end of training."""
     complete = (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file()
     ckpt_root = out / CHECKPOINT_DIR
     has_ckpt = latest_checkpoint(ckpt_root) is not None
@@ -64,7 +65,7 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool, accelerator: Accel
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if overwrite and not resume:
-            for name in (CONFIG_NAME, WEIGHTS_NAME, METRICS_FILE, LOSS_CURVE_FILE):
+            for name in (METRICS_FILE, LOSS_CURVE_FILE):
                 (out / name).unlink(missing_ok=True)
             for name in (CHECKPOINT_DIR, SAMPLES_DIR):
                 shutil.rmtree(out / name, ignore_errors=True)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vqgpt import checkpoints as ckpt
+from vqgpt.resources import require_memory
 
 from . import run_folder
 from .config import TokenizerTrainConfig, VQGANConfig
@@ -242,6 +243,10 @@ def train_tokenizer(
     ckpt_root = out / ckpt.CHECKPOINT_DIR
     run_folder.prepare_out_dir(out, resume, overwrite, accelerator)
 
+    with torch.device("meta"):  # sizes that cannot fit are refused before anything is allocated
+        weights = sum(p.numel() for p in VQGAN(model_config).parameters())
+    # weights, gradients and two AdamW moments, fp32; the discriminator is small beside them
+    require_memory(16 * weights, f"training a {weights / 1e6:.0f} M-parameter tokenizer", accelerator.device)
     set_seed(cfg.seed)
     model = VQGAN(model_config)
     disc = NLayerDiscriminator(model_config.channels, cfg.disc_channels, cfg.disc_layers)

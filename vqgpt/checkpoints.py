@@ -52,6 +52,7 @@ STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what accelerate's save_state writes
 
 
 def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, seed: int, cpu: bool = False) -> Accelerator:
@@ -158,8 +159,14 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, scheduler
     rng = path / f"random_states_{accelerator.process_index}.pkl"
     # checkpoints of vqgpt 0.1's prior kept one schedule under "scheduler"
     states = saved["schedulers"] if "schedulers" in saved else [saved["scheduler"]] if "scheduler" in saved else []
+    def rng_states() -> None:  # accelerate skips a file lacking these with an INFO line: the stream would drift
+        states = accelerate_load(rng)
+        missing = [k for k in _RNG_KEYS if not isinstance(states, dict) or k not in states]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+
     parts: list[tuple[str, Callable[[], Any]]] = [
-        (rng.name, lambda: accelerate_load(rng)),
+        (rng.name, rng_states),
         ("the model, optimizer or sampler state", lambda: accelerator.load_state(str(path))),
         ("the schedule state", lambda: [s.load_state_dict(st) for s, st in zip(schedulers, states, strict=True)]),
     ]

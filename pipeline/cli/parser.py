@@ -12,6 +12,7 @@ error message names one (`keep_rows`); here such a name becomes the verb's flag 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -199,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disk_full(path: str | None) -> str:
+    """One line for ENOSPC: where, how much is free there, and that nothing earlier was lost."""
+    import shutil
+
+    where = path or os.getcwd()
+    probe = where
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe or ".").free if probe or os.path.exists(".") else 0
+    return (f"no space left on the device while writing {path or 'a result'} ({free / 2**20:.0f} MiB free there); "
+            "the previous results and the last good checkpoint are intact: free some space and run again "
+            "(with --resume for training)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vqgpt`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -219,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{message}: {err.filename}"
         print(f"error: {flags_named(message, verb_parser)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk is one line too; everything is written atomically, so nothing is lost
+        if debug or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {_disk_full(err.filename)}", file=sys.stderr)
+        return 1
     except FloatingPointError as err:  # training diverged: not a user mistake, but no traceback either
         if debug:
             raise
@@ -230,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         from vqgpt.checkpoints import Preempted  # imported only once a trainer has stopped
 
+        if not debug and isinstance(err, RuntimeError) and "unexpected pos" in str(err):  # torch.save, disk full
+            print(f"error: {_disk_full(None)}", file=sys.stderr)
+            return 1
         if not isinstance(err, Preempted) or debug:
             raise
         print(f"{flags_named(str(err), verb_parser)}", file=sys.stderr)  # a cluster's stop, not an error

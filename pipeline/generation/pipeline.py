@@ -19,6 +19,7 @@ from PIL import Image
 
 from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
+from vqgpt.resources import require_memory
 
 from ..data import fit_image, from_pil, load_image_file, to_pil
 from ..settings import SampleConfig
@@ -142,6 +143,9 @@ class Pipeline:
             per_image = settings.labels_per_image
             label_tensor = torch.tensor(per_image, dtype=torch.long) if per_image else None
             num = len(per_image) if per_image else settings.num
+        # the grids themselves, and the images decoded from them
+        c, side = self.tokenizer.config.channels, self.tokenizer.config.image_size
+        require_memory(num * (8 * self.spec.num_codes + 4 * c * side * side), f"{num:,} images", "cpu")
         settings = self.resolve(settings, conditional=label_tensor is not None)
         seed = settings.seed if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
         return pr.sample(
