@@ -14,12 +14,13 @@ prior without ever leaving the folder without a loadable one.
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import shutil
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
+from vqgpt.atomic import link_tree, write_folder
 from vqgpt.checkpoints import (
     CHECKPOINT_DIR,
     LOSS_CURVE_FILE,
@@ -31,35 +32,28 @@ from vqgpt.checkpoints import (
 )
 
 from .config import PriorConfig
-from .model import SPEC_FILE, PriorSpec, save_prior
+from .model import SPEC_FILE, PriorSpec
 
-__all__ = ["publish", "move_prior_files", "plot_loss_curve", "prepare_out_dir", "check_resume"]
+__all__ = ["publish", "plot_loss_curve", "prepare_out_dir", "check_resume"]
 
 
 def publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
-    """Write the final prior into out_dir (which also holds logs): save to a temporary folder,
-    move the files in one by one, the JSON that makes it a prior last."""
-    staged = save_prior(model, spec, out_dir / ".final.tmp")
-    move_prior_files(staged, out_dir)
+    """Write the final prior into `out_dir` (which also holds logs, checkpoints and maybe a user's
+    files) so that the folder always loads as the old prior or the new one: the new folder is built
+    beside it — the new prior's files, everything else hard-linked over — and swapped in whole
+    (`vqgpt.atomic.replace_dir`: one atomic exchange on Linux)."""
+    with write_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+        ours = {p.name for p in tmp.iterdir()}
+        stale = {p.name for pattern in _PRIOR_FILES for p in out_dir.glob(pattern)} if out_dir.is_dir() else set()
+        for entry in out_dir.iterdir() if out_dir.is_dir() else []:
+            if entry.name not in ours and entry.name not in stale and entry.name != SPEC_FILE:
+                link_tree(entry, tmp / entry.name)
 
 
 _PRIOR_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                 "model-*-of-*.safetensors")
-
-
-def move_prior_files(src: Path, out_dir: Path) -> None:
-    """Replace the prior files in `out_dir` by those in `src`: the spec JSON (what makes the folder a
-    prior) goes first and comes back last; stale weight shards of an older prior are removed."""
-    (out_dir / SPEC_FILE).unlink(missing_ok=True)
-    names = sorted(p.name for p in src.iterdir() if p.name != SPEC_FILE)
-    for pattern in _PRIOR_FILES:
-        for old in out_dir.glob(pattern):
-            if old.name not in names:
-                old.unlink()
-    for name in names + [SPEC_FILE]:
-        if (src / name).is_file():
-            os.replace(src / name, out_dir / name)
-    shutil.rmtree(src, ignore_errors=True)
 
 
 def plot_loss_curve(log: MetricsLog, png: Path) -> None:

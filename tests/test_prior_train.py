@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,36 @@ def test_token_dropout_changes_training(tmp_path):
     assert noisy["train_bits_per_code"] != pytest.approx(plain["train_bits_per_code"], rel=1e-6)
     with pytest.raises(ValueError, match="token_dropout"):
         dataclasses.replace(TRAIN, token_dropout=1.0)
+
+
+def test_a_kill_while_the_new_prior_is_published_leaves_the_old_one_loadable(tmp_path, monkeypatch):
+    """`train-prior --overwrite` publishes the new prior by swapping in a whole new folder (its files,
+    the logs and the user's files hard-linked over): killed just before that swap, the old prior
+    loads as it was; after it, the new one with everything else in place."""
+    from safetensors.torch import load_file
+
+    import vqgpt.atomic
+
+    tok = tokens(tmp_path / "tok")
+    out = tmp_path / "out"
+    train_prior(MODEL, TRAIN, tok, out)
+    (out / "notes.txt").write_text("mine")
+    old_weights = load_file(str(out / "model.safetensors"))
+    real_replace = vqgpt.atomic.replace_dir
+
+    def killed_at_the_swap(new, path):
+        if Path(path) == out:
+            raise KeyboardInterrupt  # the process dies with the new folder complete but not yet in place
+        real_replace(new, path)
+
+    monkeypatch.setattr(vqgpt.atomic, "replace_dir", killed_at_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(MODEL, dataclasses.replace(TRAIN, seed=5), tok, out, overwrite=True)
+    monkeypatch.undo()
+    model, spec = load_prior(out)  # the old prior, whole
+    assert all(torch.equal(v, old_weights[k]) for k, v in load_file(str(out / "model.safetensors")).items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tok"]  # nothing half-written beside it
+    train_prior(MODEL, dataclasses.replace(TRAIN, seed=5), tok, out, overwrite=True)
+    new = load_file(str(out / "model.safetensors"))
+    assert not all(torch.equal(v, old_weights[k]) for k, v in new.items())
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.jsonl").is_file()

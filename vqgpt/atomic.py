@@ -8,15 +8,17 @@ checkpoints (``replace_dir``, ``discard_dir``), the tokenize manifest and shard 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["write_json", "write_text", "replace_dir", "discard_dir", "write_folder"]
+__all__ = ["write_json", "write_text", "replace_dir", "discard_dir", "write_folder", "link_tree"]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -36,11 +38,28 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Put the finished folder ``new`` at ``path``, replacing what is there: the old folder is moved
-    aside first and removed last, so ``path`` is never half-written."""
+    """Put the finished folder ``new`` at ``path``, replacing what is there, so that ``path`` always
+    holds the old folder or the new one: one atomic exchange where the system offers it (Linux), else
+    the old folder moved aside first and removed last."""
     new, path = Path(new), Path(path)
-    if path.exists():
+    if path.exists() and _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old folder
+    elif path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -48,6 +67,23 @@ def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, path)
+
+
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``dst`` as a copy of the file or folder ``src`` made of hard links (no data copied; a file
+    system without them gets real copies), so both names hold the same files until one is removed."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def discard_dir(path: str | os.PathLike) -> None:
