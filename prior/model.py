@@ -215,12 +215,34 @@ def read_spec(prior_dir: str | Path) -> PriorSpec:
     return PriorSpec.from_json(data, where=str(path))
 
 
+def _check_sizes(prior_dir: Path, spec: PriorSpec) -> None:
+    """config.json's sizes, read as text, against `vqgpt_prior.json` and sane bounds: one line each."""
+    try:
+        config = json.loads((prior_dir / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{prior_dir / 'config.json'} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{prior_dir / 'config.json'} must hold a JSON object")
+    vocab = config.get("vocab_size")
+    if vocab != spec.vocab_size:
+        raise ValueError(f"{prior_dir}: model vocabulary {vocab} does not match {SPEC_FILE} ({spec.vocab_size} = "
+                         f"{spec.codebook_size} codes + {spec.num_classes} classes + 1)")
+    bounds = {"hidden_size": 65536, "n_embd": 65536, "num_hidden_layers": 1024, "n_layer": 1024,
+              "intermediate_size": 1 << 20, "max_position_embeddings": 1 << 20, "n_positions": 1 << 20}
+    for key, bound in bounds.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound):
+            raise ValueError(f"{prior_dir / 'config.json'}: {key} {value!r} is not a size this tool loads "
+                             f"(1..{bound}); the prior folder is damaged")
+
+
 def load_prior(prior_dir: str | Path, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PriorSpec]:
     """Load a prior folder → (model in eval mode on `device`, its PriorSpec)."""
     spec = read_spec(prior_dir)
     prior_dir = Path(prior_dir)
     if not (prior_dir / "config.json").is_file():
         raise FileNotFoundError(f"{prior_dir} has {SPEC_FILE} but no config.json; the prior folder is incomplete")
+    _check_sizes(prior_dir, spec)  # before anything is allocated: an edited config.json is refused from its text
     try:  # never run code a folder asks for; a damaged config or weights file is one line, not a traceback
         model, info = AutoModelForCausalLM.from_pretrained(prior_dir, output_loading_info=True, trust_remote_code=False)
     except Exception as err:  # transformers/safetensors raise OSError, ValueError, RuntimeError, JSON errors…

@@ -138,3 +138,19 @@ def test_presets_build_and_grow_from_tiny_to_hundreds_of_millions():
     order = ["tiny", "mini", "small", "base", "large"]
     assert [sizes[n] for n in order] == sorted(sizes[n] for n in order)
     assert sizes["large"] > 300e6 and sizes["base"] > 100e6
+
+
+def test_a_config_edited_to_absurd_sizes_is_refused_before_loading(tmp_path):
+    import json
+
+    from vqgpt.prior.model import load_prior
+
+    model = build_prior_model(PriorConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32), SPEC)
+    save_prior(model, SPEC, tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    (tmp_path / "p" / "config.json").write_text(json.dumps({**config, "hidden_size": 10**7}))
+    with pytest.raises(ValueError, match=r"hidden_size 10000000 is not a size this tool loads"):
+        load_prior(tmp_path / "p")
+    (tmp_path / "p" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "many"}))
+    with pytest.raises(ValueError, match=r"num_hidden_layers 'many' is not a size"):
+        load_prior(tmp_path / "p")

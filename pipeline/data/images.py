@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,7 +67,11 @@ def pil_to_model(img: Image.Image) -> torch.Tensor:
 
 
 def _open(data: str | Path | bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+    """Open without Pillow's decompression-bomb *warning* (images up to twice its pixel limit are read
+    like any other; beyond that Pillow refuses, and the file is skipped and counted as unreadable)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -145,7 +150,7 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> Image.I
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
             img = im.copy()  # turned upright by fit_image
     except Image.DecompressionBombError:

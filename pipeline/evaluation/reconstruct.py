@@ -4,6 +4,7 @@ same one ``evaluate`` makes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,12 @@ def write_reconstruction_grid(model: tk.VQGAN, data: Dataset, out: str | Path, n
     originals = torch.stack([data[i]["image"] for i in range(shown)])  # (N, C, H, W)
     recons = torch.cat([model.decode(model.encode(chunk.to(device))).float().cpu() for chunk in originals.split(batch_size)])
     pairs = torch.stack([originals, recons], dim=1).flatten(0, 1)  # (2N, C, H, W): orig, recon, orig, …
-    save_image(make_grid((pairs + 1) / 2, nrow=min(16, 2 * shown), padding=2, pad_value=1.0), out)
+    tmp = out.with_name(f".{out.stem}.tmp.png")  # the old grid stays whole until the new one is written
+    try:
+        save_image(make_grid((pairs + 1) / 2, nrow=min(16, 2 * shown), padding=2, pad_value=1.0), tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
