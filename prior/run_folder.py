@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from vqgpt.atomic import link_tree, write_folder
+from vqgpt.atomic import publish_files
 from vqgpt.checkpoints import (
     CHECKPOINT_DIR,
     LOSS_CURVE_FILE,
@@ -39,17 +39,14 @@ __all__ = ["publish", "plot_loss_curve", "prepare_out_dir", "check_resume"]
 
 def publish(model: PreTrainedModel, spec: PriorSpec, out_dir: Path) -> None:
     """Write the final prior into `out_dir` (which also holds logs, checkpoints and maybe a user's
-    files) so that the folder always loads as the old prior or the new one: the new folder is built
-    beside it — the new prior's files, everything else hard-linked over — and swapped in whole
-    (`vqgpt.atomic.replace_dir`: one atomic exchange on Linux)."""
-    with write_folder(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
-        ours = {p.name for p in tmp.iterdir()}
-        stale = {p.name for pattern in _PRIOR_FILES for p in out_dir.glob(pattern)} if out_dir.is_dir() else set()
-        for entry in out_dir.iterdir() if out_dir.is_dir() else []:
-            if entry.name not in ours and entry.name not in stale and entry.name != SPEC_FILE:
-                link_tree(entry, tmp / entry.name)
+    files) so that the folder always loads as the old prior or the new one: `vqgpt.atomic.publish_files`
+    builds the new folder beside it and swaps it in whole (one atomic exchange on Linux)."""
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        (folder / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+
+    stale = [p.name for pattern in _PRIOR_FILES for p in out_dir.glob(pattern)]  # an older prior's weight shards
+    publish_files(out_dir, write, replaced=[*stale, SPEC_FILE])
 
 
 _PRIOR_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",

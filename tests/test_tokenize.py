@@ -305,3 +305,19 @@ def test_processes_share_shards_and_assemble_the_same_dataset(
     monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: _FakeState(0, 2))
     tokenize_dataset(tok, str(images), out, **settings)
     _assert_same(_load(out), _load(single))
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    """Two tokenize runs into one --out would clash half-way (one's shards vanishing under the other):
+    the second is refused at once with one line while the first holds the output."""
+    import fcntl
+
+    from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
+
+    VQGAN(VQGANConfig(**PRESETS["tiny"]["model"])).save_pretrained(tmp_path / "tok")
+    lock = tmp_path / ".tokens.lock"
+    with open(lock, "a") as handle:  # what the first run holds while it writes tmp_path / "tokens"
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FileExistsError, match="another tokenize run is writing .*tokens; wait for it"):
+            tokenize_dataset(tmp_path / "tok", "digits", tmp_path / "tokens", progress=False)
+    assert not (tmp_path / "tokens").exists()

@@ -1,6 +1,7 @@
 """Training loop: 2-step smoke test, files written, resume, out-dir rules, evaluate, train_step."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,28 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
         train_tokenizer(MODEL, train_cfg(max_steps=4, checkpoint_every=2), TinyImages(16), None, out)
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_2"]
     assert not (out / "model.safetensors").exists()
+
+
+def test_overwrite_keeps_the_finished_tokenizer_until_the_new_one_is_swapped_in(tmp_path, monkeypatch):
+    """`overwrite` no longer deletes the finished tokenizer when the run starts; at the end the new
+    one replaces it in one folder swap: killed at that moment, the old one loads as it was."""
+    import vqgpt.atomic
+
+    out = tmp_path / "tok"
+    old = train_tokenizer(MODEL, train_cfg(max_steps=2), TinyImages(24), None, out)["fingerprint"]
+    (out / "notes.txt").write_text("mine")
+    real_replace = vqgpt.atomic.replace_dir
+
+    def killed_at_the_swap(new, path):
+        if Path(path) == out:
+            raise KeyboardInterrupt
+        real_replace(new, path)
+
+    monkeypatch.setattr(vqgpt.atomic, "replace_dir", killed_at_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(MODEL, train_cfg(max_steps=2, seed=3), TinyImages(24), None, out, overwrite=True)
+    monkeypatch.undo()
+    assert VQGAN.from_pretrained(out).fingerprint() == old  # whole, through the whole new run
+    new = train_tokenizer(MODEL, train_cfg(max_steps=2, seed=3), TinyImages(24), None, out, overwrite=True)
+    assert new["fingerprint"] != old and VQGAN.from_pretrained(out).fingerprint() == new["fingerprint"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoints").is_dir()

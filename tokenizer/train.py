@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vqgpt import checkpoints as ckpt
+from vqgpt.atomic import publish_files
 from vqgpt.resources import require_memory
 
 from . import run_folder
@@ -45,7 +46,7 @@ from .losses import (
     reconstruction_loss,
 )
 from .metrics import code_histogram, codebook_stats, psnr, ssim
-from .model import VQGAN
+from .model import CONFIG_NAME, VQGAN, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -339,8 +340,8 @@ def train_tokenizer(
     accelerator.wait_for_everyone()
     if cfg.checkpoint_every:
         save_checkpoint()
-    if is_main:
-        final_model.save_pretrained(out)
+    if is_main:  # the finished tokenizer (kept through an overwrite run) is replaced in one swap
+        publish_files(out, final_model.save_pretrained, replaced=(CONFIG_NAME, WEIGHTS_NAME))
     accelerator.wait_for_everyone()
     summary["fingerprint"] = final_model.fingerprint()
     summary["out_dir"] = str(out)

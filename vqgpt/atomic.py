@@ -16,9 +16,9 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["write_json", "write_text", "replace_dir", "discard_dir", "write_folder", "link_tree"]
+__all__ = ["write_json", "write_text", "replace_dir", "discard_dir", "write_folder", "link_tree", "publish_files", "exclusive"]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -113,3 +113,40 @@ def write_folder(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_files(folder: str | os.PathLike, write: Callable[[Path], None], replaced: Iterable[str] = ()) -> None:
+    """Replace some files of ``folder`` (a trainer's output: the model beside logs, checkpoints and
+    maybe a user's files) so that it always holds the old set or the new one: a new folder is built
+    beside it — ``write(new_folder)`` writes the new files, every other entry is hard-linked over
+    (``link_tree``), entries named in ``replaced`` are dropped — and swapped in whole (``replace_dir``)."""
+    folder = Path(folder)
+    with write_folder(folder) as tmp:
+        write(tmp)
+        new = {p.name for p in tmp.iterdir()}
+        drop = set(replaced) | new
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if entry.name not in drop:
+                link_tree(entry, tmp / entry.name)
+
+
+@contextmanager
+def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Only one writer of ``target`` at a time: a second ``what`` started on the same output while the
+    first runs is one FileExistsError, not a clash half-way (an advisory lock beside ``target``)."""
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FileExistsError(f"another {what} is writing {target}; wait for it to finish or choose another "
+                                  "output folder") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)

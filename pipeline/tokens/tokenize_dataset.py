@@ -1,11 +1,9 @@
 """Turn a data source into a token dataset: every image → its tokenizer code grid.
 
-``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any data source
-(``vqgpt.pipeline.data.load_images``), encodes them with the VQGAN and writes a token dataset in the
-format ``vqgpt.prior.data`` owns (features, metadata and the final atomic save come from
-there). Each row's ``source`` is the image's relative path / ``index:N``, plus ``#flip`` /
-``#cropN`` for augmented rows; the metadata records the train/validation split's seed and
-fraction so "held-out" can be recomputed exactly.
+``tokenize_dataset(tokenizer, data, out_dir)`` reads images from any data source, encodes them
+with the VQGAN and writes a token dataset in the format ``vqgpt.prior.data`` owns. Each row's
+``source`` is the image's relative path / ``index:N``, plus ``#flip`` / ``#cropN`` for augmented
+rows; the metadata records the split's seed and fraction so "held-out" can be recomputed exactly.
 
 How it runs:
 
@@ -22,9 +20,8 @@ How it runs:
 - Multi-process. Under ``accelerate launch`` shard ``g`` (numbered over train then
   validation) is encoded by process ``g % world_size``; after a barrier the main
   process assembles one dataset, identical to a single-process run.
-- Safe output. A finished dataset is never replaced without ``overwrite=True``
-  (FileExistsError); assembly writes to a temporary sibling folder and renames it into
-  place, so a half-written output never looks complete.
+- Safe output. A finished dataset is replaced only with ``overwrite`` and only as a whole (a
+  sibling folder swapped in); one run at a time writes an output folder (a lock beside it).
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from vqgpt.prior.data import (
 )
 from vqgpt.tokenizer import VQGAN, codebook_stats
 
-from vqgpt.atomic import write_json
+from vqgpt.atomic import exclusive, write_json
 
 from ..data import ImageSource, canonical_spec, load_images
 from ..settings import TokenizeConfig
@@ -175,6 +172,18 @@ def tokenize_dataset(
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
+    # ACCELERATE_USE_CPU=1 (as for the trainers, whose Accelerator reads it) makes a launched CPU
+    # job one gloo group; a bare PartialState() would leave every process believing it is alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    out = Path(out_dir).expanduser()
+    with exclusive(out, "tokenize run") if state.is_main_process else nullcontext():
+        return _tokenize(tokenizer, data, out, config, state, overwrite=overwrite, device=device, progress=progress,
+                         on_shard=on_shard, **overrides)
+
+
+def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, config: TokenizeConfig | None, state: Any,
+              *, overwrite: bool, device: str | torch.device | None, progress: bool,
+              on_shard: Callable[[str, int], None] | None, **overrides: Any) -> dict[str, Any]:
     config = config or TokenizeConfig()
     if overrides:
         known = {f.name for f in dataclasses.fields(TokenizeConfig)}
@@ -187,11 +196,7 @@ def tokenize_dataset(
                              f"known: {', '.join(sorted(known))}")
         config = dataclasses.replace(config, **overrides)
     started = time.monotonic()
-    # ACCELERATE_USE_CPU=1 (as for the trainers, whose Accelerator reads it) makes a launched CPU
-    # job one gloo group; a bare PartialState() would leave every process believing it is alone.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     device = torch.device(device) if device is not None else state.device
-    out = Path(out_dir).expanduser()
     # Shards go inside the output folder while it holds nothing finished; when it holds a finished
     # dataset (being overwritten) they go beside it, so the old dataset stays whole until the new
     # one is swapped in.
