@@ -116,3 +116,13 @@ def test_an_rng_state_that_does_not_restore_completely_stops_the_resume(accelera
     torch.save({"step": 1}, path / "random_states_0.pkl")  # unpickles fine, restores nothing
     with pytest.raises(ValueError, match="random_states_0.pkl in .* is damaged .*lacks random_state"):
         ckpt.load_checkpoint(accelerator, path, [sched])
+
+
+def test_a_schedule_state_that_does_not_restore_completely_stops_the_resume(accelerator, tmp_path):
+    model, opt, sched = _parts(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, 1, {}, keep=1, schedulers=[sched])
+    state = json.loads((path / ckpt.STATE_FILE).read_text())
+    del state["schedulers"][0]["last_epoch"]
+    (path / ckpt.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="the schedule state in .* is damaged .*lacks last_epoch"):
+        ckpt.load_checkpoint(accelerator, path, [sched])

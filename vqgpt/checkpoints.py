@@ -168,7 +168,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, scheduler
     parts: list[tuple[str, Callable[[], Any]]] = [
         (rng.name, rng_states),
         ("the model, optimizer or sampler state", lambda: accelerator.load_state(str(path))),
-        ("the schedule state", lambda: [s.load_state_dict(st) for s, st in zip(schedulers, states, strict=True)]),
+        ("the schedule state", lambda: _restore_schedules(schedulers, states)),
     ]
     if load_extra is not None:
         parts.append(("the stage's own files", lambda: load_extra(path)))
@@ -178,6 +178,16 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, scheduler
         except Exception as err:  # torch, safetensors and accelerate raise assorted types
             raise _damaged(path, what, err) from None
     return saved
+
+
+def _restore_schedules(schedulers: Sequence[Any], states: list[Any]) -> None:
+    """Every schedule restored from a state holding all its keys (a scheduler's ``load_state_dict``
+    would keep its fresh values for missing ones: a resume on another learning-rate curve)."""
+    for scheduler, state in zip(schedulers, states, strict=True):
+        missing = sorted(set(scheduler.state_dict()) - set(state if isinstance(state, dict) else ()))
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        scheduler.load_state_dict(state)
 
 
 def resumable_batches(accelerator: Accelerator, loader: DataLoader, start: int) -> Iterator[Any]:

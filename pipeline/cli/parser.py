@@ -15,6 +15,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 
 from .messages import flags_named
@@ -204,6 +205,8 @@ def _disk_full(path: str | None) -> str:
     """One line for ENOSPC: where, how much is free there, and that nothing earlier was lost."""
     import shutil
 
+    if path:  # a result is written into a hidden sibling first (`.NAME.tmp-…`): name the result itself
+        path = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]*", r"\1\2", str(path))
     where = path or os.getcwd()
     probe = where
     while probe and not os.path.exists(probe):
