@@ -215,6 +215,11 @@ def test_import_tokenizer_cli_and_bad_input(tmp_path, capsys):
 
     code = main(["import-tokenizer", "--from", "llamagen", "--checkpoint", str(tmp_path / "vq.pt"), "--out", str(out)])
     assert code == 2 and f"--out {out} already exists; pass --overwrite" in capsys.readouterr().err  # kept
+    (out / "notes.txt").write_text("mine")
+    assert "holds files besides a tokenizer (notes.txt)" in main_error(capsys, "import-tokenizer", "--from", "llamagen",
+                                                                        "--checkpoint", str(tmp_path / "vq.pt"),
+                                                                        "--out", str(out), "--overwrite")
+    assert (out / "notes.txt").read_text() == "mine"
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes((tmp_path / "vq.pt").read_bytes()[:5000])
     assert "cut.pt" in error("--from", "llamagen", "--checkpoint", str(truncated))
@@ -227,6 +232,13 @@ def test_import_tokenizer_cli_and_bad_input(tmp_path, capsys):
     torch.save({"model": state}, wrong)
     assert "encoder.conv_in.weight" in error("--from", "llamagen", "--checkpoint", str(wrong))
     assert "needs its model.yaml" in error("--from", "taming", "--checkpoint", str(tmp_path / "vq.pt"))
+
+
+def main_error(capsys, *args: str) -> str:
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
 
 
 def _write_yaml(tmp_path):

@@ -119,6 +119,11 @@ def cmd_import_tokenizer(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise FileExistsError(f"--out {out} already exists; pass --overwrite to replace it")
+    others = sorted(p.name for p in out.iterdir() if p.name not in ("config.json", "model.safetensors")) \
+        if out.is_dir() else []
+    if others:  # the folder is replaced whole: only ever a tokenizer folder
+        raise FileExistsError(f"--overwrite refused: {out} holds files besides a tokenizer ({', '.join(others[:3])}); "
+                              "choose another --out")
     if args.image_size is not None and args.image_size < 8:
         raise ValueError(f"--image-size must be at least 8, got {args.image_size}")
     model = import_tokenizer(args.family, args.checkpoint, config=args.config, image_size=args.image_size)
