@@ -32,6 +32,8 @@ def test_output_count_size_mode(pipe):
     assert tensors.shape == (2, pipe.tokenizer.config.channels, size, size) and tensors.dtype == torch.float32
     with pytest.raises(ValueError, match="output_type"):
         pipe(num=1, output_type="numpy")
+    with pytest.raises(ValueError, match="unknown sampling setting.* guidance_scale; the settings are num, "):
+        pipe(num=1, guidance_scale=2.0)
 
 
 def test_same_generator_state_same_images_other_state_differs(pipe):

@@ -120,6 +120,10 @@ class Pipeline:
     def settings_from(settings: SampleConfig | None = None, **fields: Any) -> SampleConfig:
         """A :class:`SampleConfig` from a base one (default: all defaults) and field keywords."""
         settings = settings or SampleConfig()
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SampleConfig)})
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {', '.join(unknown)}; the settings are "
+                             f"{', '.join(f.name for f in dataclasses.fields(SampleConfig))}")
         if "class_labels" in fields and fields["class_labels"] is not None:
             labels = fields["class_labels"]
             fields["class_labels"] = (int(labels),) if isinstance(labels, int) else tuple(int(c) for c in labels)
