@@ -138,6 +138,7 @@ class PriorTrainConfig:
     log_every: int = 25  # steps between metrics.jsonl records of the training loss
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # model init, data order, label dropout
+    report_to: str = "none"  # experiment trackers: none, tensorboard, wandb, trackio, all (or several, comma-separated)
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_every", "log_every", "sample_per_class",

@@ -80,7 +80,7 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
                              "output folder")
         # Only what a training run writes goes, and the finished prior stays usable until the new
         # one replaces it (`publish`); a user's other files in the folder are never touched.
-        for name in (CHECKPOINT_DIR, "samples", ".final.tmp"):
+        for name in (CHECKPOINT_DIR, "samples", "trackers"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
         for name in (METRICS_FILE, LOSS_CURVE_FILE):
             (out_dir / name).unlink(missing_ok=True)

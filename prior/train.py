@@ -42,7 +42,7 @@ __all__ = ["train_prior", "train_step", "evaluate_bits_per_code", "TrainState", 
 logger = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
-SampleCallback = Callable[[torch.Tensor, int], None]
+SampleCallback = Callable[[torch.Tensor, int], "torch.Tensor | None"]  # may return the grid image [C, H, W] in [0, 1]
 
 
 @dataclass
@@ -212,11 +212,14 @@ def train_prior(
     out_dir = Path(out_dir)
     ckpt_root = out_dir / ckpt.CHECKPOINT_DIR
 
-    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed)
+    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed,
+                                        report_to=cfg.report_to, logging_dir=out_dir / "trackers")
     main = accelerator.is_main_process
     if main:
         run_folder.prepare_out_dir(out_dir, resume, overwrite)
     accelerator.wait_for_everyone()
+    ckpt.start_trackers(accelerator, "vqgpt-prior", {**{f"model/{k}": v for k, v in dataclasses.asdict(model_config).items()},
+                                                     **{f"train/{k}": v for k, v in dataclasses.asdict(cfg).items()}})
     resume_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
     saved = ckpt.read_trainer_state(resume_from) if resume_from else None
     if saved is not None:
@@ -253,7 +256,7 @@ def train_prior(
                            saved.get("train_config", {}).get("max_steps"), cfg.max_steps)
         logger.info("resuming from %s at step %d", resume_from, state.step)
 
-    metrics_log = ckpt.MetricsLog(out_dir / ckpt.METRICS_FILE, enabled=main)
+    metrics_log = ckpt.MetricsLog(out_dir / ckpt.METRICS_FILE, enabled=main, accelerator=accelerator)
     metrics_log.start(state.step)
     record = {
         "tokens_dir": str(tokens_dir), "tokenizer_fingerprint": spec.tokenizer_fingerprint,
@@ -267,7 +270,9 @@ def train_prior(
         if main:
             gen = torch.Generator(accelerator.device).manual_seed(cfg.seed)
             codes = sample(accelerator.unwrap_model(model), spec, *_sample_args(spec, cfg), generator=gen)
-            sample_callback(codes, step)
+            grid = sample_callback(codes, step)  # the pipeline's writer returns the decoded grid
+            if isinstance(grid, torch.Tensor):
+                ckpt.log_image(accelerator, "samples", grid, step)
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict:
@@ -362,9 +367,11 @@ def train_prior(
         if main:  # the model that was saved, with the settings `sample` will use
             gen = torch.Generator(accelerator.device).manual_seed(cfg.seed)
             n, labels, guidance = _sample_args(spec, cfg)
-            sample_callback(sample(final_model, spec, n, labels, guidance_scale=selection.get("guidance", guidance),
-                                   temperature=selection.get("temperature", 1.0), generator=gen),
-                            state.best_step if use_best else state.step)
+            grid = sample_callback(sample(final_model, spec, n, labels, guidance_scale=selection.get("guidance", guidance),
+                                          temperature=selection.get("temperature", 1.0), generator=gen),
+                                   state.best_step if use_best else state.step)
+            if isinstance(grid, torch.Tensor):
+                ckpt.log_image(accelerator, "samples", grid, state.step)
         accelerator.wait_for_everyone()
     summary = {
         "steps": state.step,
@@ -377,7 +384,7 @@ def train_prior(
         "train_tokens_per_s": steps_run * tokens_per_step / max(elapsed, 1e-9),
     }
     logger.info("prior done: %s", summary)
-    accelerator.end_training()
+    accelerator.end_training()  # closes the trackers' files
     return summary
 
 

@@ -200,6 +200,7 @@ class TokenizerTrainConfig:
     num_workers: int = 0  # DataLoader workers
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is present
+    report_to: str = "none"  # experiment trackers: none, tensorboard, wandb, trackio, all (or several, comma-separated)
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:

@@ -67,7 +67,7 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool, accelerator: Accel
         if overwrite and not resume:
             for name in (METRICS_FILE, LOSS_CURVE_FILE):
                 (out / name).unlink(missing_ok=True)
-            for name in (CHECKPOINT_DIR, SAMPLES_DIR):
+            for name in (CHECKPOINT_DIR, SAMPLES_DIR, "trackers"):
                 shutil.rmtree(out / name, ignore_errors=True)
         elif complete:  # resuming over a finished model: it is rewritten at the end
             (out / CONFIG_NAME).unlink()
@@ -92,17 +92,20 @@ def ema_loader(ema: torch.nn.Module | None, device: torch.device):
 
 
 @torch.no_grad()
-def save_recon_grid(model: VQGAN, images: torch.Tensor, out: Path, step: int, accelerator: Accelerator) -> None:
-    """Originals (top row) over reconstructions (bottom row) → samples/recon_step_XXXXXX.png."""
+def save_recon_grid(model: VQGAN, images: torch.Tensor, out: Path, step: int,
+                    accelerator: Accelerator) -> torch.Tensor | None:
+    """Originals (top row) over reconstructions (bottom row) → samples/recon_step_XXXXXX.png; returns
+    the grid FloatTensor[C, H, W] in [0, 1] (None on other processes than the main one)."""
     if not accelerator.is_main_process:
-        return
+        return None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     recon = model.decode(model.encode(images.to(device))).cpu()
     model.train(was_training)
-    grid = make_grid(torch.cat([images, recon]), nrow=images.shape[0], padding=2, pad_value=1.0)
-    save_image((grid + 1.0) / 2.0, out / SAMPLES_DIR / f"recon_step_{step:06d}.png")
+    grid = (make_grid(torch.cat([images, recon]), nrow=images.shape[0], padding=2, pad_value=1.0) + 1.0) / 2.0
+    save_image(grid, out / SAMPLES_DIR / f"recon_step_{step:06d}.png")
+    return grid.clamp(0, 1)
 
 
 def plot_loss_curve(log: MetricsLog, png: Path) -> None:

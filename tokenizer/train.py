@@ -15,6 +15,7 @@ Three layers, as everywhere in vqgpt:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -239,10 +240,13 @@ def train_tokenizer(
         val_data = None
     _check_image(train_data[0]["image"], model_config)
     perceptual = LPIPS(cfg.vgg_path, cfg.lpips_lin_path) if cfg.perceptual_weight > 0 else None  # fails early
-    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, cpu=cfg.cpu)
+    accelerator = ckpt.make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, cpu=cfg.cpu,
+                                        report_to=cfg.report_to, logging_dir=out / "trackers")
     is_main = accelerator.is_main_process
     ckpt_root = out / ckpt.CHECKPOINT_DIR
     run_folder.prepare_out_dir(out, resume, overwrite, accelerator)
+    ckpt.start_trackers(accelerator, "vqgpt-tokenizer", {**{f"model/{k}": v for k, v in model_config.to_dict().items()},
+                                                         **{f"train/{k}": v for k, v in dataclasses.asdict(cfg).items()}})
 
     with torch.device("meta"):  # sizes that cannot fit are refused before anything is allocated
         weights = sum(p.numel() for p in VQGAN(model_config).parameters())
@@ -284,7 +288,7 @@ def train_tokenizer(
         ckpt.load_checkpoint(accelerator, latest, schedulers, run_folder.ema_loader(ema, accelerator.device))
         step = int(saved["step"])
         logger.info("resumed from %s (step %d)", latest, step)
-    log = ckpt.MetricsLog(out / ckpt.METRICS_FILE, enabled=is_main)
+    log = ckpt.MetricsLog(out / ckpt.METRICS_FILE, enabled=is_main, accelerator=accelerator)
     log.start(step)
 
     def save_checkpoint() -> None:
@@ -316,7 +320,9 @@ def train_tokenizer(
                 elapsed = time.perf_counter() - start_time
                 log.write({"step": step, "split": "train", **metrics, "images_per_sec": images_seen / max(elapsed, 1e-9)})
             if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.max_steps:
-                run_folder.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
+                grid = run_folder.save_recon_grid(ema.module if ema else raw_model, sample_images, out, step, accelerator)
+                if grid is not None:
+                    ckpt.log_image(accelerator, "reconstructions", grid, step)
             saved = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps
             if saved or (preempted and step < cfg.max_steps):
                 save_checkpoint()
@@ -333,7 +339,9 @@ def train_tokenizer(
                                "train_images_per_sec": images_seen / max(train_seconds, 1e-9)}
     if val_data is not None:
         summary.update(evaluate_reconstruction(final_model, val_data, cfg.eval_batch_size, accelerator))
-    run_folder.save_recon_grid(final_model, sample_images, out, step, accelerator)
+    grid = run_folder.save_recon_grid(final_model, sample_images, out, step, accelerator)
+    if grid is not None:
+        ckpt.log_image(accelerator, "reconstructions", grid, step)
     log.write({"step": step, "split": "validation", "final": True, **summary})
     if is_main:
         run_folder.plot_loss_curve(log, out / ckpt.LOSS_CURVE_FILE)
@@ -345,6 +353,8 @@ def train_tokenizer(
     accelerator.wait_for_everyone()
     summary["fingerprint"] = final_model.fingerprint()
     summary["out_dir"] = str(out)
+    if accelerator.trackers:
+        accelerator.end_training()  # closes the trackers' files
     if is_main:
         logger.info("tokenizer saved to %s: %s", out, {k: summary[k] for k in summary if k in ("psnr", "ssim", "codebook_usage", "perplexity")})
     return summary

@@ -45,7 +45,7 @@ from .atomic import discard_dir, write_json, write_text
 
 __all__ = ["CHECKPOINT_DIR", "STATE_FILE", "METRICS_FILE", "LOSS_CURVE_FILE", "make_accelerator", "list_checkpoints",
            "latest_checkpoint", "save_checkpoint", "read_trainer_state", "load_checkpoint", "resumable_batches",
-           "Preempted", "StepGuard", "MetricsLog", "Curve", "plot_loss_curves"]
+           "Preempted", "StepGuard", "MetricsLog", "REPORT_TO", "trackers", "start_trackers", "log_image", "Curve", "plot_loss_curves"]
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -55,14 +55,45 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what accelerate's save_state writes
 
 
-def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, seed: int, cpu: bool = False) -> Accelerator:
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")  # the Hugging Face Trainer's names
+_TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def trackers(report_to: str) -> list[str]:
+    """``report_to`` ("none", "all", or names joined by commas) → the trackers to start; a name that is
+    not known, or whose package is not installed, is one ValueError (accelerate alone only warns)."""
+    from accelerate.utils import is_tensorboard_available, is_trackio_available, is_wandb_available
+
+    names = [n.strip() for n in str(report_to).split(",") if n.strip()]
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise ValueError(f"`report_to` {unknown[0]!r} is not a tracker; choose from {', '.join(REPORT_TO)}")
+    if "none" in names:
+        return []
+    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available(),
+                 "trackio": is_trackio_available()}
+    if "all" in names:
+        return [n for n, ok in installed.items() if ok]
+    missing = [n for n in names if not installed[n]]
+    if missing:
+        raise ValueError(f"`report_to` {missing[0]}: the {_TRACKER_PACKAGES[missing[0]]} package is not installed "
+                         f"(pip install {_TRACKER_PACKAGES[missing[0]]})")
+    return list(dict.fromkeys(names))
+
+
+def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, seed: int, cpu: bool = False,
+                     report_to: str = "none", logging_dir: str | os.PathLike | None = None) -> Accelerator:
     """The trainers' ``Accelerator``: seedable data order (epoch e is shuffled with seed + e, the
-    same in every process and after a resume), and gradient accumulation that the loop groups
-    itself, across epoch ends (never a forced sync at an epoch's end)."""
+    same in every process and after a resume), gradient accumulation that the loop groups itself,
+    across epoch ends (never a forced sync at an epoch's end), and the experiment trackers asked for
+    (``report_to``; their files under ``logging_dir``)."""
+    chosen = trackers(report_to)
     try:
         return Accelerator(
             mixed_precision=mixed_precision,
             cpu=cpu,
+            log_with=chosen or None,
+            project_dir=str(logging_dir) if logging_dir is not None and chosen else None,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
                                                                     sync_with_dataloader=False),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
@@ -265,9 +296,10 @@ class MetricsLog:
     after that step (by a run killed after its checkpoint) and ``"final"`` records (an end-of-run
     summary, redone by the resumed run) are dropped, so the log reads as one uninterrupted run."""
 
-    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, enabled: bool = True, accelerator: Accelerator | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.accelerator = accelerator  # its experiment trackers get every number under "split/name"
 
     def start(self, step: int) -> None:
         if not self.enabled:
@@ -284,11 +316,32 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:  # accelerate logs from the main process
+            split = record.get("split", "train")
+            numbers = {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split", "final", "time")
+                       and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            self.accelerator.log(numbers, step=int(record.get("step", 0)))
+
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def start_trackers(accelerator: Accelerator, project: str, settings: dict[str, Any]) -> None:
+    """Start the experiment trackers (if any) with the run's settings as hyper-parameters."""
+    if accelerator.log_with:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
+        accelerator.init_trackers(project, config=flat)
+
+
+def log_image(accelerator: Accelerator, tag: str, image: torch.Tensor, step: int) -> None:
+    """An image FloatTensor[C, H, W] in [0, 1] (a reconstruction or sample grid) to every tracker
+    that takes images."""
+    for tracker in accelerator.trackers if accelerator.is_main_process else []:
+        if hasattr(tracker, "log_images"):
+            tracker.log_images({tag: image[None].float().cpu()}, step=step)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ def _add_config_args(p: argparse.ArgumentParser, presets: list[str], default: st
         help="override one setting, e.g. --set model.codebook_size=512 --set train.max_steps=2000 (repeatable; "
              "both stages name their training settings alike: max_steps, learning_rate, batch_size, …)",
     )
+    p.add_argument("--report-to", metavar="TRACKERS",
+                   help="experiment trackers through accelerate: none, tensorboard, wandb, trackio, all, or several "
+                        "comma-separated (default: none; metrics.jsonl and loss_curve.png are always written)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
 

@@ -45,6 +45,11 @@ def _layers(preset_registry: dict[str, dict], preset: str | None, config: str | 
     return layers
 
 
+def _report_to(args: argparse.Namespace) -> list[dict]:
+    """``--report-to`` as the last settings layer (``train.report_to``)."""
+    return [{"train": {"report_to": args.report_to}}] if getattr(args, "report_to", None) else []
+
+
 def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
     import dataclasses
     import typing
@@ -88,7 +93,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     def configs():
         return build_configs({"model": tk.VQGANConfig, "train": tk.TokenizerTrainConfig},
-                             _layers(tk.PRESETS, args.preset, args.config, args.set, defaults))
+                             _layers(tk.PRESETS, args.preset, args.config, args.set, defaults) + _report_to(args))
     cfg = configs()
     chosen = cfg["model"]
     if chosen.image_size != defaults["model"]["image_size"] and chosen.channel_mult == defaults["model"]["channel_mult"]:
@@ -200,7 +205,7 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     defaults, why = derived.prior_defaults(len(data.train), data.spec.num_codes, batch, images=len(data.train) // copies)
     cfg = build_configs(
         {"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
-        _layers(pr.PRESETS, args.preset, args.config, args.set, defaults),
+        _layers(pr.PRESETS, args.preset, args.config, args.set, defaults) + _report_to(args),
     )
     _print_derived(why, defaults, cfg)
     callback = features = None

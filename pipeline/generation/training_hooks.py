@@ -31,18 +31,21 @@ def checked_tokenizer(tokenizer_dir: str | Path, tokens_dir: str | Path | None =
     return tokenizer
 
 
-def sample_grid_writer(tokenizer: tk.VQGAN, out_dir: str | Path) -> Callable[[torch.Tensor, int], None]:
-    """A ``sample_callback`` for prior training: decode the sampled grids and write
-    ``out_dir/step_XXXXXX.png`` (a square-ish grid)."""
+def sample_grid_writer(tokenizer: tk.VQGAN, out_dir: str | Path) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """A ``sample_callback`` for prior training: decode the sampled grids, write
+    ``out_dir/step_XXXXXX.png`` (a square-ish grid) and return it, FloatTensor[C, H, W] in [0, 1]
+    (for the experiment trackers)."""
     out_dir = Path(out_dir)
     device = next(tokenizer.parameters()).device
 
     @torch.inference_mode()
-    def write(codes: torch.Tensor, step: int) -> None:
+    def write(codes: torch.Tensor, step: int) -> torch.Tensor:
         out_dir.mkdir(parents=True, exist_ok=True)
         images = tokenizer.decode(codes.to(device)).float().cpu()
         nrow = max(1, math.ceil(math.sqrt(len(images))))
-        save_image(make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0), out_dir / f"step_{step:06d}.png")
+        grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)  # (C, H, W) in [0, 1]
+        save_image(grid, out_dir / f"step_{step:06d}.png")
+        return grid
 
     return write
 
