@@ -115,7 +115,7 @@ def library_version() -> dict:
 # --------------------------------------------------------------------------- images
 
 def safe_name(text: str) -> str:
-    """vqgpt's file-name form of a class name (pipeline/outputs.py)."""
+    """vqgpt's file-name form of a class name (pipeline/generation/files.py)."""
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "class"
 
 

@@ -4,8 +4,9 @@
 
 The stages are sub-packages: ``vqgpt.tokenizer`` (images ⇄ code grids), ``vqgpt.prior``
 (a causal LM over code grids) and ``vqgpt.pipeline`` (data sources, token datasets, generation,
-evaluation, the ``vqgpt`` command). Two leaf modules know no model: ``vqgpt.checkpoints`` (what
-both trainers do with their run folders) and ``vqgpt.atomic`` (atomic file and folder writes). Names are imported on first use (``lazy_loader``), so
+evaluation, the ``vqgpt`` command). Leaf modules know no model: ``vqgpt.checkpoints`` (what both
+trainers do with their run folders), ``vqgpt.atomic`` (atomic file and folder writes) and
+``vqgpt.resources`` (will a request fit in memory). Names are imported on first use (``lazy_loader``), so
 ``import vqgpt`` and ``vqgpt --help`` stay free of torch until a model is needed.
 """
 
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["tokenizer", "prior", "pipeline", "atomic", "checkpoints"],
+    submodules=["tokenizer", "prior", "pipeline", "atomic", "checkpoints", "resources"],
     submod_attrs={
         "tokenizer.model": ["VQGAN"],
         "tokenizer.config": ["VQGANConfig", "TokenizerTrainConfig"],
