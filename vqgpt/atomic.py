@@ -18,19 +18,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["write_json", "write_text", "replace_dir", "discard_dir", "write_folder", "link_tree", "publish_files", "exclusive"]
+__all__ = ["write_file", "write_json", "write_text", "replace_dir", "discard_dir", "write_folder", "link_tree", "publish_files", "exclusive"]
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling file and one rename."""
+def write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` fills a temporary sibling of ``path`` (same suffix), which then replaces ``path``
+    in one rename: a reader sees the old file or the complete new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (``write_file``)."""
+    return write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -41,7 +41,7 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from accelerate.utils import load as accelerate_load
 from torch.utils.data import DataLoader
 
-from .atomic import discard_dir, write_json, write_text
+from .atomic import discard_dir, write_file, write_json, write_text
 
 __all__ = ["CHECKPOINT_DIR", "STATE_FILE", "METRICS_FILE", "LOSS_CURVE_FILE", "make_accelerator", "list_checkpoints",
            "latest_checkpoint", "save_checkpoint", "read_trainer_state", "load_checkpoint", "resumable_batches",
@@ -383,7 +383,4 @@ def plot_loss_curves(log: MetricsLog, png: str | os.PathLike, curves: Sequence[C
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, png)
+    write_file(png, fig.savefig)

@@ -210,11 +210,10 @@ def _disk_full(path: str | None) -> str:
 
     if path:  # a result is written into a hidden sibling first (`.NAME.tmp-…`): name the result itself
         path = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]*", r"\1\2", str(path))
-    where = path or os.getcwd()
-    probe = where
-    while probe and not os.path.exists(probe):
+    probe = os.path.abspath(path or ".")
+    while not os.path.exists(probe):  # the file itself may not exist: measure the nearest existing folder
         probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe or ".").free if probe or os.path.exists(".") else 0
+    free = shutil.disk_usage(probe).free
     return (f"no space left on the device while writing {path or 'a result'} ({free / 2**20:.0f} MiB free there); "
             "the previous results and the last good checkpoint are intact: free some space and run again "
             "(with --resume for training)")

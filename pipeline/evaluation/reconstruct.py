@@ -4,7 +4,6 @@ same one ``evaluate`` makes."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
 from vqgpt import tokenizer as tk
+from vqgpt.atomic import write_file
 
 from ..data import held_out_split, load_images
 
@@ -38,13 +38,8 @@ def write_reconstruction_grid(model: tk.VQGAN, data: Dataset, out: str | Path, n
     originals = torch.stack([data[i]["image"] for i in range(shown)])  # (N, C, H, W)
     recons = torch.cat([model.decode(model.encode(chunk.to(device))).float().cpu() for chunk in originals.split(batch_size)])
     pairs = torch.stack([originals, recons], dim=1).flatten(0, 1)  # (2N, C, H, W): orig, recon, orig, …
-    tmp = out.with_name(f".{out.stem}.tmp.png")  # the old grid stays whole until the new one is written
-    try:
-        save_image(make_grid((pairs + 1) / 2, nrow=min(16, 2 * shown), padding=2, pad_value=1.0), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    grid = make_grid((pairs + 1) / 2, nrow=min(16, 2 * shown), padding=2, pad_value=1.0)
+    return write_file(out, lambda tmp: save_image(grid, tmp))  # the old grid stays whole until then
 
 
 def reconstruct(model: tk.VQGAN, data: str, out: str | Path, split: str | None = None, data_seed: int | None = None,

@@ -97,8 +97,8 @@ def write_completions(pipe: "Pipeline", image_path: str | Path, keep_rows: int, 
     final = Path(out)
     settings = pipe.resolve(settings)
     image = load_image_file(image_path, pipe.tokenizer.config.image_size, pipe.tokenizer.config.channels)
-    decoded = pipe.complete(image, keep_rows, settings, output_type="pt")
-    codes = pipe.encode(image)
+    codes = pipe.encode(image)  # encoded once: the completions' prefix and the reconstruction tile
+    decoded = pipe.complete(codes, keep_rows, settings, output_type="pt")
     h, w = codes.shape
     original = from_pil([image])
     reconstruction = pipe.decode(codes[None])

@@ -191,18 +191,18 @@ class Pipeline:
         settings = self.settings_from(settings, **fields)
         return self._output(self.sample_codes(settings, generator=generator), output_type, settings.batch_size)
 
-    def complete(self, image: Image.Image | str | Path, keep_rows: int, settings: SampleConfig | None = None, *,
-                 generator: torch.Generator | None = None, output_type: OutputType = "pil", **fields: Any):
-        """Keep the top ``keep_rows`` code rows of ``image`` and let the prior draw the rest, ``num``
-        times (conditioned on the first of ``class_labels``, if any). Returns the completions as
-        ``__call__`` does."""
+    def complete(self, image: Image.Image | str | Path | torch.Tensor, keep_rows: int, settings: SampleConfig | None = None,
+                 *, generator: torch.Generator | None = None, output_type: OutputType = "pil", **fields: Any):
+        """Keep the top ``keep_rows`` code rows of ``image`` (a PIL image, a file, or its codes
+        LongTensor[h, w] from ``encode``) and let the prior draw the rest, ``num`` times (conditioned
+        on the first of ``class_labels``, if any). Returns the completions as ``__call__`` does."""
         settings = self.settings_from(settings, **fields)
         h, _ = self.tokenizer.config.grid_size
         if not 0 <= keep_rows <= h:
             raise ValueError(f"`keep_rows` must be between 0 and {h} (the code grid has {h} rows), got {keep_rows}")
         if len(settings.class_labels) > 1:
             raise ValueError("a completion takes at most one class")
-        codes = self.encode(image)  # (h, w)
+        codes = image if isinstance(image, torch.Tensor) else self.encode(image)  # (h, w)
         prefix = codes[:keep_rows].reshape(1, -1).expand(settings.num, -1).to(self.device)  # (B, keep_rows * w)
         labels = [settings.class_labels[0]] * settings.num if settings.class_labels else None
         completions = self.sample_codes(settings, labels=labels, prefix_codes=prefix, generator=generator)

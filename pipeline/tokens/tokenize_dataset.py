@@ -295,7 +295,6 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
     state.wait_for_everyone()
     if not state.is_main_process:
         summary = _summary_from_disk(out, partial, shards, K) if is_token_dataset(out) else {}
-    failed = summary.pop("_failed", [])
     seconds = time.monotonic() - started
     encoded = sum(s.stop - s.start for s in shards) - len(failed)
     summary.update({
@@ -404,7 +403,7 @@ def _assemble(out: Path, partial: Path, shards: list[Shard], features: Any,
                         datasets.Dataset.from_dict({"codes": [], "label": [], "source": []}, features=features))
     counts = code_counts(list(parts.values()), K)
     summary = {f"{split}_rows": len(ds) for split, ds in parts.items()}
-    summary.update({"codebook_size": K, **code_summary(counts), "_failed": shard_failures(partial, shards)})
+    summary.update({"codebook_size": K, **code_summary(counts)})
     save_token_dataset(parts, meta, out)
     return summary
 
