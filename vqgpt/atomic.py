@@ -27,11 +27,23 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        write(tmp)
+        with _named_as(tmp, path):
+            write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def _named_as(tmp: Path, path: Path) -> Iterator[None]:
+    """An OSError about the temporary ``tmp`` (a full disk, say) names ``path``, what the user asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and str(err.filename).startswith(str(tmp)):
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -114,7 +126,8 @@ def write_folder(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
+        with _named_as(tmp, path):
+            yield tmp
         replace_dir(tmp, path)
     finally:
         if tmp.exists():

@@ -15,7 +15,6 @@ import argparse
 import errno
 import logging
 import os
-import re
 import sys
 
 from .messages import flags_named
@@ -208,8 +207,6 @@ def _disk_full(path: str | None) -> str:
     """One line for ENOSPC: where, how much is free there, and that nothing earlier was lost."""
     import shutil
 
-    if path:  # a result is written into a hidden sibling first (`.NAME.tmp-…`): name the result itself
-        path = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]*", r"\1\2", str(path))
     probe = os.path.abspath(path or ".")
     while not os.path.exists(probe):  # the file itself may not exist: measure the nearest existing folder
         probe = os.path.dirname(probe)
