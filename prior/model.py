@@ -12,6 +12,7 @@ loads it with nothing of ours imported. `load_prior` additionally reads and chec
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from vqgpt.atomic import write_folder
 
 from .config import PriorConfig
 
-__all__ = ["PriorSpec", "build_prior_model", "save_prior", "load_prior", "SPEC_FILE", "code_logits"]
+__all__ = ["PriorSpec", "build_prior_model", "save_prior", "load_prior", "SPEC_FILE", "code_logits", "prior_fingerprint"]
 
 SPEC_FILE = "vqgpt_prior.json"
 SPEC_FORMAT = "vqgpt-prior"
@@ -188,6 +189,25 @@ def code_logits(model: PreTrainedModel, input_ids: torch.Tensor, spec: PriorSpec
     fields = {f.name for f in dataclasses.fields(out)}
     cache = out.cache if "cache" in fields else getattr(out, "past_key_values", None)  # transformers ≥ 5.24 / earlier
     return out.logits[..., : spec.codebook_size].float(), cache
+
+
+# config.json entries that change with the software or the loading, not with what the model computes
+VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation_autoset")
+
+
+def prior_fingerprint(model: PreTrainedModel, spec: PriorSpec) -> str:
+    """16 hex chars of sha256 over what the prior's distributions depend on: the token layout (codebook,
+    grid, classes), the model's config and every weight's bytes (as the tokenizer's fingerprint)."""
+    digest = hashlib.sha256()
+    layout = {"codebook_size": spec.codebook_size, "grid": list(spec.grid), "class_names": list(spec.class_names)}
+    digest.update(json.dumps(layout, sort_keys=True, separators=(",", ":")).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
+    digest.update(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def save_prior(model: PreTrainedModel, spec: PriorSpec, out_dir: str | Path) -> Path:

@@ -150,17 +150,18 @@ def _job(module: str) -> str | None:
     return parts[2] if parts[:2] == ["vqgpt", "pipeline"] and len(parts) > 2 else None
 
 
-# data ← tokens, generation ← evaluation ← command line; the demo uses all but the command line;
+# data ← tokens, codec ← generation ← evaluation ← command line; the demo uses all but the command line;
 # settings (torch-free) and derived (defaults from the data) sit beside data.
 ALLOWED = {
     "settings": set(),
     "data": set(),
     "derived": {"data"},
     "tokens": {"data", "settings", "derived"},
-    "generation": {"data", "settings"},
-    "evaluation": {"data", "settings", "generation"},
-    "demo": {"data", "settings", "tokens", "generation", "evaluation"},
-    "cli": {"data", "settings", "derived", "tokens", "generation", "evaluation", "demo"},
+    "codec": {"data"},
+    "generation": {"data", "settings", "codec"},
+    "evaluation": {"data", "settings", "generation", "codec"},
+    "demo": {"data", "settings", "tokens", "generation", "codec", "evaluation"},
+    "cli": {"data", "settings", "derived", "tokens", "generation", "codec", "evaluation", "demo"},
 }
 
 

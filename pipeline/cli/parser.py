@@ -170,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
+    p = verb("compress", "images → one archive file: their codes, range-coded with the prior's probabilities")
+    stage_args(p)
+    p.add_argument("--data", required=True, help=data_help + "; every image of it is compressed")
+    p.add_argument("--out", required=True, help="archive file to write")
+    p.add_argument("--unconditional", action="store_true",
+                   help="code every image with the \"no class\" token (default: under its class, when the source has classes)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="grids per pass of the prior, recorded in the archive (default: 16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    p = verb("decompress", "an archive from vqgpt compress → one PNG per image and manifest.json")
+    p.add_argument("archive", help="archive file")
+    stage_args(p)
+    p.add_argument("--out", required=True, help="output folder (PNGs at the images' source paths, manifest.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
     p = verb("evaluate", "tokenizer metrics (PSNR, SSIM, LPIPS, codebook usage, rFID) and prior metrics "
              "(held-out bits per code, gFID, per class) under one printed protocol")
     p.add_argument("what", nargs="?", default="all", choices=["tokenizer", "prior", "all"],

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["cmd_train_tokenizer", "cmd_import_tokenizer", "cmd_reconstruct", "cmd_tokenize", "cmd_train_prior", "cmd_sample",
-           "cmd_complete", "cmd_evaluate", "cmd_demo"]
+           "cmd_complete", "cmd_compress", "cmd_decompress", "cmd_evaluate", "cmd_demo"]
 
 
 def _is_main() -> bool:
@@ -248,6 +248,32 @@ def cmd_complete(args: argparse.Namespace) -> int:
     paths = write_completions(pipe, args.image, args.keep_rows, settings, args.out, overwrite=args.overwrite)
     _print(f"{settings.num} completions of {args.image} (top {args.keep_rows} code rows kept) "
            f"written to {args.out} (grid: {paths['grid']})")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from ..codec import compress_source
+
+    pipe = _load_pipeline(args)
+    stats = compress_source(pipe.codec_models(), args.data, args.out, unconditional=args.unconditional,
+                            overwrite=args.overwrite, batch_size=args.batch_size)
+    s = stats.summary()
+    _print(f"{s['images']} images → {args.out}: {s['bytes']:,} bytes ({s['bytes_per_image']:.1f} per image, "
+           f"{s['bits_per_pixel']:.3f} bits per pixel); {s['bits_per_code']:.3f} bits per code coded, "
+           f"{s['model_bits_per_code']:.3f} by the prior's model, {s['saving_vs_raw_indices']:.1%} below raw "
+           f"{stats.codebook_size}-way indices; header and per-image table {s['header_bytes']:,} bytes")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from ..codec import decompress_to_folder
+
+    pipe = _load_pipeline(args)
+    decoded = decompress_to_folder(pipe.codec_models(), args.archive, args.out, overwrite=args.overwrite)
+    restored = len(decoded.indices) - len(decoded.errors)
+    _print(f"{restored} images written to {args.out} (manifest: {Path(args.out) / 'manifest.json'})")
+    if decoded.errors:  # the others are written; the damaged ones are named in the manifest
+        raise ValueError(decoded.first_error(args.archive))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``Pipeline`` holds a tokenizer and the prior trained on its codes. One ``__call__`` draws images
 (diffusers' manner: settings as keywords, a ``torch.Generator`` for reproducibility);
-``complete`` continues the top code rows of a given image. Both take their sampling settings as a
+``complete`` continues the top code rows of a given image; ``compress`` / ``decompress`` use the
+prior as an image codec (``vqgpt.pipeline.codec``). Sampling and completion take their sampling settings as a
 :class:`SampleConfig` (or its fields as keywords), and both draw through ``sample_codes``, the one
 path from settings and randomness to codes. What the ``sample``/``complete`` verbs write to disk
 lives in ``files.py``.
@@ -21,6 +22,7 @@ from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
 from vqgpt.resources import require_memory
 
+from ..codec import CodecModels, compress_images, decode_archive
 from ..data import fit_image, from_pil, load_image_file, to_pil
 from ..settings import SampleConfig
 
@@ -207,3 +209,37 @@ class Pipeline:
         labels = [settings.class_labels[0]] * settings.num if settings.class_labels else None
         completions = self.sample_codes(settings, labels=labels, prefix_codes=prefix, generator=generator)
         return self._output(completions, output_type, settings.batch_size)
+
+    # ------------------------------------------------------------------------------- codec
+
+    def codec_models(self) -> CodecModels:
+        """The tokenizer and prior with their fingerprints, as an archive records them (hashed once)."""
+        if getattr(self, "_codec_models", None) is None:
+            self._codec_models = CodecModels(self.tokenizer, self.prior, self.spec, self.tokenizer_fingerprint,
+                                             pr.prior_fingerprint(self.prior, self.spec), self.device)
+        return self._codec_models
+
+    def _prepare(self, images: Sequence[Image.Image | str | Path] | torch.Tensor) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images
+        size, channels = self.tokenizer.config.image_size, self.tokenizer.config.channels
+        return from_pil([fit_image(im, size, channels) if isinstance(im, Image.Image) else load_image_file(im, size, channels)
+                         for im in images])
+
+    def compress(self, images: Sequence[Image.Image | str | Path] | torch.Tensor,
+                 class_labels: Sequence[int | str] | None = None, names: Sequence[str] = ()) -> bytes:
+        """Images (PIL, files, or FloatTensor[N, C, S, S] in [-1, 1]) → one archive (bytes): their codes,
+        range-coded under the prior, each under its class (names or indices; None: the "no class" token)."""
+        labels = None if class_labels is None else [c if isinstance(c, int) and c < 0 else self.resolve_classes([c])[0]
+                                                    for c in class_labels]
+        data, _ = compress_images(self.codec_models(), self._prepare(images), labels, names)
+        return data
+
+    def decompress(self, data: bytes, indices: Sequence[int] | None = None,
+                   output_type: Literal["pil", "pt", "codes"] = "pil"):
+        """An archive from ``compress`` → its images (``indices``: only those), as ``__call__`` returns them.
+        A damaged or truncated image is a ValueError naming the first one (``decode_archive`` gives the rest)."""
+        decoded = decode_archive(data, self.codec_models(), indices)
+        if decoded.errors:
+            raise ValueError(decoded.first_error("the archive"))
+        return self._output(decoded.grids, output_type, 64)

@@ -1,0 +1,14 @@
+"""The image codec: images ⇄ one archive file — the tokenizer's codes, range-coded with the prior's
+probabilities (``vqgpt compress`` / ``vqgpt decompress``, ``Pipeline.compress`` / ``decompress``).
+
+- ``archive.py``: the file format, byte by byte, and its checks;
+- ``codec.py``: images → grids → archive and back, and the files the verbs write.
+
+Reads images through ``vqgpt.pipeline.data``.
+"""
+
+from .archive import Archive, ImageRecord, pack, unpack
+from .codec import CodecModels, CompressStats, Decoded, compress_grids, compress_images, compress_source, decode_archive, decompress_to_folder
+
+__all__ = ["Archive", "ImageRecord", "pack", "unpack", "CodecModels", "CompressStats", "Decoded", "compress_grids",
+           "compress_images", "compress_source", "decode_archive", "decompress_to_folder"]

@@ -1,0 +1,282 @@
+"""Images ⇄ one archive: the tokenizer is the transform, the prior the entropy model.
+
+``compress_images`` encodes images with the tokenizer and range-codes each grid under the prior
+(``vqgpt.prior.entropy_coding.GridCoder``: the prior's plain distributions, computed the way the
+decoder will); ``decode_archive`` checks the archive against the models, decodes the images asked
+for and checks each grid's CRC32. ``compress_source`` / ``decompress_to_folder`` are what the
+``compress`` / ``decompress`` verbs do with files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vqgpt import prior as pr
+from vqgpt import tokenizer as tk
+from vqgpt.atomic import write_file, write_folder
+
+from ..data import load_images, to_pil
+from .archive import Archive, ImageRecord, codes_crc, pack, unpack
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CodecModels", "CompressStats", "Decoded", "compress_images", "decode_archive", "compress_source",
+           "decompress_to_folder", "output_names"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class CodecModels:
+    """The tokenizer and prior an archive is written and read with, and their fingerprints."""
+
+    tokenizer: tk.VQGAN
+    prior: torch.nn.Module
+    spec: pr.PriorSpec
+    tokenizer_fingerprint: str
+    prior_fingerprint: str
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class CompressStats:
+    """What an archive costs, next to what the prior's model says it should."""
+
+    images: int
+    archive_bytes: int  # the whole file
+    header_bytes: int  # magic, models, grid, names, per-image table (amortised over the images)
+    stream_bytes: int  # the range-coded codes
+    model_bits: float  # −Σ log2 p of the codes under the prior
+    codes_per_image: int
+    codebook_size: int
+    pixels_per_image: int
+
+    @property
+    def raw_bits(self) -> float:
+        """The codes as plain indices: log2 K bits each."""
+        return self.images * self.codes_per_image * math.log2(self.codebook_size)
+
+    def summary(self) -> dict:
+        n = max(self.images, 1)
+        return {
+            "images": self.images, "bytes": self.archive_bytes, "bytes_per_image": self.archive_bytes / n,
+            "bits_per_code": self.stream_bytes * 8 / max(self.images * self.codes_per_image, 1),
+            "model_bits_per_code": self.model_bits / max(self.images * self.codes_per_image, 1),
+            "bits_per_pixel": self.archive_bytes * 8 / max(self.images * self.pixels_per_image, 1),
+            "saving_vs_raw_indices": 1 - self.stream_bytes * 8 / self.raw_bits if self.raw_bits else 0.0,
+            "header_bytes": self.header_bytes,
+        }
+
+
+def _batches(n: int, size: int):
+    return (range(i, min(i + size, n)) for i in range(0, n, size))
+
+
+@torch.inference_mode()
+def compress_grids(models: CodecModels, grids: torch.Tensor, labels: Sequence[int], names: Sequence[str] = (),
+                   batch_size: int = pr.entropy_coding.DEFAULT_BATCH, progress=None) -> tuple[bytes, CompressStats]:
+    """Code grids LongTensor[N, h, w] with class indices (-1 = none) → (archive bytes, stats)."""
+    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, batch_size)
+    encoded = coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long), progress=progress)
+    flat = grids.reshape(len(grids), -1).cpu().numpy()
+    records = [ImageRecord(int(label), codes_crc(codes), stream)
+               for label, codes, stream in zip(labels, flat, encoded.streams)]
+    archive = Archive(models.tokenizer_fingerprint, models.prior_fingerprint, tuple(models.spec.grid),
+                      models.spec.codebook_size, models.spec.num_classes, batch_size,
+                      pr.entropy_coding.numerics(models.device), records, list(names))
+    data = pack(archive)
+    streams = sum(len(s) for s in encoded.streams)
+    size = models.tokenizer.config.image_size
+    stats = CompressStats(len(records), len(data), len(data) - streams, streams, float(encoded.model_bits.sum()),
+                          models.spec.num_codes, models.spec.codebook_size, size * size)
+    return data, stats
+
+
+@torch.inference_mode()
+def compress_images(models: CodecModels, images: torch.Tensor, labels: Sequence[int] | None = None,
+                    names: Sequence[str] = (), batch_size: int = pr.entropy_coding.DEFAULT_BATCH) -> tuple[bytes, CompressStats]:
+    """Images FloatTensor[N, C, S, S] in [-1, 1] (the tokenizer's size) → (archive bytes, stats)."""
+    labels = [-1] * len(images) if labels is None else [int(x) for x in labels]
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} class labels for {len(images)} images")
+    grids = torch.cat([models.tokenizer.encode(images[rows.start: rows.stop].to(models.device)).cpu()
+                       for rows in _batches(len(images), 64)]) if len(images) else torch.zeros(0, *models.spec.grid, dtype=torch.long)
+    return compress_grids(models, grids, labels, names, batch_size)
+
+
+@dataclass
+class Decoded:
+    """Images decoded from an archive: for each index asked for, its grid, class, name — or why not."""
+
+    indices: list[int]
+    grids: torch.Tensor  # LongTensor[n, h, w]; zeros where the image failed
+    labels: list[int]
+    names: list[str]
+    errors: dict[int, str]  # archive index → why its image could not be restored
+    archive: Archive
+
+    def first_error(self, where: str) -> str:
+        i = min(self.errors)
+        return (f"{where}: image {i} ({self.names[self.indices.index(i)]}) {self.errors[i]}; "
+                f"{len(self.errors)} of {len(self.indices)} image(s) could not be restored")
+
+
+def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
+    spec = models.spec
+    for what, stored, ours, flag in (("tokenizer", archive.tokenizer, models.tokenizer_fingerprint, "tokenizer"),
+                                     ("prior", archive.prior, models.prior_fingerprint, "prior")):
+        if stored != ours:
+            raise ValueError(f"{where} was compressed with {what} {stored}, but this {what} is {ours}; "
+                             f"give the `{flag}` it was written with")
+    if (tuple(archive.grid), archive.codebook_size, archive.num_classes) != (tuple(spec.grid), spec.codebook_size, spec.num_classes):
+        raise ValueError(f"{where}: grid {archive.grid}, {archive.codebook_size} codes, {archive.num_classes} classes "
+                         f"do not match the prior's {spec.grid}, {spec.codebook_size}, {spec.num_classes}")
+    here = pr.entropy_coding.numerics(models.device)
+    if archive.numerics != here:
+        logger.warning("%s was compressed on %s and is decoded on %s: exact decoding is promised only on the same "
+                       "software and device type (each image's CRC32 is checked)", where, archive.numerics, here)
+
+
+@torch.inference_mode()
+def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | None = None,
+                   where: str = "the archive", progress=None) -> Decoded:
+    """Archive bytes → the grids of ``indices`` (default: all), each checked against its CRC32."""
+    archive = unpack(data, where)
+    _check_models(archive, models, where)
+    count = len(archive.images)
+    indices = list(range(count)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"{where} holds images 0 … {count - 1}; image {bad[0]} was asked for")
+    width = len(str(max(count - 1, 0)))
+    names = [archive.names[i] if archive.names else f"index:{i:0{width}d}" for i in indices]
+    errors: dict[int, str] = {}
+    for i in indices:
+        label = archive.images[i].label
+        if not archive.images[i].complete:
+            errors[i] = "is truncated: the file ends inside its data"
+        elif label >= models.spec.num_classes:
+            errors[i] = f"is damaged: class {label} is not a class of the prior"
+    todo = [i for i in indices if i not in errors]
+    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size)
+    flat, problems = coder.decode([archive.images[i].stream for i in todo], [archive.images[i].label for i in todo],
+                                  progress=progress)
+    grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
+    position = {i: k for k, i in enumerate(indices)}
+    for row, (i, problem) in enumerate(zip(todo, problems)):
+        if problem is not None:
+            errors[i] = f"is damaged: {problem}"
+        elif codes_crc(flat[row].numpy()) != archive.images[i].crc:
+            errors[i] = "is damaged: its decoded codes fail their CRC32 check"
+        else:
+            grids[position[i]] = flat[row]
+    return Decoded(indices, grids.reshape(len(indices), *models.spec.grid), [archive.images[i].label for i in indices],
+                   names, dict(sorted(errors.items())), archive)
+
+
+# --------------------------------------------------------------------------------------- files
+
+
+def output_names(names: Sequence[str]) -> list[str]:
+    """Relative PNG paths for decoded images: the source's path with ``.png`` (``index:N`` → ``N.png``);
+    a name that would leave the output folder or repeat another becomes ``image_N.png``."""
+    out, seen = [], set()
+    for k, name in enumerate(names):
+        path = PurePosixPath(name[len("index:"):] if name.startswith("index:") else name).with_suffix(".png")
+        if path.is_absolute() or ".." in path.parts or not path.name or path.name.startswith(".") or str(path) in seen:
+            path = PurePosixPath(f"image_{k}.png")
+        seen.add(str(path))
+        out.append(str(path))
+    return out
+
+
+def compress_source(models: CodecModels, data: str, out: str | Path, unconditional: bool = False,
+                    overwrite: bool = False, batch_size: int = pr.entropy_coding.DEFAULT_BATCH) -> CompressStats:
+    """Every image of a data source (any ``--data``) → one archive file at ``out``, written atomically.
+    A class-labelled source's classes must be the prior's (by name); `unconditional` codes every image
+    with the "no class" token instead."""
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder; `out` names the archive file to write")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass `overwrite` to replace it or choose another file")
+    config, spec = models.tokenizer.config, models.spec
+    source = load_images(data, config.image_size, config.channels, split="all")
+    if unconditional or not source.class_names or spec.num_classes == 0:
+        if source.class_names and spec.num_classes == 0 and not unconditional:
+            logger.info("the prior is unconditional: the source's classes are not used")
+        mapping = None
+    else:
+        unknown = [c for c in source.class_names if c not in spec.class_names]
+        if unknown:
+            raise ValueError(f"class {unknown[0]!r} of {data} is not a class of the prior "
+                             f"({', '.join(spec.class_names[:10])}{' …' if spec.num_classes > 10 else ''}); "
+                             "pass `unconditional` to code without classes")
+        mapping = [spec.class_names.index(c) for c in source.class_names]
+    labels = [-1 if mapping is None or source.label_of(i) < 0 else mapping[source.label_of(i)] for i in range(len(source))]
+    names = [source.source_of(i) for i in range(len(source))]
+    grids = []
+    loader = DataLoader(source, batch_size=64, shuffle=False)
+    with tqdm(total=len(source), desc="encode", unit="img") as bar:
+        for batch in loader:
+            grids.append(models.tokenizer.encode(batch["image"].to(models.device)).cpu())
+            bar.update(len(batch["image"]))
+    with tqdm(total=len(source), desc="range-code", unit="img") as bar:
+        archive, stats = compress_grids(models, torch.cat(grids), labels, names, batch_size, progress=bar)
+    write_file(out, lambda tmp: tmp.write_bytes(archive))
+    if source.skipped or source.left_out:
+        logger.warning(source.skip_report())
+    return stats
+
+
+def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str | Path,
+                         overwrite: bool = False, batch_size: int = 64) -> Decoded:
+    """An archive → one PNG per image (at its source's relative path) and ``manifest.json`` in ``out``,
+    written as a whole. Damaged images are left out and listed in the manifest; the caller reports them."""
+    archive_path, out = Path(archive_path), Path(out)
+    if not archive_path.is_file():
+        raise FileNotFoundError(f"archive {archive_path} does not exist")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass `overwrite` to replace it or choose another folder")
+    data = archive_path.read_bytes()
+    archive = unpack(data, str(archive_path))
+    with tqdm(total=len(archive.images), desc="decode", unit="img") as bar:
+        decoded = decode_archive(data, models, where=str(archive_path), progress=bar)
+    files = output_names(decoded.names)
+    entries = []
+    with write_folder(out) as tmp:
+        good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
+        for rows in _batches(len(good), batch_size):
+            chosen = [good[k] for k in rows]
+            images = to_pil(models.tokenizer.decode(decoded.grids[chosen].to(models.device)).float().cpu())
+            for k, image in zip(chosen, images):
+                path = tmp / files[k]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path)
+        for k, i in enumerate(decoded.indices):
+            label, record = decoded.labels[k], archive.images[i]
+            entries.append({"index": i, "name": decoded.names[k], "file": None if i in decoded.errors else files[k],
+                            "class": models.spec.class_names[label] if 0 <= label < models.spec.num_classes else None,
+                            "bytes": len(record.stream), **({"error": decoded.errors[i]} if i in decoded.errors else {})})
+        manifest = {"archive": str(archive_path), "tokenizer": archive.tokenizer, "prior": archive.prior,
+                    "numerics": archive.numerics, "header_bytes": archive.header_bytes,
+                    "restored": len(decoded.indices) - len(decoded.errors), "failed": len(decoded.errors),
+                    "images": entries}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return decoded
+
+
+def model_bits(grids: torch.Tensor, labels: Sequence[int], models: CodecModels) -> np.ndarray:
+    """−Σ log2 p per grid under the prior, as the coder computes it (for checks and benchmarks)."""
+    coder = pr.entropy_coding.GridCoder(models.prior, models.spec)
+    return coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long)).model_bits
