@@ -41,6 +41,7 @@ from .model import PriorSpec
 __all__ = ["GridCoder", "EncodedGrids", "numerics"]
 
 DEFAULT_BATCH = 16  # rows per forward pass: throughput against padding waste when decoding a few grids
+TRIM_MAX_BYTES = 256 << 20  # a batch's distributions are kept (to trim each stream's last word) up to this size
 
 
 def numerics(device: torch.device | str) -> str:
@@ -85,12 +86,13 @@ def _constriction():
 
 
 def _to_bytes(words: np.ndarray) -> bytes:
-    return words.astype("<u4").tobytes()
+    """Big-endian: the stream is one number, most significant byte first, so its tail can be cut."""
+    return words.astype(">u4").tobytes()
 
 
 def _to_words(data: bytes) -> np.ndarray:
-    padded = data + b"\0" * (-len(data) % 4)  # a truncated stream: decodes to wrong codes, caught by the caller
-    return np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+    padded = data + b"\0" * (-len(data) % 4)  # trimmed (or truncated) streams end in zeros
+    return np.frombuffer(padded, dtype=">u4").astype(np.uint32)
 
 
 class GridCoder:
@@ -156,19 +158,48 @@ class GridCoder:
             for rows in self._batches(N):
                 encoders = [queue.RangeEncoder() for _ in rows]
                 chunk = grids[rows.start: rows.stop].numpy().astype(np.int32)  # (b, n)
+                keep = len(rows) * n * self.spec.codebook_size * 8 <= TRIM_MAX_BYTES
+                kept = np.zeros((len(rows), n, self.spec.codebook_size)) if keep else None
 
                 def step(t: int, probs: np.ndarray) -> torch.Tensor:
                     for r, encoder in enumerate(encoders):
                         p = probs[r: r + 1]
                         encoder.encode(chunk[r, t: t + 1], self.family, p)
                         bits[rows.start + r] -= np.log2(p[0, chunk[r, t]] / p[0].sum())
+                    if kept is not None:
+                        kept[:, t] = probs[: len(encoders)]
                     return torch.from_numpy(chunk[:, t]).long()
 
                 self._run(conditions[rows.start: rows.stop], step)
-                streams += [_to_bytes(encoder.get_compressed()) for encoder in encoders]
+                for r, encoder in enumerate(encoders):
+                    data = _to_bytes(encoder.get_compressed())
+                    streams.append(data if kept is None else self._trim(data, chunk[r], kept[r]))
                 if progress is not None:
                     progress.update(len(rows))
         return EncodedGrids(streams, bits)
+
+    def _trim(self, data: bytes, codes: np.ndarray, probs: np.ndarray) -> bytes:
+        """The shortest stream that still decodes to ``codes``. The range coder seals a stream with whole
+        32-bit words holding the low end of the final interval; the stream read as one big-endian number
+        (missing bytes are zeros, here and when the archive is read) only has to land inside that interval,
+        so the last bytes are dropped — the new last byte rounded up where dropping alone falls below it —
+        as long as decoding gives ``codes`` (checked, not assumed). Saves about 1.7 bytes per stream."""
+        queue = _constriction().stream.queue
+
+        def decodes(candidate: bytes) -> bool:
+            return np.array_equal(queue.RangeDecoder(_to_words(candidate)).decode(self.family, probs), codes)
+
+        while len(data) > 1:
+            shorter = data[:-1]
+            up = int.from_bytes(shorter, "big") + 1
+            rounded = up.to_bytes(len(shorter), "big") if up < 1 << (8 * len(shorter)) else None
+            if decodes(shorter):
+                data = shorter
+            elif rounded is not None and decodes(rounded):
+                data = rounded
+            else:
+                break
+        return data
 
     @torch.inference_mode()
     def decode(self, streams: Sequence[bytes], labels: torch.Tensor | Sequence[int] | None = None,

@@ -1,0 +1,325 @@
+"""Benchmark ``vqgpt compress`` against WebP, AVIF, JPEG and JPEG XL on held-out images.
+
+    python scripts/bench_codec.py --set digits=demo-run --set letters=runs/letters --set photos=runs/photos \\
+        --out docs/codec [--num 200] [--vgg-weights vgg16-397923af.pth]
+
+Each ``NAME=RUN`` is a run folder (``tokenizer/``, ``tokens/``, ``prior/``, as ``vqgpt demo`` or the
+default commands make it). The images are the held-out split of the source its token dataset was
+made from (the rows the prior never trained on), prepared as the tokenizer sees them (its size and
+colour mode); the first ``--num`` of them are measured.
+
+For every image:
+
+- **vqgpt**: the archive of all of them (`compress_images`: header and per-image table included,
+  divided by the number of images; without file names, as a WebP file has none — what the names
+  `vqgpt compress` stores add is printed apart), decoded back (checked bit-exact against the encoded
+  codes) and decoded to pixels; PSNR and SSIM against the prepared original.
+- **at matched PSNR**: for WebP, AVIF, JPEG (Pillow) and JPEG XL (`pillow-jxl-plugin`), the
+  smallest file whose PSNR is at least vqgpt's on that image (a binary search over the quality
+  setting, which PSNR follows monotonically up to rare ties; a codec that cannot reach it at its
+  highest quality is counted at its lossless size, or its largest for JPEG, and flagged);
+- lossless PNG and WebP sizes, for reference;
+- rate–distortion curves (mean bytes, PSNR, SSIM over a sweep of quality settings) for the plot.
+
+Writes ``OUT/codec_bench.json``, ``OUT/codec_bench.md`` (the table) and ``OUT/codec_bench.png``
+(bits per pixel against PSNR and SSIM, one row per set), and prints the table with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # run from a checkout without installing
+
+from vqgpt import prior as pr  # noqa: E402
+from vqgpt.pipeline.codec import compress_images, decode_archive  # noqa: E402
+from vqgpt.pipeline.data import held_out_split, load_images, to_uint8  # noqa: E402
+from vqgpt.pipeline.generation import Pipeline  # noqa: E402
+from vqgpt.tokenizer.metrics import ssim as ssim_metric  # noqa: E402
+
+SWEEP = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+PSNR_CAP = 100.0  # an exact reconstruction
+
+
+def _jxl() -> bool:
+    try:
+        import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
+        return True
+    except ImportError:
+        return False
+
+
+def codecs() -> dict[str, dict]:
+    """Lossy codecs by name: Pillow's save options for a quality q, and the lossless options."""
+    found = {
+        "JPEG": {"format": "JPEG", "lossy": lambda q: {"quality": max(q, 1), "optimize": True}, "lossless": None},
+        "WebP": {"format": "WEBP", "lossy": lambda q: {"quality": q, "method": 6},
+                 "lossless": {"lossless": True, "quality": 100, "method": 6}},
+        "AVIF": {"format": "AVIF", "lossy": lambda q: {"quality": q, "speed": 0}, "lossless": None},
+    }
+    if _jxl():
+        found["JPEG XL"] = {"format": "JXL", "lossy": lambda q: {"quality": min(max(q, 1), 99), "effort": 9},  # 100 is lossless only
+                            "lossless": {"lossless": True, "effort": 9}}
+    return found
+
+
+def encode(image: Image.Image, fmt: str, options: dict) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, mode: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM as vqgpt's own metrics compute it (torchmetrics, data range 1)."""
+    def tensor(x):
+        x = torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
+        return (x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None])
+
+    return float(ssim_metric(tensor(a), tensor(b))[0])
+
+
+def matched(image: Image.Image, original: np.ndarray, target: float, codec: dict) -> dict:
+    """The smallest file of ``codec`` with PSNR ≥ ``target`` (binary search over quality 0…100)."""
+    mode = image.mode
+    cache: dict[int, tuple[bytes, float]] = {}
+
+    def at(q: int) -> tuple[bytes, float]:
+        if q not in cache:
+            data = encode(image, codec["format"], codec["lossy"](q))
+            cache[q] = (data, psnr(decode(data, mode), original))
+        return cache[q]
+
+    lo, hi = 0, 100
+    if at(hi)[1] < target:
+        if codec["lossless"] is not None:
+            data = encode(image, codec["format"], codec["lossless"])
+            return {"bytes": len(data), "psnr": psnr(decode(data, mode), original), "quality": "lossless",
+                    "data": data, "reached": True}
+        data, value = at(hi)
+        return {"bytes": len(data), "psnr": value, "quality": hi, "data": data, "reached": False}
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid)[1] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    data, value = at(hi)
+    return {"bytes": len(data), "psnr": value, "quality": hi, "data": data, "reached": True}
+
+
+def held_out(run: Path, pipe: Pipeline, num: int):
+    """The first ``num`` held-out images of the run's source: FloatTensor[N, C, S, S], labels, names."""
+    meta = pr.read_token_meta(run / "tokens")
+    data, split = meta["data"], meta.get("split") or {}
+    chosen = held_out_split(data, data, int(split.get("seed", 0)), split.get("val_fraction"))
+    cfg = pipe.tokenizer.config
+    source = load_images(data, cfg.image_size, cfg.channels, split=chosen.split, seed=chosen.seed,
+                         val_fraction=chosen.val_fraction)
+    n = min(num, len(source))
+    items = [source[i] for i in range(n)]
+    images = torch.stack([item["image"] for item in items])
+    names = [source.class_names[item["label"]] if item["label"] >= 0 else "" for item in items]
+    labels = [pipe.spec.class_names.index(c) if c in pipe.spec.class_names else -1 for c in names]
+    return images, labels, [item["source"] for item in items], data, len(source)
+
+
+def bench_set(name: str, run: Path, num: int, vgg: str | None) -> dict:
+    pipe = Pipeline.from_pretrained(run)
+    models = pipe.codec_models()
+    images, labels, names, data_spec, total = held_out(run, pipe, num)
+    n = len(images)
+    originals = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    originals = originals[..., 0] if originals.shape[-1] == 1 else originals
+    mode = "L" if originals.ndim == 3 else "RGB"
+    pil = [Image.fromarray(o, mode) for o in originals]
+    pixels = originals.shape[1] * originals.shape[2]
+
+    start = time.perf_counter()
+    archive, stats = compress_images(models, images, labels)  # as a codec: no file names (a WebP file has none either)
+    encode_s = time.perf_counter() - start
+    named, _ = compress_images(models, images, labels, names)  # as `vqgpt compress` writes it: the source paths too
+    with torch.inference_mode():
+        codes = pipe.tokenizer.encode(images)
+    start = time.perf_counter()
+    decoded = decode_archive(archive, models)
+    recon = pipe.decode(decoded.grids)
+    decode_s = time.perf_counter() - start
+    exact = int((decoded.grids == codes).flatten(1).all(1).sum())
+    recon_u8 = to_uint8(recon).permute(0, 2, 3, 1).numpy()
+    recon_u8 = recon_u8[..., 0] if recon_u8.ndim == 4 and recon_u8.shape[-1] == 1 else recon_u8
+    v_psnr = [psnr(r, o) for r, o in zip(recon_u8, originals)]
+    v_ssim = [ssim(r, o) for r, o in zip(recon_u8, originals)]
+    vq = {"bytes": len(archive) / n, "psnr": float(np.mean(v_psnr)), "ssim": float(np.mean(v_ssim)),
+          "encode_images_per_s": n / encode_s, "decode_images_per_s": n / decode_s,
+          "bits_per_code": stats.summary()["bits_per_code"], "model_bits_per_code": stats.summary()["model_bits_per_code"],
+          "raw_index_bytes": stats.raw_bits / 8 / n, "saving_vs_raw_indices": stats.summary()["saving_vs_raw_indices"],
+          "stream_bytes": stats.stream_bytes / n, "header_bytes": stats.header_bytes, "exact": exact,
+          "names_bytes": (len(named) - len(archive)) / n}
+    if vgg:
+        vq["lpips"] = float(lpips_of(vgg, recon, images).mean())
+
+    rows, curves = {}, {}
+    for cname, codec in codecs().items():
+        start = time.perf_counter()
+        found = [matched(im, o, t, codec) for im, o, t in zip(pil, originals, v_psnr)]
+        search_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for f in found:
+            decode(f["data"], mode)
+        dec_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for im, f in zip(pil, found):
+            encode(im, codec["format"], codec["lossless"] if f["quality"] == "lossless" else codec["lossy"](f["quality"]))
+        enc_s = time.perf_counter() - start
+        decoded_px = [decode(f["data"], mode) for f in found]
+        row = {"bytes": float(np.mean([f["bytes"] for f in found])), "psnr": float(np.mean([f["psnr"] for f in found])),
+               "ssim": float(np.mean([ssim(d, o) for d, o in zip(decoded_px, originals)])),
+               "unreached": sum(not f["reached"] for f in found), "encode_images_per_s": n / enc_s,
+               "decode_images_per_s": n / dec_s, "search_s": search_s, "per_image": [f["bytes"] for f in found]}
+        if vgg:
+            row["lpips"] = float(lpips_of(vgg, _tensor(decoded_px), images).mean())
+        rows[cname] = row
+        curve = []
+        for q in SWEEP:
+            files = [encode(im, codec["format"], codec["lossy"](q)) for im in pil]
+            px = [decode(f, mode) for f in files]
+            curve.append({"quality": q, "bytes": float(np.mean([len(f) for f in files])),
+                          "psnr": float(np.mean([psnr(p, o) for p, o in zip(px, originals)])),
+                          "ssim": float(np.mean([ssim(p, o) for p, o in zip(px, originals)]))})
+        curves[cname] = curve
+    best = np.min(np.stack([rows[c]["per_image"] for c in rows]), axis=0)  # the best codec for each image
+    lossless = {"PNG": float(np.mean([len(encode(im, "PNG", {"optimize": True})) for im in pil])),
+                "WebP lossless": float(np.mean([len(encode(im, "WEBP", {"lossless": True, "quality": 100, "method": 6}))
+                                                for im in pil]))}
+    for row in rows.values():
+        row.pop("per_image")
+    return {"name": name, "run": str(run), "data": data_spec, "held_out_images": total, "measured": n,
+            "image": f"{originals.shape[1]}×{originals.shape[2]} {'grey' if mode == 'L' else 'RGB'}",
+            "grid": list(pipe.spec.grid), "codebook_size": pipe.spec.codebook_size, "pixels": pixels,
+            "vqgpt": vq, "matched": rows, "best_of_codecs_bytes": float(best.mean()),
+            "ratio_vs_best": float(best.mean()) / vq["bytes"], "lossless": lossless, "curves": curves}
+
+
+def _tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(arrays).astype(np.float32) / 127.5 - 1)
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def lpips_of(vgg: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from vqgpt import tokenizer as tk
+
+    module = tk.LPIPS(vgg_path=vgg).eval()
+    expand = (lambda x: x.expand(-1, 3, -1, -1)) if a.shape[1] == 1 else (lambda x: x)
+    with torch.inference_mode():
+        return module(expand(a.float()), expand(b.float())).flatten()
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| set | codec | bytes / image | bits / pixel | PSNR dB | SSIM | × vqgpt's bytes | encode img/s | decode img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        v, px = r["vqgpt"], r["pixels"]
+        lines.append(f"| {r['name']} ({r['measured']} held-out, {r['image']}) | **vqgpt** | **{v['bytes']:.1f}** | "
+                     f"{v['bytes'] * 8 / px:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | 1 | {v['encode_images_per_s']:.0f} | "
+                     f"{v['decode_images_per_s']:.0f} |")
+        for cname, row in r["matched"].items():
+            flag = f" ({row['unreached']} at their best, below vqgpt's PSNR)" if row["unreached"] else ""
+            lines.append(f"| | {cname} at matched PSNR{flag} | {row['bytes']:.1f} | {row['bytes'] * 8 / px:.3f} | "
+                         f"{row['psnr']:.2f} | {row['ssim']:.3f} | {row['bytes'] / v['bytes']:.1f}× | "
+                         f"{row['encode_images_per_s']:.0f} | {row['decode_images_per_s']:.0f} |")
+        lines.append(f"| | best of them, per image | {r['best_of_codecs_bytes']:.1f} | "
+                     f"{r['best_of_codecs_bytes'] * 8 / px:.3f} | | | **{r['ratio_vs_best']:.1f}×** | | |")
+        for cname, size in r["lossless"].items():
+            lines.append(f"| | {cname} (lossless) | {size:.1f} | {size * 8 / px:.3f} | ∞ | 1 | {size / v['bytes']:.1f}× | | |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
+    for row, r in zip(axes, results):
+        px = r["pixels"]
+        for ax, metric in zip(row, ("psnr", "ssim")):
+            for cname, curve in r["curves"].items():
+                ax.plot([c["bytes"] * 8 / px for c in curve], [c[metric] for c in curve], marker=".", label=cname)
+            v = r["vqgpt"]
+            ax.plot([v["bytes"] * 8 / px], [v[metric]], "r*", markersize=14, label="vqgpt")
+            ax.plot([v["raw_index_bytes"] * 8 / px], [v[metric]], "kx", markersize=9, label="raw code indices")
+            ax.set_xscale("log")
+            ax.set_xlabel("bits per pixel (log)")
+            ax.set_ylabel(metric.upper())
+            ax.set_title(f"{r['name']}: {r['image']}, {r['measured']} held-out images")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {mem:.0f} GiB, "
+            f"{'no GPU' if not torch.cuda.is_available() else torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+            f"Pillow {Image.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", action="append", required=True, metavar="NAME=RUN", help="a set name and its run folder")
+    parser.add_argument("--num", type=int, default=200, help="held-out images per set (default: 200)")
+    parser.add_argument("--out", default="codec-bench", help="folder for the JSON, table and plot")
+    parser.add_argument("--vgg-weights", help="torchvision vgg16 weights: LPIPS too")
+    args = parser.parse_args()
+    if not _jxl():
+        print("note: pillow-jxl-plugin is not installed (pip install 'vqgpt[bench]'): JPEG XL is left out")
+    results = []
+    for item in args.set:
+        name, _, run = item.partition("=")
+        if not run or not Path(run, "tokens").is_dir():
+            parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
+        print(f"{name}: measuring {run} …", flush=True)
+        results.append(bench_set(name, Path(run), args.num, args.vgg_weights))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(results)
+    (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")
+    (out / "codec_bench.md").write_text(f"Machine: {machine()}\n\n{text}\n")
+    plot(results, out / "codec_bench.png")
+    print(f"machine: {machine()}\n{text}")
+    for r in results:
+        v = r["vqgpt"]
+        print(f"{r['name']}: {v['exact']}/{r['measured']} decoded bit-exact; {v['bits_per_code']:.3f} bits per code coded "
+              f"({v['model_bits_per_code']:.3f} by the model), {v['saving_vs_raw_indices']:.1%} below raw indices "
+              f"({v['raw_index_bytes']:.1f} bytes); header and table {v['header_bytes']} bytes per archive; "
+              f"the source names (`vqgpt compress` stores them) add {v['names_bytes']:.1f} bytes per image")
+    print(f"written: {out / 'codec_bench.md'}, {out / 'codec_bench.png'}, {out / 'codec_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
