@@ -187,7 +187,10 @@ class GridCoder:
         queue = _constriction().stream.queue
 
         def decodes(candidate: bytes) -> bool:
-            return np.array_equal(queue.RangeDecoder(_to_words(candidate)).decode(self.family, probs), codes)
+            try:
+                return np.array_equal(queue.RangeDecoder(_to_words(candidate)).decode(self.family, probs), codes)
+            except (ValueError, RuntimeError, AssertionError):  # constriction refuses data no encoder wrote
+                return False
 
         while len(data) > 1:
             shorter = data[:-1]

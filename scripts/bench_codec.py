@@ -259,6 +259,7 @@ def table(results: list[dict]) -> str:
 
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -273,6 +274,10 @@ def plot(results: list[dict], path: Path) -> None:
             ax.plot([v["bytes"] * 8 / px], [v[metric]], "r*", markersize=14, label="vqgpt")
             ax.plot([v["raw_index_bytes"] * 8 / px], [v[metric]], "kx", markersize=9, label="raw code indices")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            if metric == "psnr":  # lossless settings reach the 100 dB cap: keep the lossy range readable
+                ax.set_ylim(top=min(60.0, max(c["psnr"] for curve in r["curves"].values() for c in curve) + 2))
             ax.set_xlabel("bits per pixel (log)")
             ax.set_ylabel(metric.upper())
             ax.set_title(f"{r['name']}: {r['image']}, {r['measured']} held-out images")
@@ -291,13 +296,22 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", action="append", required=True, metavar="NAME=RUN", help="a set name and its run folder")
+    parser.add_argument("--set", action="append", metavar="NAME=RUN", help="a set name and its run folder")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw the table and plot of an earlier codec_bench.json")
     parser.add_argument("--num", type=int, default=200, help="held-out images per set (default: 200)")
     parser.add_argument("--out", default="codec-bench", help="folder for the JSON, table and plot")
     parser.add_argument("--vgg-weights", help="torchvision vgg16 weights: LPIPS too")
     args = parser.parse_args()
     if not _jxl():
         print("note: pillow-jxl-plugin is not installed (pip install 'vqgpt[bench]'): JPEG XL is left out")
+    out = Path(args.out)
+    if args.replot:
+        results = json.loads(Path(args.replot).read_text())["sets"]
+        plot(results, out / "codec_bench.png")
+        print(table(results))
+        return
+    if not args.set:
+        parser.error("give at least one --set NAME=RUN (or --replot JSON)")
     results = []
     for item in args.set:
         name, _, run = item.partition("=")
@@ -305,7 +319,6 @@ def main() -> None:
             parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
         print(f"{name}: measuring {run} …", flush=True)
         results.append(bench_set(name, Path(run), args.num, args.vgg_weights))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")
