@@ -1,7 +1,8 @@
 """``vqgpt demo``: the whole chain on the bundled digits, end to end, on a CPU.
 
 train the tokenizer → reconstruct held-out digits (figures from ``evaluate``'s code) → tokenize → train the class-conditional
-prior → sample a grid of every class → judge the samples with an independent classifier.
+prior → sample a grid of every class → judge the samples with an independent classifier → compress the
+held-out digits into one archive with the prior as the entropy model and decode it back.
 Finished stages in an existing run folder are reused; ``--overwrite`` starts again.
 """
 
@@ -13,10 +14,13 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
 from vqgpt.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 
+from .codec import compress_images, decode_archive
 from .data import load_images
 from .evaluation import Evaluator, Images, evaluate_tokenizer, write_reconstruction_grid
 from .evaluation.digits import check_digit_samples
@@ -63,7 +67,8 @@ QUICK_OVERRIDES = {
 
 
 # What the demo writes into its run folder (and so may remove with --overwrite).
-DEMO_ARTEFACTS = {"tokenizer", "tokens", "prior", "samples", "prior_samples", "reconstructions.png", "demo_figures.json"}
+DEMO_ARTEFACTS = {"tokenizer", "tokens", "prior", "samples", "prior_samples", "reconstructions.png", "demo_figures.json",
+                  "held_out_digits.vqga"}
 
 
 def _stage_mode(stage_dir: Path) -> dict:
@@ -100,9 +105,9 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     train = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="train")
     val = load_images("digits", cfg["model"].image_size, cfg["model"].channels, split="validation")
     if (tok_dir / tk.model.WEIGHTS_NAME).is_file():
-        _say(f"[1/5] tokenizer: reusing {tok_dir}")
+        _say(f"[1/6] tokenizer: reusing {tok_dir}")
     else:
-        _say(f"[1/5] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
+        _say(f"[1/6] training the tokenizer on {len(train)} digits ({len(val)} held out)…")
         model_cfg = dataclasses.replace(cfg["model"], trained_on="digits", trained_val_fraction=val.split_fraction)
         tk.train_tokenizer(model_cfg, cfg["train"], train, val, tok_dir, **_stage_mode(tok_dir))
     model = tk.VQGAN.from_pretrained(tok_dir, device=device)
@@ -126,10 +131,10 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     if pr.data.is_token_dataset(tokens_dir):
         made_by = pr.read_token_meta(tokens_dir)["tokenizer_fingerprint"]
     if made_by == fingerprint:
-        _say(f"[2/5] tokens: reusing {tokens_dir}")
+        _say(f"[2/6] tokens: reusing {tokens_dir}")
         summary = {}
     else:
-        _say("[2/5] tokenizing the digits…")
+        _say("[2/6] tokenizing the digits…")
         summary = tokenize_dataset(tok_dir, "digits", tokens_dir, device=device, overwrite=made_by is not None,
                                    **DEMO_SETTINGS["tokenize"])
     figures["tokenize"] = {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
@@ -142,10 +147,10 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     prior_done = (prior_dir / pr.model.SPEC_FILE).is_file()
     prior_ok = prior_done and pr.model.read_spec(prior_dir).tokenizer_fingerprint == fingerprint
     if prior_ok:
-        _say(f"[3/5] prior: reusing {prior_dir}")
+        _say(f"[3/6] prior: reusing {prior_dir}")
         prior_summary = {}
     else:
-        _say("[3/5] training the class-conditional prior…")
+        _say("[3/6] training the class-conditional prior…")
         pcfg = build_configs({"model": pr.PriorConfig, "train": pr.PriorTrainConfig},
                              [DEMO_PRIOR, QUICK_OVERRIDES["prior"] if quick else {}])
         tokenizer = checked_tokenizer(tok_dir, tokens_dir, device=device)
@@ -166,7 +171,7 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     images = pipe(settings)
     paths = write_samples(images, settings, pipe, out / "samples", overwrite=True)
     figures["sample"] = {"images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
-    _say(f"[4/5] sampled 10 images of every class with the prior's defaults (guidance {settings.guidance}, "
+    _say(f"[4/6] sampled 10 images of every class with the prior's defaults (guidance {settings.guidance}, "
          f"temperature {settings.temperature}, chosen on held-out digits) → {paths['grid']}")
 
     # 5. check -----------------------------------------------------------------------------
@@ -174,10 +179,26 @@ def run_demo(out: str | Path = "demo-run", overwrite: bool = False, device: str 
     n = 50 if quick else DEMO_SETTINGS["check_samples"]
     check = check_digit_samples(pipe, num_samples=n, seed=1)  # with the prior's own defaults, as `vqgpt sample`
     figures["check"] = {**check, "seconds": round(time.perf_counter() - t0, 1)}
-    _say(f"[5/5] an SVM trained on real digits ({100 * check['real_digit_accuracy']:.1f}% on held-out real digits) "
+    _say(f"[5/6] an SVM trained on real digits ({100 * check['real_digit_accuracy']:.1f}% on held-out real digits) "
          f"recognises {100 * check['conditional_accuracy']:.1f}% of {n} class-conditional samples; "
          f"near-copies of training digits: {100 * check['near_copy_share']:.1f}%; Fréchet distance to held-out "
          f"digits {check['fd_ratio']:.2f}× the training digits'")
+
+    # 6. compress --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    held_out = [val[i] for i in range(len(val))]
+    labels = [item["label"] for item in held_out]
+    images = torch.stack([item["image"] for item in held_out])
+    archive, stats = compress_images(pipe.codec_models(), images, labels)
+    (out / "held_out_digits.vqga").write_bytes(archive)
+    decoded = decode_archive(archive, pipe.codec_models())
+    with torch.inference_mode():
+        exact = bool(torch.equal(decoded.grids, pipe.tokenizer.encode(images.to(device)).cpu()))
+    figures["compress"] = {**stats.summary(), "exact": exact, "seconds": round(time.perf_counter() - t0, 1)}
+    c = figures["compress"]
+    _say(f"[6/6] compressed the {c['images']} held-out digits with the prior as entropy model: {c['bytes_per_image']:.1f} "
+         f"bytes per image ({c['bits_per_code']:.2f} bits per code, {100 * c['saving_vs_raw_indices']:.0f}% below raw "
+         f"indices), decoded {'bit-exactly' if exact else 'WITH ERRORS'} → {out / 'held_out_digits.vqga'}")
 
     figures["total_seconds"] = round(time.perf_counter() - start, 1)
     (out / "demo_figures.json").write_text(json.dumps(figures, indent=2) + "\n")

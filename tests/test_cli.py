@@ -265,14 +265,16 @@ def test_demo_quick(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "demo", "--out", run, "--quick")
     assert code == 0
     for rel in ("tokenizer/model.safetensors", "tokens/dataset_dict.json", "prior/vqgpt_prior.json",
-                "samples/grid.png", "reconstructions.png", "demo_figures.json"):
+                "samples/grid.png", "reconstructions.png", "demo_figures.json", "held_out_digits.vqga"):
         assert (run / rel).exists(), rel
     figures = json.loads((run / "demo_figures.json").read_text())
     assert figures["tokenize"]["train_rows"] == 1617 and figures["tokenize"]["validation_rows"] == 180
     assert figures["check"]["real_digit_accuracy"] > 0.9  # the judge itself recognises real digits
     assert figures["check"]["fd_ratio"] > 0 and "Fréchet distance" in stdout
     assert len(list((run / "samples").glob("sample_*_class-*.png"))) == 100
-    assert "[5/5]" in stdout
+    assert "[5/6]" in stdout
+    assert figures["compress"]["exact"] and figures["compress"]["images"] == 180 and "decoded bit-exactly" in stdout
+    assert figures["compress"]["bytes"] == (run / "held_out_digits.vqga").stat().st_size
 
     code, stdout, _ = run_cli(capsys, "demo", "--out", run, "--quick")
     assert code == 0 and stdout.count("reusing") == 3
