@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,7 +29,7 @@ from .archive import Archive, ImageRecord, codes_crc, pack, unpack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodecModels", "CompressStats", "Decoded", "compress_images", "decode_archive", "compress_source",
+__all__ = ["CodecModels", "CompressStats", "Decoded", "compress_grids", "compress_images", "decode_archive", "compress_source",
            "decompress_to_folder", "output_names"]
 
 MANIFEST = "manifest.json"
@@ -154,10 +153,16 @@ def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | No
     archive = unpack(data, where)
     _check_models(archive, models, where)
     count = len(archive.images)
+    extra = len(data) - archive.header_bytes - sum(len(r.stream) for r in archive.images)
+    if extra > 0:
+        logger.warning("%s has %d bytes after its last image; they are not part of the archive and were ignored",
+                       where, extra)
     indices = list(range(count)) if indices is None else [int(i) for i in indices]
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         raise ValueError(f"{where} holds images 0 … {count - 1}; image {bad[0]} was asked for")
+    if len(set(indices)) != len(indices):
+        raise ValueError("`indices` names an image twice")
     width = len(str(max(count - 1, 0)))
     names = [archive.names[i] if archive.names else f"index:{i:0{width}d}" for i in indices]
     errors: dict[int, str] = {}
@@ -246,7 +251,9 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
     archive_path, out = Path(archive_path), Path(out)
     if not archive_path.is_file():
         raise FileNotFoundError(f"archive {archive_path} does not exist")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder; `out` names the folder to write the images into")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass `overwrite` to replace it or choose another folder")
     data = archive_path.read_bytes()
     archive = unpack(data, str(archive_path))
@@ -275,8 +282,3 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return decoded
 
-
-def model_bits(grids: torch.Tensor, labels: Sequence[int], models: CodecModels) -> np.ndarray:
-    """−Σ log2 p per grid under the prior, as the coder computes it (for checks and benchmarks)."""
-    coder = pr.entropy_coding.GridCoder(models.prior, models.spec)
-    return coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long)).model_bits
