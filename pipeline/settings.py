@@ -260,7 +260,9 @@ class TokenizeConfig:
     renamed: ClassVar[dict[str, str]] = {"seed": "data_seed"}  # the split's seed has one name in every verb
 
     batch_size: int = field(default=256, metadata={"help": "rows per encode call"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes reading images"})
+    num_workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes decoding images while the model encodes (default: none for under "
+                "1,024 images, else one per CPU core but one, at most 4; 0 reads in a thread of the main process)"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
     flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
     crops: int | None = field(default=None, metadata={
@@ -281,7 +283,7 @@ class TokenizeConfig:
 
         if self.batch_size < 1:
             fail(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             fail(f"num_workers must be ≥ 0, got {self.num_workers}")
         if self.shard_size < 1:
             fail(f"shard_size must be ≥ 1, got {self.shard_size}")

@@ -3,6 +3,7 @@
     python scripts/bench_tokenize.py                      # digits preset, 2,000 and 20,000 images
     python scripts/bench_tokenize.py --preset small --sizes 1000 10000 --batch-size 32
     python scripts/bench_tokenize.py --preset llamagen-vq16 --sizes 64 256 --batch-size 8   # 256 px, 72 M
+    python scripts/bench_tokenize.py --shards             # the same images also as WebDataset tar shards
 
 It builds a random-init tokenizer from a preset, or in the layout of a published tokenizer as
 ``vqgpt import-tokenizer`` makes it (``llamagen-vq16``: LlamaGen's VQ-16, 256 px → 16×16 codes of
@@ -11,7 +12,9 @@ generates a folder of PNG images at the preset's resolution, and runs, each in i
 subprocess so its peak RSS can be read alone (``os.wait4`` rusage):
 
 1. bare ``model.encode`` on in-memory batches of the same size (the ceiling);
-2. ``tokenize_dataset`` on the first N images, for every N in ``--sizes``.
+2. ``tokenize_dataset`` on the first N images, for every N in ``--sizes``;
+3. with ``--shards``, ``tokenize_dataset`` on the same N images packed into WebDataset tar shards
+   of 1,000 (read as a stream).
 
 It prints images/s for both (goal: tokenize ≥ 90% of bare encode) and each run's peak
 RSS (goal: flat as N grows, i.e. memory does not scale with the data set).
@@ -87,6 +90,20 @@ def _make_images(folder: Path, count: int, size: int, channels: int) -> None:
         img.save(folder / f"{i:06d}.png", compress_level=1)
 
 
+def _make_shards(folder: Path, out: Path, per_shard: int = 1000) -> str:
+    """The PNGs of ``folder`` as WebDataset shards ``out/shard-NNNNN.tar`` (key = file stem); their pattern."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(folder.glob("*.png"))
+    count = (len(files) + per_shard - 1) // per_shard
+    for k in range(count):
+        with wds.TarWriter(str(out / f"shard-{k:05d}.tar")) as sink:
+            for f in files[k * per_shard:(k + 1) * per_shard]:
+                sink.write({"__key__": f.stem, "png": f.read_bytes()})
+    return str(out / f"shard-{{00000..{count - 1:05d}}}.tar")
+
+
 def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
     import torch
 
@@ -105,7 +122,7 @@ def _child_bare(tokenizer: str, batch_size: int, images: int) -> dict:
     return {"images": n, "seconds": seconds, "images_per_s": n / seconds}
 
 
-def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, workers: int) -> dict:
+def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, workers: int | None) -> dict:
     import datasets  # noqa: F401  (import time is not tokenize time)
 
     from vqgpt.pipeline.tokens import tokenize_dataset
@@ -137,7 +154,8 @@ def main() -> None:
     p.add_argument("--preset", default="small", help="tokenizer preset, or llamagen-vq16 (random init)")
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="images per tokenize run")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of tokenize")
+    p.add_argument("--workers", type=int, help="DataLoader workers of tokenize (default: tokenize's own)")
+    p.add_argument("--shards", action="store_true", help="also tokenize the images from WebDataset tar shards")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--child", choices=["bare", "tokenize"], help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -161,18 +179,22 @@ def main() -> None:
     size, channels = model_cfg.get("image_size", 32), model_cfg.get("channels", 1)
     print(f"machine: {_machine()}")
     threads = args.threads or "default"
+    workers = "tokenize's default" if args.workers is None else args.workers
     print(f"tokenizer preset {args.preset!r} (random init): {channels}×{size}², "
-          f"batch size {args.batch_size}, {args.workers} DataLoader workers, {threads} torch threads")
+          f"batch size {args.batch_size}, DataLoader workers: {workers}, {threads} torch threads")
     with tempfile.TemporaryDirectory(prefix="bench_tokenize_") as tmp:
         tmp_path = Path(tmp)
         tok = tmp_path / "tokenizer"
         _make_tokenizer(args.preset, tok)
         start = time.perf_counter()
-        folders = {}
+        folders, patterns = {}, {}
         for n in sorted(set(args.sizes)):
             folders[n] = tmp_path / f"images_{n}"
             _make_images(folders[n], n, size, channels)
-        print(f"generated {sum(args.sizes)} PNGs in {time.perf_counter() - start:.1f}s")
+            if args.shards:
+                patterns[n] = _make_shards(folders[n], tmp_path / f"shards_{n}")
+        print(f"generated {sum(args.sizes)} PNGs{' and their shards' if args.shards else ''} in "
+              f"{time.perf_counter() - start:.1f}s")
 
         common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
         bare_args = ["--child", "bare", "--tokenizer", str(tok), "--images", str(min(args.sizes)), *common]
@@ -180,19 +202,20 @@ def main() -> None:
         # faster of the two is the ceiling tokenize is compared with
         bare = [_run_child(bare_args)]
         runs = []
-        for n in sorted(set(args.sizes)):
-            result, rss = _run_child(["--child", "tokenize", "--tokenizer", str(tok), "--data",
-                                      str(folders[n]), "--out", str(tmp_path / f"tokens_{n}"),
-                                      "--workers", str(args.workers), *common])
-            runs.append((n, result, rss))
+        worker_args = [] if args.workers is None else ["--workers", str(args.workers)]
+        for kind, data in [("folder", folders), ("shards", patterns)]:
+            for n in sorted(data):
+                result, rss = _run_child(["--child", "tokenize", "--tokenizer", str(tok), "--data", str(data[n]),
+                                          "--out", str(tmp_path / f"tokens_{kind}_{n}"), *worker_args, *common])
+                runs.append((f"{n:>7,} images" + (" (tar shards)" if kind == "shards" else ""), result, rss))
         bare.append(_run_child(bare_args))
         best, bare_rss = max(bare, key=lambda r: r[0]["images_per_s"])
         both = " and ".join(f"{r['images_per_s']:.1f}" for r, _ in bare)
         print(f"bare encode:            {best['images_per_s']:9.1f} images/s (best of {both}; "
               f"peak RSS {bare_rss:7.1f} MiB)")
-        for n, result, rss in runs:
+        for what, result, rss in runs:
             ratio = 100 * result["images_per_s"] / best["images_per_s"]
-            print(f"tokenize {n:>7,} images: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "
+            print(f"tokenize {what}: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "
                   f"bare encode, {result['seconds']:6.1f}s end to end (peak RSS {rss:7.1f} MiB)")
 
 

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
         return p
 
-    data_help = ("image folder (sub-folders = classes), a save_to_disk folder, hf:owner/name, "
+    data_help = ("image folder (sub-folders = classes), WebDataset tar shards ('shards/train-{00000..00099}.tar'), "
+                 "a save_to_disk folder, hf:owner/name, "
                  "or a bundled set: digits, photos")
 
     p = verb("train-tokenizer", "train the VQGAN tokenizer (stage 1) on a data source",

@@ -6,16 +6,18 @@
 - ``load.py``: the entry point — ``load_images`` picks the source, ``held_out_split`` decides which
   images an evaluation scores;
 - ``source.py``: ``ImageSource`` (what every source is) and the seeded train/validation split;
-- ``folder.py``, ``hf.py``, ``bundled.py``: image folders, ``datasets`` folders and hub datasets,
-  the bundled ``digits`` and ``photos``;
+- ``folder.py``, ``tars.py``, ``hf.py``, ``bundled.py``: image folders, WebDataset tar shards,
+  ``datasets`` folders and hub datasets, the bundled ``digits`` and ``photos``;
 - ``images.py``: how an image is read and converted wherever it enters or leaves (PIL ⇄ tensors).
 
 Imports nothing else of the pipeline.
 """
 
-from .images import fit_image, from_pil, load_image_file, to_pil, to_uint8
-from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images
+from .images import fit_image, from_pil, load_image_file, to_model, to_pil, to_uint8
+from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images, load_splits
 from .source import SPLITS, ImageSource, split_indices
+from .tars import TarShardSource, stream_samples
 
-__all__ = ["BUNDLED", "SPLITS", "HeldOut", "ImageSource", "canonical_spec", "held_out_split", "load_images",
-           "split_indices", "fit_image", "from_pil", "load_image_file", "to_pil", "to_uint8"]
+__all__ = ["BUNDLED", "SPLITS", "HeldOut", "ImageSource", "TarShardSource", "canonical_spec", "held_out_split",
+           "load_images", "load_splits", "split_indices", "stream_samples", "fit_image", "from_pil", "load_image_file",
+           "to_model", "to_pil", "to_uint8"]

@@ -64,7 +64,7 @@ class DigitsSource(ImageSource):
         x = self._images[self.indices[index]].div(16).mul(255).round().byte().numpy()
         return Image.fromarray(x, mode="L").convert("RGB" if self.channels == 3 else "L")
 
-    def image_at(self, index: int, size: int) -> torch.Tensor:
+    def pixels_at(self, index: int, size: int) -> torch.Tensor:
         x = self._images[self.indices[index]][None] / 16  # (1, 8, 8) in [0, 1]
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         x = x * 2 - 1  # (1, S, S) in [-1, 1]

@@ -19,8 +19,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 class FolderSource(ImageSource):
     def __init__(self, spec: str, root: Path, image_size: int, channels: int, split: str,
-                 seed: int, val_fraction: float, check: bool) -> None:
-        files, left_out = scan_folder(root)
+                 seed: int, val_fraction: float, check: bool,
+                 listing: tuple[list[str], list[tuple[str, str]]] | None = None) -> None:
+        files, left_out = listing if listing is not None else scan_folder(root)  # the other split's scan
         if not files:
             exts = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
             raise ValueError(f"no images ({exts}) found under {root}")

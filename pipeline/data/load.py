@@ -12,6 +12,13 @@ and one, ``held_out_split``, says which of its images a trained model never saw.
   the first ``datasets.Image`` column holds the images, the first ``ClassLabel`` column
   (else an integer ``label``/``labels`` column) the classes. Its own ``train`` and
   ``validation`` (or ``valid``/``val``/``test``) splits are used when present.
+- WebDataset tar shards: a ``.tar`` file or a brace pattern of them,
+  ``"shards/train-{00000..00099}.tar"`` (``tars.py``). Each sample's image is its
+  ``jpg``/``jpeg``/``png``/``webp``/``bmp`` member; its class its ``cls`` (else ``class``/``label``)
+  member, text holding a class index (classes "0" … "max") or a class name (classes sorted by
+  name). Samples are sorted by key and split like a folder's files, then listed in the order the
+  shards hold them. A pattern naming a missing file, or a tar without image members, is a
+  ValueError. ``tokenize`` reads shards as a stream, each process its own shards.
 - ``hf:owner/name``: a dataset on the Hugging Face hub, loaded with
   ``datasets.load_dataset`` (needs a network, or ``HF_HUB_OFFLINE=1`` and a cached copy).
   Without one it fails within a few seconds with a ValueError instead of hanging.
@@ -34,7 +41,7 @@ them, and the last ``round(n * val_fraction)`` are the validation split.
 
 Images are read once with their EXIF orientation applied (phone photos stand upright).
 
-Files that cannot be decoded are found when the source is built (a cheap decode:
+Files (and shard members) that cannot be decoded are found when the source is built (a cheap decode:
 JPEGs at 1/8 scale), left out so ``len()`` is right and DataLoader workers never meet
 them, and reported: ``source.skipped`` lists ``(source, reason)`` pairs,
 ``source.skip_report()`` gives one line, and a warning is logged. Decoding is lazy, per
@@ -50,9 +57,11 @@ from pathlib import Path
 from .bundled import DigitsSource, PhotoSource
 from .folder import FolderSource
 from .hf import hf_source, is_saved_dataset, load_hub
+from .folder import scan_folder
 from .source import SPLITS, ImageSource
+from .tars import TarShardSource, expand_shards, index_shards, is_shard_spec
 
-__all__ = ["BUNDLED", "HeldOut", "load_images", "canonical_spec", "held_out_split"]
+__all__ = ["BUNDLED", "HeldOut", "load_images", "load_splits", "canonical_spec", "held_out_split"]
 
 BUNDLED = ("digits", "photos")
 
@@ -102,9 +111,9 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
     """Turn ``--data`` into a torch Dataset of images (see the module docstring).
 
     Args:
-        spec: an image folder, a ``save_to_disk`` folder, ``digits``, ``photos`` or
-            ``hf:owner/name``. The bundled names win over a folder of the same name
-            (write ``./digits`` for the folder).
+        spec: an image folder, a ``save_to_disk`` folder, tar shards (``a.tar``,
+            ``train-{00000..00099}.tar``), ``digits``, ``photos`` or ``hf:owner/name``. The
+            bundled names win over a folder of the same name (write ``./digits`` for the folder).
         image_size: side ``S`` of the square images returned (≥ 8).
         channels: 3 → RGB, 1 → grey; the tokenizer's ``channels`` decides.
         split: "train", "validation" or "all".
@@ -121,39 +130,54 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
     Raises:
         FileNotFoundError: the folder does not exist.
         ValueError: unknown spec, bad size/channels/split, no images, all undecodable,
-            an empty split, or the hub cannot be reached.
+            an empty split, a shard pattern naming missing files or a tar that is not a
+            WebDataset shard, or the hub cannot be reached.
     """
+    return load_splits(spec, image_size, channels, (split,), seed, val_fraction, check=check,
+                       crops_per_photo=crops_per_photo)[split]
+
+
+def load_splits(spec: str, image_size: int, channels: int, splits: tuple[str, ...], seed: int = 0,
+                val_fraction: float = 0.1, *, check: bool = True, crops_per_photo: int = 256) -> dict[str, ImageSource]:
+    """``load_images`` for several splits of one source, which is listed once (a folder's files, the
+    shards' headers) for all of them."""
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer ≥ 8, got {image_size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if crops_per_photo < 1:
         raise ValueError(f"crops_per_photo must be ≥ 1, got {crops_per_photo!r}")
     spec = str(spec).strip()
     if not spec:
-        raise ValueError("the data source is empty: give a folder, digits, photos or hf:owner/name")
+        raise ValueError("the data source is empty: give a folder, tar shards, digits, photos or hf:owner/name")
 
     if spec == "digits":
-        return DigitsSource(image_size, channels, split, seed, val_fraction)
+        return {s: DigitsSource(image_size, channels, s, seed, val_fraction) for s in splits}
     if spec == "photos":
-        return PhotoSource(image_size, channels, split, seed, crops_per_photo)
+        return {s: PhotoSource(image_size, channels, s, seed, crops_per_photo) for s in splits}
     if spec.startswith("hf:"):
         name = spec[3:].strip()
         if not name:
             raise ValueError("hf: needs a dataset name, e.g. hf:owner/name")
-        return hf_source(load_hub(name), spec, None, image_size, channels, split, seed,
-                          val_fraction, check)
+        hub = load_hub(name)
+        return {s: hf_source(hub, spec, None, image_size, channels, s, seed, val_fraction, check) for s in splits}
+    if is_shard_spec(spec):
+        paths = expand_shards(spec)
+        index = index_shards(paths)
+        return {s: TarShardSource(spec, paths, index, image_size, channels, s, seed, val_fraction, check)
+                for s in splits}
 
     path = Path(spec).expanduser()
     if not path.exists():
         if os.sep in spec or "/" in spec or spec.startswith((".", "~")):
             raise FileNotFoundError(f"data folder {path} does not exist")
         raise ValueError(f"unknown data source {spec!r}: expected an image folder, a save_to_disk "
-                         f"folder, 'digits', 'photos' or 'hf:owner/name'")
+                         f"folder, tar shards (.tar), 'digits', 'photos' or 'hf:owner/name'")
     if not path.is_dir():
         raise ValueError(f"data source {path} is a file; give a folder of images or a "
                          f"save_to_disk folder")
@@ -165,6 +189,7 @@ def load_images(spec: str, image_size: int, channels: int, split: str = "train",
         except Exception as err:  # corrupt or foreign save folders raise assorted errors
             raise ValueError(f"could not open the saved dataset {path}: "
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        return hf_source(data, spec, path, image_size, channels, split, seed, val_fraction, check)
-    return FolderSource(spec, path, image_size, channels, split, seed, val_fraction, check)
+        return {s: hf_source(data, spec, path, image_size, channels, s, seed, val_fraction, check) for s in splits}
+    listing = scan_folder(path)
+    return {s: FolderSource(spec, path, image_size, channels, s, seed, val_fraction, check, listing) for s in splits}
 

@@ -1,8 +1,9 @@
 """Shards of a tokenize run: the unit of resume and of multi-process work.
 
-Source images are numbered per split and cut into shards of ``shard_size``; ``Rows`` reads
-every stored row of one image (the image, its flip, its crops) and never raises, so DataLoader
-workers survive files that break under them; ``write_shard`` writes one shard's rows as an
+Source images are numbered per split and cut into shards of ``shard_size`` (``plan_shards``); tar
+shards are read as they are stored, so there one input shard gives one shard per split
+(``plan_tar_shards``). ``Rows`` reads every stored row of one image (the image, its flip, its
+crops) and never raises, so DataLoader workers survive files that break under them; ``write_shard`` writes one shard's rows as an
 Arrow file, then a JSON marker that means "done"; ``prefetch`` overlaps image reading with
 encoding when there are no DataLoader workers.
 """
@@ -17,7 +18,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,17 +27,18 @@ from torch.utils.data import Dataset
 from vqgpt.atomic import write_json
 from vqgpt.prior.data import SPLITS
 
-from ..data import ImageSource
+from ..data import ImageSource, TarShardSource
 from ..settings import TokenizeConfig
 
-__all__ = ["Rows", "collate", "Shard", "plan_shards", "plan_batches", "write_shard", "shard_done",
+__all__ = ["Rows", "image_rows", "collate", "Shard", "plan_shards", "plan_tar_shards", "plan_batches", "write_shard",
+           "shard_done",
            "prefetch", "open_shards", "shard_failures"]
 
 
 class Rows(Dataset):
     """Item ``(split, i)`` → every stored row of source image ``i``: the image, its flip,
-    its crops. Never raises: an image that fails to load comes back with a reason, so
-    DataLoader workers survive files that change under them."""
+    its crops (``image_rows``). Never raises: an image that fails to load comes back with a
+    reason, so DataLoader workers survive files that change under them."""
 
     def __init__(self, sources: dict[str, ImageSource], config: TokenizeConfig) -> None:
         self.sources = sources
@@ -48,29 +50,36 @@ class Rows(Dataset):
     def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
         split, i = key
         src = self.sources[split]
-        variants = self.config.variants(split)
-        size = src.image_size
-        try:
-            image = src.image_at(i, size)  # (C, S, S)
-            rows = [image]
-            if "#flip" in variants:
-                rows.append(image.flip(-1))
-            n_crops = sum(v.startswith("#crop") for v in variants)
-            if n_crops:
-                big_size = max(size, round(size * self.config.crop_resize))
-                big = src.image_at(i, big_size)  # (C, S', S')
-                g = torch.Generator().manual_seed(
-                    zlib.crc32(f"{self.config.data_seed}:{split}:{i}:crops".encode()))
-                offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
-                rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
-            images = torch.stack(rows)  # (V, C, S, S)
-            reason = ""
-        except Exception as err:  # a file that vanished or broke after indexing
-            images = torch.zeros(len(variants), src.channels, size, size)
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        name = src.source_of(i)
-        return {"images": images, "label": src.label_of(i),
-                "sources": [name + v for v in variants], "origin": name, "reason": reason}
+        return image_rows(src, split, i, self.config, lambda size: src.pixels_at(i, size))
+
+
+def image_rows(src: ImageSource, split: str, i: int, config: TokenizeConfig,
+               pixels: Callable[[int], torch.Tensor]) -> dict[str, Any]:
+    """Every stored row of image ``i`` of ``split``: ``pixels(size)`` gives it at a size (uint8 or
+    float, as ``ImageSource.pixels_at``); rows are (V, C, S, S) of the same type, converted for the
+    model a batch at a time. Crops are seeded by (seed, split, i), never by a running RNG."""
+    variants = config.variants(split)
+    size = src.image_size
+    try:
+        image = pixels(size)  # (C, S, S)
+        rows = [image]
+        if "#flip" in variants:
+            rows.append(image.flip(-1))
+        n_crops = sum(v.startswith("#crop") for v in variants)
+        if n_crops:
+            big_size = max(size, round(size * config.crop_resize))
+            big = pixels(big_size)  # (C, S', S')
+            g = torch.Generator().manual_seed(zlib.crc32(f"{config.data_seed}:{split}:{i}:crops".encode()))
+            offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
+            rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
+        images = torch.stack(rows)  # (V, C, S, S)
+        reason = ""
+    except Exception as err:  # a file that vanished or broke after indexing
+        images = torch.zeros(len(variants), src.channels, size, size, dtype=torch.uint8)
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    name = src.source_of(i)
+    return {"images": images, "label": src.label_of(i),
+            "sources": [name + v for v in variants], "origin": name, "reason": reason}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,13 +116,27 @@ def plan_shards(sizes: dict[str, int], shard_size: int) -> list[Shard]:
     return shards
 
 
-def plan_batches(shards: list[Shard], images_per_batch: int) -> list[tuple[Shard, list[tuple[str, int]]]]:
-    """Batches of (split, index) keys that never cross a shard boundary."""
+def plan_tar_shards(sources: dict[str, TarShardSource]) -> list[Shard]:
+    """One shard per split of each input tar that holds images of that split, numbered by the tar
+    (both splits of tar ``t`` go to process ``t % world_size``, which reads that tar alone)."""
+    first = next(iter(sources.values()))
+    shards = []
+    for split in SPLITS:
+        for t in range(len(first.paths)):
+            items = sources[split].items_of_shard(t)
+            if len(items):
+                shards.append(Shard(split, t, t, items.start, items.stop))
+    return shards
+
+
+def plan_batches(shards: list[Shard], images_per_batch: int) -> list[tuple[Shard, list[tuple[str, int]], bool]]:
+    """Batches of (split, index) keys that never cross a shard boundary, each with whether it is
+    its shard's last."""
     out = []
     for shard in shards:
         for start in range(shard.start, shard.stop, images_per_batch):
             stop = min(shard.stop, start + images_per_batch)
-            out.append((shard, [(shard.split, i) for i in range(start, stop)]))
+            out.append((shard, [(shard.split, i) for i in range(start, stop)], stop == shard.stop))
     return out
 
 

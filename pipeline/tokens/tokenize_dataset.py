@@ -7,18 +7,21 @@ rows; the metadata records the split's seed and fraction so "held-out" can be re
 
 How it runs:
 
-- Streaming. A DataLoader reads the images (``batch_size``, ``num_workers``), the model
-  encodes under ``torch.inference_mode`` (bf16 autocast on CUDA), and every
-  ``shard_size`` source images are written to ``out_dir/.partial/`` as an Arrow file as
-  soon as they are done; the final dataset is assembled from the memory-mapped shards.
-  Memory does not grow with the size of the data set.
+- Streaming. A DataLoader reads the images (``batch_size``, ``num_workers`` processes decoding
+  while the model encodes, ``encode.py``), the model encodes under ``torch.inference_mode``
+  (bf16 autocast on CUDA), and every ``shard_size`` source images are written to
+  ``out_dir/.partial/`` as an Arrow file as soon as they are done; the final dataset is
+  assembled from the memory-mapped shards. Memory does not grow with the size of the data set.
+  WebDataset tar shards are read as a stream, each tar once, front to back: there the rows of one
+  input tar make one shard per split (``shard_size`` does not apply).
 - Resumable. ``.partial/manifest.json`` records the settings, the tokenizer fingerprint
-  and a digest of the source list; the same command after an interruption skips the
+  and a digest of the source list (for tar shards: every sample's shard, member and size); the same command after an interruption skips the
   finished shards. Any difference is a ValueError asking for ``overwrite``. Crops are
   seeded by (seed, split, image index), never by a running RNG, so a resumed run writes
   exactly what an uninterrupted one would have.
 - Multi-process. Under ``accelerate launch`` shard ``g`` (numbered over train then
-  validation) is encoded by process ``g % world_size``; after a barrier the main
+  validation; for tar shards, the number of the input tar) is encoded by process
+  ``g % world_size``, so each process reads its own tars; after a barrier the main
   process assembles one dataset, identical to a single-process run.
 - Safe output. A finished dataset is replaced only with ``overwrite`` and only as a whole (a
   sibling folder swapped in); one run at a time writes an output folder (a lock beside it).
@@ -39,8 +42,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from vqgpt.prior.data import (
     SPLITS,
@@ -54,24 +55,14 @@ from vqgpt.tokenizer import VQGAN, codebook_stats
 
 from vqgpt.atomic import exclusive, write_json
 
-from ..data import ImageSource, canonical_spec, load_images
+from ..data import ImageSource, TarShardSource, canonical_spec, load_splits
 from ..settings import TokenizeConfig
-from .shards import (
-    Rows,
-    Shard,
-    collate,
-    open_shards,
-    plan_batches,
-    plan_shards,
-    prefetch,
-    shard_done,
-    shard_failures,
-    write_shard,
-)
+from .encode import encode_shards, indexed_batches, streamed_batches
+from .shards import Shard, open_shards, plan_shards, plan_tar_shards, shard_done, shard_failures
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["tokenize_dataset", "load_tokenizer", "code_summary"]
+__all__ = ["tokenize_dataset", "load_tokenizer", "code_summary", "default_workers"]
 
 PARTIAL_NAME = ".partial"
 MANIFEST_NAME = "manifest.json"
@@ -92,9 +83,18 @@ def load_tokenizer(tokenizer: "str | os.PathLike | VQGAN", device: torch.device)
 def _digest(source: ImageSource) -> str:
     h = hashlib.sha256()
     for i in range(len(source)):
-        h.update(source.source_of(i).encode())
+        h.update(source.identity_of(i).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
+
+
+def default_workers(images: int) -> int:
+    """DataLoader workers when ``num_workers`` is not set: none for a small job (starting a process
+    costs more than it saves), else one per core but one, at most four — images are decoded in
+    other processes while this one encodes, never in its own threads' way."""
+    if images < 1024:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def code_summary(counts: np.ndarray, top: int = 5) -> dict[str, Any]:
@@ -220,10 +220,9 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
     K = int(mcfg.codebook_size)
     # No up-front decode check: every image is decoded once, when it is encoded, and one that
     # cannot be decoded is counted and reported there (the split does not depend on it).
-    sources = {split: load_images(data, mcfg.image_size, mcfg.channels, split=split,
-                                  seed=config.data_seed, val_fraction=config.val_fraction,
-                                  crops_per_photo=config.crops_per_photo, check=False)
-               for split in SPLITS}
+    sources = load_splits(data, mcfg.image_size, mcfg.channels, SPLITS, seed=config.data_seed,
+                          val_fraction=config.val_fraction, crops_per_photo=config.crops_per_photo, check=False)
+    streamed = all(isinstance(s, TarShardSource) for s in sources.values())
     skipped = [fs for s in sources.values() for fs in s.skipped]
     left_out = sources["train"].left_out  # the same folder scan for both splits
     sizes = {split: len(s) for split, s in sources.items()}
@@ -263,14 +262,21 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
         write_json(manifest_path, manifest)
 
     # -- encode this process's pending shards --------------------------------------------------
-    shards = plan_shards(sizes, config.shard_size)
+    shards = plan_tar_shards(sources) if streamed else plan_shards(sizes, config.shard_size)  # type: ignore[arg-type]
     done_before = [s for s in shards if shard_done(partial, s)]
     mine = [s for s in shards if s.number % state.num_processes == state.process_index
             and not shard_done(partial, s)]
     if done_before:
         logger.info("resuming %s: %d of %d shards already done", out, len(done_before), len(shards))
-    _encode_shards(model, sources, config, mine, partial, features, device, K,
-                   progress and state.is_local_main_process, on_shard)
+    if mine:
+        rows_per_image = max(len(config.variants(s)) for s in SPLITS)
+        images_per_batch = max(1, config.batch_size // rows_per_image)
+        pending = sum(s.stop - s.start for s in mine)
+        workers = config.num_workers if config.num_workers is not None else default_workers(pending)
+        read = streamed_batches if streamed else indexed_batches
+        batches = read(sources, config, mine, images_per_batch, workers, device.type == "cuda")  # type: ignore[arg-type]
+        encode_shards(model, batches, pending, partial, features, device,
+                      progress and state.is_local_main_process, on_shard)
     state.wait_for_everyone()
     total = sum(s.stop - s.start for s in shards)
     failed = shard_failures(partial, shards) if all(shard_done(partial, s) for s in shards) else []
@@ -331,60 +337,6 @@ def _check_manifest(found: dict[str, Any], expected: dict[str, Any], out: Path) 
         what = "a different tokenizer" if "tokenizer_fingerprint" in " ".join(diffs) else "different settings"
         raise ValueError(f"{out} holds an unfinished run with {what} ({'; '.join(diffs[:3])}); "
                          "pass `overwrite` to start over")
-
-
-def _encode_shards(model: "VQGAN", sources: dict[str, ImageSource], config: TokenizeConfig,
-                   shards: list[Shard], partial: Path, features: Any, device: torch.device,
-                   K: int, progress: bool, on_shard: Callable[[str, int], None] | None) -> None:
-    if not shards:
-        return
-    rows_per_image = max(len(config.variants(s)) for s in SPLITS)
-    images_per_batch = max(1, config.batch_size // rows_per_image)
-    plan = plan_batches(shards, images_per_batch)
-    loader = DataLoader(
-        Rows(sources, config),
-        batch_sampler=[keys for _, keys in plan],
-        num_workers=config.num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-    total = sum(s.stop - s.start for s in shards)
-    bar = tqdm(total=total, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
-    buf: dict[str, list[Any]] = {"codes": [], "labels": [], "sources": [], "failed": []}
-    current: Shard | None = None
-    batches = iter(loader) if config.num_workers > 0 else prefetch(loader)
-    try:
-        for (shard, _keys), batch in zip(plan, batches):
-            if current is not None and shard != current:
-                _flush(partial, current, buf, features, on_shard)
-            current = shard
-            if batch["images"] is not None:
-                with torch.inference_mode(), autocast:
-                    codes = model.encode(batch["images"].to(device, non_blocking=True))  # (R, h, w)
-                buf["codes"].append(codes.to("cpu", torch.int64).numpy())
-                buf["labels"] += batch["labels"]
-                buf["sources"] += batch["sources"]
-            buf["failed"] += batch["failed"]
-            bar.update(batch["num_images"])
-        if current is not None:
-            _flush(partial, current, buf, features, on_shard)
-    finally:
-        if hasattr(batches, "close"):
-            batches.close()  # stops the prefetch thread
-        bar.close()
-
-
-def _flush(partial: Path, shard: Shard, buf: dict[str, list[Any]], features: Any,
-           on_shard: Callable[[str, int], None] | None) -> None:
-    write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
-    for failed in buf["failed"]:
-        logger.warning("could not read %s (%s); left out", *failed)
-    for v in buf.values():
-        v.clear()
-    if on_shard is not None:
-        on_shard(shard.split, shard.index)
 
 
 def _assemble(out: Path, partial: Path, shards: list[Shard], features: Any,

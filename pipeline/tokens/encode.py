@@ -1,0 +1,170 @@
+"""The encoding loop of a tokenize run: batches of image rows in, one Arrow file per shard out.
+
+Two readers feed it ``(shard, last, batch)``: ``indexed_batches`` (any source, images read by
+index through a DataLoader over ``Rows``) and ``streamed_batches`` (tar shards, each read front to
+back by ``webdataset``; a process reads only its own shards and its DataLoader workers split them
+again). Readers hand over 8-bit pixels where the source has them; the main process converts a
+whole batch for the model at once (``to_model``), on the device.
+
+With DataLoader workers, images are decoded in other processes while this one encodes; without,
+a thread reads ahead (its Python competes with the encoder for the GIL, so workers are faster).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from vqgpt.tokenizer import VQGAN
+
+from ..data import ImageSource, TarShardSource, stream_samples, to_model
+from ..settings import TokenizeConfig
+from .shards import Rows, Shard, collate, image_rows, plan_batches, prefetch, write_shard
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["encode_shards", "indexed_batches", "streamed_batches"]
+
+Batches = Iterator[tuple[Shard, bool, dict[str, Any]]]
+
+
+def indexed_batches(sources: dict[str, ImageSource], config: TokenizeConfig, shards: list[Shard],
+                    images_per_batch: int, num_workers: int, pin_memory: bool) -> Batches:
+    """``(shard, last, batch)`` for ``shards``, their images read by index."""
+    plan = plan_batches(shards, images_per_batch)
+    loader = DataLoader(Rows(sources, config), batch_sampler=[keys for _, keys, _ in plan], num_workers=num_workers,
+                        collate_fn=collate, pin_memory=pin_memory, persistent_workers=False)
+    batches = iter(loader) if num_workers > 0 else prefetch(loader)
+    try:
+        for (shard, _keys, last), batch in zip(plan, batches):
+            yield shard, last, batch
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()  # stops the prefetch thread
+
+
+class TarRows(IterableDataset):
+    """The batches of ``shards`` (of ``plan_tar_shards``), each input tar read once as a stream;
+    DataLoader worker ``w`` of ``W`` reads the tars ``w``, ``w + W``, … of the list."""
+
+    def __init__(self, sources: dict[str, TarShardSource], config: TokenizeConfig, shards: list[Shard],
+                 images_per_batch: int) -> None:
+        self.sources = sources
+        self.config = config
+        self.shards = shards
+        self.images_per_batch = images_per_batch
+
+    def __iter__(self) -> Batches:
+        tars = sorted({s.index for s in self.shards})
+        worker = get_worker_info()
+        if worker is not None:
+            tars = tars[worker.id::worker.num_workers]
+        for t in tars:
+            yield from self._tar(t, [s for s in self.shards if s.index == t])
+
+    def _tar(self, t: int, shards: list[Shard]) -> Batches:
+        wanted: dict[int, tuple[Shard, int]] = {}  # ordinal in the stream → (shard, index in its split)
+        for shard in shards:
+            src = self.sources[shard.split]
+            wanted.update({src.ordinal_of(i): (shard, i) for i in range(shard.start, shard.stop)})
+        any_source = self.sources[shards[0].split]
+        path = any_source.paths[t]
+        buffers: dict[Shard, list[dict[str, Any]]] = {s: [] for s in shards}
+        try:
+            for ordinal, sample in stream_samples(path):
+                if ordinal not in wanted:
+                    continue
+                shard, i = wanted.pop(ordinal)
+                src = self.sources[shard.split]
+                buffers[shard].append(image_rows(src, shard.split, i, self.config, _member_pixels(src, i, sample)))
+                if len(buffers[shard]) == self.images_per_batch:
+                    yield shard, False, collate(buffers[shard])
+                    buffers[shard] = []
+            reason = "not found when the shard was read again (it changed after it was listed)"
+        except Exception as err:  # a shard damaged past its headers: the rest of it is counted, not lost
+            reason = f"the shard could not be read from here on: {type(err).__name__}: {err}".splitlines()[0][:200]
+        for shard, i in wanted.values():
+            src = self.sources[shard.split]
+            buffers[shard].append(image_rows(src, shard.split, i, self.config, _unreadable(reason)))
+        for shard in shards:
+            yield shard, True, collate(buffers[shard])
+
+
+def _member_pixels(src: TarShardSource, i: int, sample: dict[str, Any]) -> Callable[[int], torch.Tensor]:
+    """``pixels(size)`` of item ``i`` from its streamed sample (checked to be the sample listed)."""
+    member = src.items[i][1]
+    ext = member.member.rsplit("/", 1)[-1].split(".", 1)[1].lower()  # type: ignore[union-attr]
+
+    def pixels(size: int) -> torch.Tensor:
+        if sample.get("__key__") != member.key or ext not in sample:
+            raise ValueError(f"the shard changed after it was listed (expected {member.key}.{ext})")
+        return src.pixels_from(sample[ext], size)
+
+    return pixels
+
+
+def _unreadable(reason: str) -> Callable[[int], torch.Tensor]:
+    def pixels(size: int) -> torch.Tensor:
+        raise OSError(reason)
+
+    return pixels
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def streamed_batches(sources: dict[str, TarShardSource], config: TokenizeConfig, shards: list[Shard],
+                     images_per_batch: int, num_workers: int, pin_memory: bool) -> Batches:
+    """``(shard, last, batch)`` for ``shards``, each input tar streamed once."""
+    workers = min(num_workers, len({s.index for s in shards}))
+    loader = DataLoader(TarRows(sources, config, shards, images_per_batch), batch_size=None, num_workers=workers,
+                        collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False)
+    batches = iter(loader) if workers > 0 else prefetch(loader)
+    try:
+        yield from batches
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+
+
+def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, Any]]], total: int, partial: Path,
+                  features: Any, device: torch.device, progress: bool,
+                  on_shard: Callable[[str, int], None] | None) -> None:
+    """Encode every batch and write each shard as soon as its last batch is encoded."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    bar = tqdm(total=total, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
+    open_shards: dict[Shard, dict[str, list[Any]]] = {}
+    try:
+        for shard, last, batch in batches:
+            buf = open_shards.setdefault(shard, {"codes": [], "labels": [], "sources": [], "failed": []})
+            if batch["images"] is not None:
+                with torch.inference_mode(), autocast:
+                    images = to_model(batch["images"].to(device, non_blocking=True))  # (R, C, S, S) in [-1, 1]
+                    codes = model.encode(images)  # (R, h, w)
+                buf["codes"].append(codes.to("cpu", torch.int64).numpy())
+                buf["labels"] += batch["labels"]
+                buf["sources"] += batch["sources"]
+            buf["failed"] += batch["failed"]
+            bar.update(batch["num_images"])
+            if last:
+                _flush(partial, shard, open_shards.pop(shard), features, on_shard)
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+        bar.close()
+
+
+def _flush(partial: Path, shard: Shard, buf: dict[str, list[Any]], features: Any,
+           on_shard: Callable[[str, int], None] | None) -> None:
+    write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
+    for failed in buf["failed"]:
+        logger.warning("could not read %s (%s); left out", *failed)
+    if on_shard is not None:
+        on_shard(shard.split, shard.index)
