@@ -85,6 +85,16 @@ def _constriction():
     return constriction
 
 
+def _labels(labels: torch.Tensor | Sequence[int] | None, count: int) -> torch.Tensor:
+    """One class index per grid (None: all -1, the "no class" token)."""
+    if labels is None:
+        return torch.full((count,), -1, dtype=torch.long)
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if len(labels) != count:
+        raise ValueError(f"{len(labels)} class labels for {count} grids")
+    return labels
+
+
 def _to_bytes(words: np.ndarray) -> bytes:
     """Big-endian: the stream is one number, most significant byte first, so its tail can be cut."""
     return words.astype(">u4").tobytes()
@@ -149,7 +159,7 @@ class GridCoder:
             raise ValueError(f"grids hold {n} codes each, the prior's grid {self.spec.grid} has {self.spec.num_codes}")
         if N and (grids.min() < 0 or grids.max() >= self.spec.codebook_size):
             raise ValueError(f"codes must lie in 0 … {self.spec.codebook_size - 1}")
-        labels = torch.full((N,), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        labels = _labels(labels, N)
         conditions = self._conditions(labels)
         queue = _constriction().stream.queue
         streams: list[bytes] = []
@@ -211,7 +221,7 @@ class GridCoder:
         be read (its grid is then all zeros). A damaged stream that still decodes gives wrong codes,
         not an error: the caller checks each grid against a checksum."""
         N, n = len(streams), self.spec.num_codes
-        labels = torch.full((N,), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        labels = _labels(labels, N)
         conditions = self._conditions(labels)
         queue = _constriction().stream.queue
         grids = torch.zeros(N, n, dtype=torch.long)

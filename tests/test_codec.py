@@ -224,3 +224,18 @@ def test_other_numerics_warn_and_crc_still_guards(pipe, folder_codes, caplog):
         decoded = decode_archive(elsewhere, pipe.codec_models())
     assert "compressed on cuda torch 9.9.9" in caplog.text and "CRC32" in caplog.text
     assert not decoded.errors and torch.equal(decoded.grids, codes[:4])
+
+
+def test_untrimmed_streams_when_distributions_are_too_large_to_keep(pipe, folder_codes, monkeypatch):
+    """Beyond TRIM_MAX_BYTES (large codebooks × grids) streams keep the coder's last words: still exact,
+    a little longer."""
+    from vqgpt.prior import entropy_coding
+
+    _, labels, codes = folder_codes
+    trimmed, small = compress_grids(pipe.codec_models(), codes, labels)
+    monkeypatch.setattr(entropy_coding, "TRIM_MAX_BYTES", 0)
+    data, stats = compress_grids(pipe.codec_models(), codes, labels)
+    decoded = decode_archive(data, pipe.codec_models())
+    assert not decoded.errors and torch.equal(decoded.grids, codes)
+    assert stats.stream_bytes > small.stream_bytes
+    assert stats.stream_bytes * 8 <= stats.model_bits * 1.01 + 8 * 8 * len(codes)
