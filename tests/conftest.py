@@ -60,3 +60,24 @@ def tiny_run(tmp_path_factory, image_folder) -> Path:
                          [pr.PRESETS["tiny"], {"train": {"max_steps": 6, "checkpoint_every": 0, "eval_every": 3}}])
     pr.train_prior(pcfg["model"], pcfg["train"], run / "tokens", run / "prior")
     return run
+
+
+@pytest.fixture
+def interrupted_tokenize():
+    """``run(tokenizer, data, out, after=2, **settings)``: a ``tokenize_dataset`` run stopped (as by
+    Ctrl-C) once ``after`` shards are written; returns the (split, index) of the shards written."""
+    from vqgpt.pipeline.tokens import tokenize_dataset
+
+    def run(tokenizer, data, out, after: int = 2, **settings) -> list[tuple[str, int]]:
+        written: list[tuple[str, int]] = []
+
+        def stop(split: str, index: int) -> None:
+            written.append((split, index))
+            if len(written) == after:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            tokenize_dataset(tokenizer, data, out, on_shard=stop, **settings)
+        return written
+
+    return run

@@ -82,20 +82,12 @@ def test_tokenize_from_shards_equals_tokenize_from_the_folder(tok, folder_and_sh
     assert src.source_of(0) == "part-000.tar:a/0.jpg" and src.skip_report().count("left out 1") == 1
 
 
-def test_shards_resume_after_a_kill_and_refuse_changed_shards(tok, folder_and_shards, tmp_path):
+def test_shards_resume_after_a_kill_and_refuse_changed_shards(tok, folder_and_shards, tmp_path, interrupted_tokenize):
     _, pattern = folder_and_shards
     whole = tmp_path / "whole"
     tokenize_dataset(tok, pattern, whole, crops=0, progress=False)
     out = tmp_path / "resumed"
-    written: list[tuple[str, int]] = []
-
-    def stop_after_two(split: str, index: int) -> None:
-        written.append((split, index))
-        if len(written) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tokenize_dataset(tok, pattern, out, crops=0, progress=False, on_shard=stop_after_two)
+    written = interrupted_tokenize(tok, pattern, out, crops=0, progress=False)
     assert written[0][1] == 0 and (out / ".partial" / "manifest.json").is_file()
     summary = tokenize_dataset(tok, pattern, out, crops=0, progress=False)
     assert summary["resumed_shards"] == 2

@@ -99,21 +99,14 @@ def test_round_trip_format_and_plain_load(tok: Path, images: Path, tmp_path: Pat
         assert labels == [src.label_of(by_source[s]) for s in sources]
 
 
-def test_resume_after_interruption_gives_the_same_dataset(tok: Path, images: Path, tmp_path: Path) -> None:
+def test_resume_after_interruption_gives_the_same_dataset(tok: Path, images: Path, tmp_path: Path,
+                                                          interrupted_tokenize) -> None:
     settings = dict(batch_size=4, shard_size=3, flip=True, crops=2, progress=False)
     whole = tmp_path / "whole"
     tokenize_dataset(tok, str(images), whole, **settings)
 
     out = tmp_path / "resumed"
-    written: list[tuple[str, int]] = []
-
-    def stop_after_two(split: str, index: int) -> None:
-        written.append((split, index))
-        if len(written) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tokenize_dataset(tok, str(images), out, on_shard=stop_after_two, **settings)
+    interrupted_tokenize(tok, str(images), out, **settings)
     assert (out / ".partial" / "manifest.json").is_file()
     assert not (out / "vqgpt_tokens.json").exists()
     with pytest.raises(ValueError, match="unfinished"):

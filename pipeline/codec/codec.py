@@ -148,8 +148,9 @@ def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
 
 @torch.inference_mode()
 def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | None = None,
-                   where: str = "the archive", progress=None) -> Decoded:
-    """Archive bytes → the grids of ``indices`` (default: all), each checked against its CRC32."""
+                   where: str = "the archive", progress: bool = False) -> Decoded:
+    """Archive bytes → the grids of ``indices`` (default: all), each checked against its CRC32
+    (``progress``: a bar over the images decoded)."""
     archive = unpack(data, where)
     _check_models(archive, models, where)
     count = len(archive.images)
@@ -174,8 +175,9 @@ def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | No
             errors[i] = f"is damaged: class {label} is not a class of the prior"
     todo = [i for i in indices if i not in errors]
     coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size)
-    flat, problems = coder.decode([archive.images[i].stream for i in todo], [archive.images[i].label for i in todo],
-                                  progress=progress)
+    with tqdm(total=len(todo), desc="decode", unit="img", disable=not progress) as bar:
+        flat, problems = coder.decode([archive.images[i].stream for i in todo],
+                                      [archive.images[i].label for i in todo], progress=bar)
     grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
     position = {i: k for k, i in enumerate(indices)}
     for row, (i, problem) in enumerate(zip(todo, problems)):
@@ -255,10 +257,8 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
         raise NotADirectoryError(f"{out} exists and is not a folder; `out` names the folder to write the images into")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass `overwrite` to replace it or choose another folder")
-    data = archive_path.read_bytes()
-    archive = unpack(data, str(archive_path))
-    with tqdm(total=len(archive.images), desc="decode", unit="img") as bar:
-        decoded = decode_archive(data, models, where=str(archive_path), progress=bar)
+    decoded = decode_archive(archive_path.read_bytes(), models, where=str(archive_path), progress=True)
+    archive = decoded.archive
     files = output_names(decoded.names)
     entries = []
     with write_folder(out) as tmp:

@@ -19,8 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_model", "pil_to_pixels", "to_model", "decode_image",
+__all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_model", "to_model", "decode_image",
            "check_decodes", "check_many", "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
@@ -62,13 +63,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def pil_to_model(img: Image.Image) -> torch.Tensor:
     """An 8-bit "L" or "RGB" PIL image → FloatTensor[C, H, W] in [-1, 1]."""
-    return to_model(pil_to_pixels(img)).contiguous()  # (C, H, W)
-
-
-def pil_to_pixels(img: Image.Image) -> torch.Tensor:
-    """An 8-bit "L" or "RGB" PIL image → ByteTensor[C, H, W] (a channels-first view of one copy)."""
-    arr = torch.from_numpy(np.array(img))  # (H, W) or (H, W, 3), uint8
-    return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
+    return to_model(pil_to_tensor(img)).contiguous()  # (C, H, W)
 
 
 def to_model(pixels: torch.Tensor) -> torch.Tensor:

@@ -55,9 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bundled import DigitsSource, PhotoSource
-from .folder import FolderSource
+from .folder import FolderSource, scan_folder
 from .hf import hf_source, is_saved_dataset, load_hub
-from .folder import scan_folder
 from .source import SPLITS, ImageSource
 from .tars import TarShardSource, expand_shards, index_shards, is_shard_spec
 

@@ -165,9 +165,7 @@ class Pipeline:
     @torch.inference_mode()
     def encode(self, image: Image.Image | str | Path) -> torch.Tensor:
         """One image (PIL, or a file), prepared exactly like the training data → its codes LongTensor[h, w]."""
-        size, channels = self.tokenizer.config.image_size, self.tokenizer.config.channels
-        image = fit_image(image, size, channels) if isinstance(image, Image.Image) else load_image_file(image, size, channels)
-        return self.tokenizer.encode(from_pil([image]).to(self.device))[0].cpu()  # (h, w)
+        return self.tokenizer.encode(self._prepare([image]).to(self.device))[0].cpu()  # (h, w)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
