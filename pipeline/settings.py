@@ -261,8 +261,9 @@ class TokenizeConfig:
 
     batch_size: int = field(default=256, metadata={"help": "rows per encode call"})
     num_workers: int | None = field(default=None, metadata={
-        "help": "DataLoader worker processes decoding images while the model encodes (default: none for under "
-                "1,024 images, else one per CPU core but one, at most 4; 0 reads in a thread of the main process)"})
+        "help": "DataLoader worker processes reading images (default: none for under 1,024 images; else on a GPU "
+                "one per CPU core but one, at most 4, and on the CPU one per torch thread, at most 4). On the CPU two "
+                "or more workers also encode, one core each; 0 reads in a thread of the main process"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
     flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
     crops: int | None = field(default=None, metadata={

@@ -17,7 +17,9 @@ subprocess so its peak RSS can be read alone (``os.wait4`` rusage):
    of 1,000 (read as a stream).
 
 It prints images/s for both (goal: tokenize ≥ 90% of bare encode) and each run's peak
-RSS (goal: flat as N grows, i.e. memory does not scale with the data set).
+RSS (goal: flat as N grows, i.e. memory does not scale with the data set). With the default
+threads it also prints bare encode as one one-thread process per core side by side: on the CPU
+tokenize's workers encode that way, so that figure, not one process's, is the ceiling there.
 """
 
 from __future__ import annotations
@@ -149,6 +151,19 @@ def _run_child(args: list[str]) -> tuple[dict, float]:
     return json.loads(out.decode().strip().splitlines()[-1]), rss_mib
 
 
+def _run_children_together(args: list[str], count: int) -> float:
+    """Run ``count`` copies of this script as children at the same time; their summed images/s."""
+    procs = [subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, cwd=ROOT)
+             for _ in range(count)]
+    total = 0.0
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"child {args[:2]} failed with exit code {proc.returncode}")
+        total += json.loads(out.decode().strip().splitlines()[-1])["images_per_s"]
+    return total
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="small", help="tokenizer preset, or llamagen-vq16 (random init)")
@@ -197,7 +212,9 @@ def main() -> None:
               f"{time.perf_counter() - start:.1f}s")
 
         common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-        bare_args = ["--child", "bare", "--tokenizer", str(tok), "--images", str(min(args.sizes)), *common]
+        # as many images as the largest tokenize run: a second or less of encoding swings by half on a
+        # shared machine
+        bare_args = ["--child", "bare", "--tokenizer", str(tok), "--images", str(max(args.sizes)), *common]
         # bare encode runs before and after the tokenize runs; on a shared machine the
         # faster of the two is the ceiling tokenize is compared with
         bare = [_run_child(bare_args)]
@@ -213,6 +230,13 @@ def main() -> None:
         both = " and ".join(f"{r['images_per_s']:.1f}" for r, _ in bare)
         print(f"bare encode:            {best['images_per_s']:9.1f} images/s (best of {both}; "
               f"peak RSS {bare_rss:7.1f} MiB)")
+        # the other ceiling: one single-thread encode process per core, side by side (what tokenize's
+        # CPU workers do); shown so the two can be told apart
+        cores = os.cpu_count() or 1
+        if cores > 1 and args.threads == 0:
+            side = _run_children_together([*bare_args[:-2], "--threads", "1"], cores)
+            print(f"bare encode, {cores} one-thread processes side by side: {side:9.1f} images/s "
+                  f"({100 * side / best['images_per_s']:.0f}% of one process)")
         for what, result, rss in runs:
             ratio = 100 * result["images_per_s"] / best["images_per_s"]
             print(f"tokenize {what}: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "

@@ -314,3 +314,47 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_p
         with pytest.raises(FileExistsError, match="another tokenize run is writing .*tokens; wait for it"):
             tokenize_dataset(tmp_path / "tok", "digits", tmp_path / "tokens", progress=False)
     assert not (tmp_path / "tokens").exists()
+
+
+def test_cpu_workers_encode_their_own_batches(tok: Path, images: Path, tmp_path: Path) -> None:
+    """On the CPU two or more DataLoader workers each encode their batches (one thread each) and
+    hand back codes, not pixels; the codes are the model's for the same images, and the dataset
+    equals one encoded in this process."""
+    import os
+
+    from vqgpt.pipeline.data import load_splits, to_model
+    from vqgpt.pipeline.tokens.encode import WorkerEncoder, indexed_batches
+    from vqgpt.pipeline.tokens.shards import plan_shards
+
+    model = VQGAN.from_pretrained(tok).eval()
+    config = TokenizeConfig(batch_size=4, crops=0, shard_size=5)
+    sources = load_splits(str(images), model.config.image_size, model.config.channels, ("train", "validation"),
+                          check=False)
+    shards = plan_shards({s: len(src) for s, src in sources.items()}, config.shard_size)
+    pids: set[int] = set()
+
+    class Spy(WorkerEncoder):
+        def __call__(self, batch):
+            batch = super().__call__(batch)
+            batch["pid"] = os.getpid()
+            return batch
+
+    seen = 0
+    for shard, _last, batch in indexed_batches(sources, config, shards, 4, 2, False, Spy(model)):
+        assert batch["images"] is None and batch["codes"].dtype == torch.int64
+        src = sources[shard.split]
+        names = [src.source_of(i) for i in range(len(src))]
+        pixels = torch.stack([src.pixels_at(names.index(s), src.image_size) for s in batch["sources"]])
+        with torch.inference_mode():
+            torch.testing.assert_close(batch["codes"], model.encode(to_model(pixels)), rtol=0, atol=0)
+        pids.add(batch["pid"])
+        seen += batch["num_images"]
+    assert seen == sum(len(s) for s in sources.values())
+    assert os.getpid() not in pids and len(pids) == 2  # both workers encoded, this process did not
+
+    in_workers = tokenize_dataset(tok, str(images), tmp_path / "workers", num_workers=2, shard_size=5, crops=1,
+                                  progress=False)
+    here = tokenize_dataset(tok, str(images), tmp_path / "here", num_workers=0, shard_size=5, crops=1,
+                            progress=False)
+    assert in_workers["train_rows"] == here["train_rows"] > 0
+    _assert_same(_load(tmp_path / "workers"), _load(tmp_path / "here"))

@@ -57,7 +57,7 @@ from vqgpt.atomic import exclusive, write_json
 
 from ..data import ImageSource, TarShardSource, canonical_spec, load_splits
 from ..settings import TokenizeConfig
-from .encode import encode_shards, indexed_batches, streamed_batches
+from .encode import WorkerEncoder, encode_shards, indexed_batches, streamed_batches
 from .shards import Shard, open_shards, plan_shards, plan_tar_shards, shard_done, shard_failures
 
 logger = logging.getLogger(__name__)
@@ -88,12 +88,16 @@ def _digest(source: ImageSource) -> str:
     return h.hexdigest()[:16]
 
 
-def default_workers(images: int) -> int:
+def default_workers(images: int, device: torch.device) -> int:
     """DataLoader workers when ``num_workers`` is not set: none for a small job (starting a process
-    costs more than it saves), else one per core but one, at most four — images are decoded in
-    other processes while this one encodes, never in its own threads' way."""
+    costs more than it saves). On a GPU one per core but one, at most four, decoding while this
+    process encodes. On the CPU one per intra-op thread this process was given
+    (``torch.get_num_threads()``, e.g. ``OMP_NUM_THREADS``), at most four, each decoding and encoding
+    on one core (``encode.WorkerEncoder``); with a single thread, one worker that only decodes."""
     if images < 1024:
         return 0
+    if device.type == "cpu":
+        return max(1, min(4, torch.get_num_threads()))
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
@@ -272,9 +276,14 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
         rows_per_image = max(len(config.variants(s)) for s in SPLITS)
         images_per_batch = max(1, config.batch_size // rows_per_image)
         pending = sum(s.stop - s.start for s in mine)
-        workers = config.num_workers if config.num_workers is not None else default_workers(pending)
+        workers = config.num_workers if config.num_workers is not None else default_workers(pending, device)
+        if streamed:  # a tar is read by one worker: no more workers than tars
+            workers = min(workers, len({s.index for s in mine}))
+        # on the CPU, two or more workers encode too, one core each (encode.py says why)
+        finish = WorkerEncoder(model) if device.type == "cpu" and workers >= 2 else None
         read = streamed_batches if streamed else indexed_batches
-        batches = read(sources, config, mine, images_per_batch, workers, device.type == "cuda")  # type: ignore[arg-type]
+        batches = read(sources, config, mine, images_per_batch, workers, device.type == "cuda",  # type: ignore[arg-type]
+                       finish)
         encode_shards(model, batches, pending, partial, features, device,
                       progress and state.is_local_main_process, on_shard)
     state.wait_for_everyone()
