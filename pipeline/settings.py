@@ -265,6 +265,9 @@ class TokenizeConfig:
                 "one per CPU core but one, at most 4, and on the CPU one per torch thread, at most 4). On the CPU two "
                 "or more workers also encode, one core each; 0 reads in a thread of the main process"})
     shard_size: int = field(default=2048, metadata={"help": "source images per shard (unit of resume and of multi-process work)"})
+    streaming: bool | None = field(default=None, metadata={
+        "help": "read an hf: dataset as a stream, never downloaded whole (default: when the hub says it is larger "
+                "than half the free disk space of the datasets cache)"})
     flip: bool = field(default=False, metadata={"help": "also store a horizontally flipped copy of each image"})
     crops: int | None = field(default=None, metadata={
         "help": "also store this many random crops of each training image (default: derived from the data size — "

@@ -70,7 +70,7 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, 
         help_text = f.metadata.get("help", "")
         if "default:" not in help_text:
             help_text += f" (default: {f.default})"
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool", "bool | None"):
             p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             p.add_argument(flag, dest=f.name, default=None, help=help_text)

@@ -8,6 +8,7 @@
 - ``source.py``: ``ImageSource`` (what every source is) and the seeded train/validation split;
 - ``folder.py``, ``tars.py``, ``hf.py``, ``bundled.py``: image folders, WebDataset tar shards,
   ``datasets`` folders and hub datasets, the bundled ``digits`` and ``photos``;
+- ``stream.py``: a hub dataset read as a stream (``tokenize --streaming``), never downloaded whole;
 - ``images.py``: how an image is read and converted wherever it enters or leaves (PIL ⇄ tensors).
 
 Imports nothing else of the pipeline.
@@ -16,8 +17,9 @@ Imports nothing else of the pipeline.
 from .images import fit_image, from_pil, load_image_file, to_model, to_pil, to_uint8
 from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images, load_splits
 from .source import SPLITS, ImageSource, split_indices
+from .stream import HubStream, hub_download_bytes, open_hub_stream, wants_stream
 from .tars import TarShardSource, stream_samples
 
-__all__ = ["BUNDLED", "SPLITS", "HeldOut", "ImageSource", "TarShardSource", "canonical_spec", "held_out_split",
+__all__ = ["BUNDLED", "SPLITS", "HeldOut", "HubStream", "ImageSource", "hub_download_bytes", "open_hub_stream", "wants_stream", "TarShardSource", "canonical_spec", "held_out_split",
            "load_images", "load_splits", "split_indices", "stream_samples", "fit_image", "from_pil", "load_image_file",
            "to_model", "to_pil", "to_uint8"]

@@ -21,7 +21,7 @@ from PIL import Image
 from .images import check_decodes, check_many, decode_image
 from .source import ImageSource, require_nonempty, split_indices
 
-__all__ = ["HFSource", "is_saved_dataset", "hf_source", "load_hub"]
+__all__ = ["HFSource", "is_saved_dataset", "hf_source", "load_hub", "pick_splits", "hub_offline", "hub_reachable"]
 
 _VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
 _HUB_TIMEOUT_S = 4.0
@@ -119,18 +119,22 @@ def _hf_columns(ds: Any, spec: str) -> tuple[str, str | None, list[str]]:
     return image_col, None, []
 
 
+def pick_splits(names: list[str], spec: str) -> tuple[str, str | None]:
+    """(the split to train on, the dataset's own validation split or None) among ``names``."""
+    if not names:
+        raise ValueError(f"{spec} holds no splits")
+    train_name = "train" if "train" in names else (names[0] if len(names) == 1 else None)
+    if train_name is None:
+        raise ValueError(f"{spec} has splits {names} and none is named 'train'")
+    return train_name, next((n for n in _VAL_SPLIT_NAMES if n in names and n != train_name), None)
+
+
 def hf_source(data: Any, spec: str, root: Path | None, image_size: int, channels: int,
                split: str, seed: int, val_fraction: float, check: bool) -> ImageSource:
     import datasets
 
     if isinstance(data, datasets.DatasetDict):
-        names = list(data.keys())
-        if not names:
-            raise ValueError(f"{spec} holds no splits")
-        train_name = "train" if "train" in data else (names[0] if len(names) == 1 else None)
-        if train_name is None:
-            raise ValueError(f"{spec} has splits {names} and none is named 'train'")
-        val_name = next((n for n in _VAL_SPLIT_NAMES if n in data and n != train_name), None)
+        train_name, val_name = pick_splits(list(data.keys()), spec)
     elif isinstance(data, datasets.Dataset):
         data, train_name, val_name = datasets.DatasetDict(train=data), "train", None
     else:
@@ -154,7 +158,15 @@ def hf_source(data: Any, spec: str, root: Path | None, image_size: int, channels
     return source
 
 
-def _hub_reachable(timeout: float) -> bool:
+def hub_offline() -> bool:
+    """Has the user told ``datasets``/the hub to stay offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE)?"""
+    import datasets.config
+
+    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or any(
+        os.environ.get(var, "").lower() in ("1", "true", "yes") for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = _HUB_TIMEOUT_S) -> bool:
     """Can a TCP connection to the hub endpoint be opened within ``timeout`` seconds?
     Runs in a daemon thread so a stalled DNS lookup cannot block either."""
     import datasets.config
@@ -176,18 +188,17 @@ def _hub_reachable(timeout: float) -> bool:
     return bool(result and result[0])
 
 
-def load_hub(name: str) -> Any:
+def load_hub(name: str, streaming: bool = False) -> Any:
+    """``datasets.load_dataset(name)`` (whole, or as a stream), or a ValueError in one line."""
     import datasets
     import datasets.config
 
-    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or os.environ.get(
-        "HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not offline and not _hub_reachable(_HUB_TIMEOUT_S):
+    offline = hub_offline()
+    if not offline and not hub_reachable():
         raise ValueError(f"could not reach the Hugging Face hub for {name} (no network?); "
                          f"download it where there is one and pass its save_to_disk folder")
     try:
-        return datasets.load_dataset(name)
+        return datasets.load_dataset(name, streaming=streaming)
     except Exception as err:  # datasets/hub raise many types (HTTP, not found, gated, ...)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if offline:

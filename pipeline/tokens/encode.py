@@ -170,7 +170,7 @@ def streamed_batches(sources: dict[str, TarShardSource], config: TokenizeConfig,
             batches.close()
 
 
-def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, Any]]], total: int, partial: Path,
+def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, Any]]], total: int | None, partial: Path,
                   features: Any, device: torch.device, progress: bool,
                   on_shard: Callable[[str, int], None] | None) -> None:
     """Encode every batch and write each shard as soon as its last batch is encoded."""
@@ -179,7 +179,7 @@ def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, A
     open_shards: dict[Shard, dict[str, list[Any]]] = {}
     try:
         for shard, last, batch in batches:
-            buf = open_shards.setdefault(shard, {"codes": [], "labels": [], "sources": [], "failed": []})
+            buf = open_shards.setdefault(shard, {"codes": [], "labels": [], "sources": [], "failed": [], "images": 0})
             codes = batch.get("codes")  # encoded in a worker already (WorkerEncoder)
             if codes is None and batch["images"] is not None:
                 with torch.inference_mode(), autocast:
@@ -190,6 +190,7 @@ def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, A
                 buf["labels"] += batch["labels"]
                 buf["sources"] += batch["sources"]
             buf["failed"] += batch["failed"]
+            buf["images"] += batch["num_images"]
             bar.update(batch["num_images"])
             if last:
                 _flush(partial, shard, open_shards.pop(shard), features, on_shard)
@@ -201,7 +202,7 @@ def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, A
 
 def _flush(partial: Path, shard: Shard, buf: dict[str, list[Any]], features: Any,
            on_shard: Callable[[str, int], None] | None) -> None:
-    write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features)
+    write_shard(partial, shard, buf["codes"], buf["labels"], buf["sources"], buf["failed"], features, buf["images"])
     for failed in buf["failed"]:
         logger.warning("could not read %s (%s); left out", *failed)
     if on_shard is not None:

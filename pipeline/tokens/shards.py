@@ -30,9 +30,9 @@ from vqgpt.prior.data import SPLITS
 from ..data import ImageSource, TarShardSource
 from ..settings import TokenizeConfig
 
-__all__ = ["Rows", "image_rows", "collate", "Shard", "plan_shards", "plan_tar_shards", "plan_batches", "write_shard",
+__all__ = ["Rows", "image_rows", "rows_of", "collate", "Shard", "plan_shards", "plan_tar_shards", "plan_batches", "write_shard",
            "shard_done",
-           "prefetch", "open_shards", "shard_failures"]
+           "prefetch", "open_shards", "shard_failures", "shard_images"]
 
 
 class Rows(Dataset):
@@ -58,8 +58,13 @@ def image_rows(src: ImageSource, split: str, i: int, config: TokenizeConfig,
     """Every stored row of image ``i`` of ``split``: ``pixels(size)`` gives it at a size (uint8 or
     float, as ``ImageSource.pixels_at``); rows are (V, C, S, S) of the same type, converted for the
     model a batch at a time. Crops are seeded by (seed, split, i), never by a running RNG."""
+    return rows_of(split, src.source_of(i), src.label_of(i), i, src.image_size, src.channels, config, pixels)
+
+
+def rows_of(split: str, name: str, label: int, crop_key: int | str, size: int, channels: int,
+            config: TokenizeConfig, pixels: Callable[[int], torch.Tensor]) -> dict[str, Any]:
+    """``image_rows`` for an image known by ``name`` (crops seeded by ``crop_key``)."""
     variants = config.variants(split)
-    size = src.image_size
     try:
         image = pixels(size)  # (C, S, S)
         rows = [image]
@@ -69,16 +74,15 @@ def image_rows(src: ImageSource, split: str, i: int, config: TokenizeConfig,
         if n_crops:
             big_size = max(size, round(size * config.crop_resize))
             big = pixels(big_size)  # (C, S', S')
-            g = torch.Generator().manual_seed(zlib.crc32(f"{config.data_seed}:{split}:{i}:crops".encode()))
+            g = torch.Generator().manual_seed(zlib.crc32(f"{config.data_seed}:{split}:{crop_key}:crops".encode()))
             offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
             rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
         images = torch.stack(rows)  # (V, C, S, S)
         reason = ""
     except Exception as err:  # a file that vanished or broke after indexing
-        images = torch.zeros(len(variants), src.channels, size, size, dtype=torch.uint8)
+        images = torch.zeros(len(variants), channels, size, size, dtype=torch.uint8)
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-    name = src.source_of(i)
-    return {"images": images, "label": src.label_of(i),
+    return {"images": images, "label": label,
             "sources": [name + v for v in variants], "origin": name, "reason": reason}
 
 
@@ -144,7 +148,7 @@ def plan_batches(shards: list[Shard], images_per_batch: int) -> list[tuple[Shard
 
 
 def write_shard(partial: Path, shard: Shard, codes: list[np.ndarray], labels: list[int],
-                 sources: list[str], failed: list[tuple[str, str]], features: Any) -> None:
+                 sources: list[str], failed: list[tuple[str, str]], features: Any, images: int) -> None:
     """Write one shard as an Arrow file (then its JSON marker, which means "done")."""
     from datasets.arrow_writer import ArrowWriter
 
@@ -160,7 +164,7 @@ def write_shard(partial: Path, shard: Shard, codes: list[np.ndarray], labels: li
     finally:
         writer.close()
     os.replace(tmp, partial / f"{shard.stem}.arrow")
-    marker = {"rows": len(sources), "images": shard.stop - shard.start, "failed": failed}
+    marker = {"rows": len(sources), "images": images, "failed": failed}  # images: read, with the failed ones
     write_json(partial / f"{shard.stem}.json", marker)
 
 
@@ -214,6 +218,11 @@ def open_shards(partial: Path, shards: list[Shard], split: str) -> list[Any]:
     from datasets import Dataset
 
     return [Dataset.from_file(str(partial / f"{s.stem}.arrow")) for s in shards if s.split == split]
+
+
+def shard_images(partial: Path, shards: list[Shard]) -> int:
+    """Source images the finished ``shards`` read, the failed ones included."""
+    return sum(json.loads((partial / f"{s.stem}.json").read_text())["images"] for s in shards)
 
 
 def shard_failures(partial: Path, shards: list[Shard]) -> list[tuple[str, str]]:

@@ -13,7 +13,8 @@ How it runs:
   ``out_dir/.partial/`` as an Arrow file as soon as they are done; the final dataset is
   assembled from the memory-mapped shards. Memory does not grow with the size of the data set.
   WebDataset tar shards are read as a stream, each tar once, front to back: there the rows of one
-  input tar make one shard per split (``shard_size`` does not apply).
+  input tar make one shard per split (``shard_size`` does not apply); a hub dataset read with
+  ``streaming`` likewise, one data file at a time (``hub_stream.py``).
 - Resumable. ``.partial/manifest.json`` records the settings, the tokenizer fingerprint
   and a digest of the source list (for tar shards: every sample's shard, member and size); the same command after an interruption skips the
   finished shards. Any difference is a ValueError asking for ``overwrite``. Crops are
@@ -55,10 +56,11 @@ from vqgpt.tokenizer import VQGAN, codebook_stats
 
 from vqgpt.atomic import exclusive, write_json
 
-from ..data import ImageSource, TarShardSource, canonical_spec, load_splits
+from ..data import ImageSource, TarShardSource, canonical_spec, load_splits, open_hub_stream, wants_stream
 from ..settings import TokenizeConfig
 from .encode import WorkerEncoder, encode_shards, indexed_batches, streamed_batches
-from .shards import Shard, open_shards, plan_shards, plan_tar_shards, shard_done, shard_failures
+from .hub_stream import classes_seen, hub_batches, plan_stream_shards
+from .shards import Shard, open_shards, plan_shards, plan_tar_shards, shard_done, shard_failures, shard_images
 
 logger = logging.getLogger(__name__)
 
@@ -224,16 +226,28 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
     K = int(mcfg.codebook_size)
     # No up-front decode check: every image is decoded once, when it is encoded, and one that
     # cannot be decoded is counted and reported there (the split does not depend on it).
-    sources = load_splits(data, mcfg.image_size, mcfg.channels, SPLITS, seed=config.data_seed,
-                          val_fraction=config.val_fraction, crops_per_photo=config.crops_per_photo, check=False)
-    streamed = all(isinstance(s, TarShardSource) for s in sources.values())
-    skipped = [fs for s in sources.values() for fs in s.skipped]
-    left_out = sources["train"].left_out  # the same folder scan for both splits
-    sizes = {split: len(s) for split, s in sources.items()}
+    hub = open_hub_stream(str(data).strip(), mcfg.image_size, mcfg.channels, config.data_seed,
+                          config.val_fraction) if wants_stream(data, config.streaming) else None
+    if hub is not None:
+        sources: dict[str, Any] = {}
+        skipped, left_out = [], []
+        known = hub.num_examples.get(next(iter(hub.parts)))
+        sizes = {"train": round(known * (1 - (hub.val_fraction or 0))) if known else None}
+    else:
+        sources = load_splits(data, mcfg.image_size, mcfg.channels, SPLITS, seed=config.data_seed,
+                              val_fraction=config.val_fraction, crops_per_photo=config.crops_per_photo, check=False)
+        skipped = [fs for s in sources.values() for fs in s.skipped]
+        left_out = sources["train"].left_out  # the same folder scan for both splits
+        sizes = {split: len(s) for split, s in sources.items()}
+    streamed = bool(sources) and all(isinstance(s, TarShardSource) for s in sources.values())
     if config.crops is None:  # not set: as many crops as a data set of this size needs
         from ..derived import tokenize_defaults
 
-        crops, why = tokenize_defaults(sizes["train"])
+        if sizes["train"] is None:
+            crops, why = 0, ("no augmented copies: a streamed data set's size is not known before its end "
+                             "(change: --crops N)")
+        else:
+            crops, why = tokenize_defaults(sizes["train"])
         config = dataclasses.replace(config, crops=crops)
         if state.is_main_process:
             logger.info("derived from the data: %s", why)
@@ -249,7 +263,8 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
         "settings": {k: getattr(config, k) for k in ("shard_size", "flip", "crops", "crop_resize",
                                                      "augment_validation", "data_seed", "val_fraction",
                                                      "crops_per_photo")},
-        "sources": {split: {"images": sizes[split], "digest": _digest(s)} for split, s in sources.items()},
+        "sources": ({"stream": hub.fingerprint()} if hub is not None else
+                    {split: {"images": sizes[split], "digest": _digest(s)} for split, s in sources.items()}),
     }
 
     # -- the partial folder (main process decides, everyone waits) ---------------------------
@@ -266,7 +281,10 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
         write_json(manifest_path, manifest)
 
     # -- encode this process's pending shards --------------------------------------------------
-    shards = plan_tar_shards(sources) if streamed else plan_shards(sizes, config.shard_size)  # type: ignore[arg-type]
+    if hub is not None:
+        shards = plan_stream_shards(hub)
+    else:
+        shards = plan_tar_shards(sources) if streamed else plan_shards(sizes, config.shard_size)  # type: ignore[arg-type]
     done_before = [s for s in shards if shard_done(partial, s)]
     mine = [s for s in shards if s.number % state.num_processes == state.process_index
             and not shard_done(partial, s)]
@@ -275,20 +293,27 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
     if mine:
         rows_per_image = max(len(config.variants(s)) for s in SPLITS)
         images_per_batch = max(1, config.batch_size // rows_per_image)
-        pending = sum(s.stop - s.start for s in mine)
-        workers = config.num_workers if config.num_workers is not None else default_workers(pending, device)
-        if streamed:  # a tar is read by one worker: no more workers than tars
+        pending: int | None = sum(s.stop - s.start for s in mine)
+        if hub is not None:  # the hub's own count, when it states one and this process reads everything
+            counts = list(hub.num_examples.values())
+            pending = sum(counts) if all(counts) and len(mine) == len(shards) else None  # type: ignore[arg-type]
+        workers = config.num_workers if config.num_workers is not None else default_workers(pending or 10**9, device)
+        if streamed or hub is not None:  # a tar / data file is read by one worker: no more workers than them
             workers = min(workers, len({s.index for s in mine}))
         # on the CPU, two or more workers encode too, one core each (encode.py says why)
         finish = WorkerEncoder(model) if device.type == "cpu" and workers >= 2 else None
-        read = streamed_batches if streamed else indexed_batches
-        batches = read(sources, config, mine, images_per_batch, workers, device.type == "cuda",  # type: ignore[arg-type]
-                       finish)
+        if hub is not None:
+            batches = hub_batches(hub, config, mine, images_per_batch, workers, device.type == "cuda", finish)
+        else:
+            read = streamed_batches if streamed else indexed_batches
+            batches = read(sources, config, mine, images_per_batch, workers, device.type == "cuda",  # type: ignore[arg-type]
+                           finish)
         encode_shards(model, batches, pending, partial, features, device,
                       progress and state.is_local_main_process, on_shard)
     state.wait_for_everyone()
-    total = sum(s.stop - s.start for s in shards)
-    failed = shard_failures(partial, shards) if all(shard_done(partial, s) for s in shards) else []
+    finished = all(shard_done(partial, s) for s in shards)
+    total = shard_images(partial, shards) if finished else 0
+    failed = shard_failures(partial, shards) if finished else []
     if total and len(failed) == total:  # nothing readable: an error, not an empty dataset
         state.wait_for_everyone()
         if state.is_main_process:
@@ -296,12 +321,20 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
         first, reason = failed[0]
         raise ValueError(f"none of the {total} images of {data} could be read (e.g. {first}: {reason}); "
                          "no token dataset was written")
+    if hub is not None and finished and not shard_images(partial, [s for s in shards if s.split == "validation"]):
+        raise ValueError(f"the validation split of {data} got no images ({total} in all, val_fraction="
+                         f"{hub.val_fraction}) (raise val_fraction)")  # as load_images says for other sources
 
     # -- assemble (main process) ---------------------------------------------------------------
+    if hub is not None:
+        class_names = hub.class_names if hub.class_names is not None else classes_seen(partial, shards)
+        split_fraction = hub.val_fraction
+    else:
+        class_names, split_fraction = sources["train"].class_names, sources["train"].split_fraction
     meta = token_meta(tokenizer_fingerprint=fingerprint, grid=grid, codebook_size=K,
-                      class_names=sources["train"].class_names, image_size=mcfg.image_size,
+                      class_names=class_names, image_size=mcfg.image_size,
                       channels=mcfg.channels, augmentations=config.augmentations(), data=canonical_spec(data),
-                      split_seed=config.data_seed, val_fraction=sources["train"].split_fraction)
+                      split_seed=config.data_seed, val_fraction=split_fraction)
     summary: dict[str, Any] = {}
     if state.is_main_process:
         with _datasets_bars(progress):
@@ -311,7 +344,7 @@ def _tokenize(tokenizer: "str | os.PathLike | VQGAN", data: str, out: Path, conf
     if not state.is_main_process:
         summary = _summary_from_disk(out, partial, shards, K) if is_token_dataset(out) else {}
     seconds = time.monotonic() - started
-    encoded = sum(s.stop - s.start for s in shards) - len(failed)
+    encoded = total - len(failed)
     summary.update({
         "images": encoded,
         "skipped": len(skipped) + len(failed),

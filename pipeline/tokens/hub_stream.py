@@ -1,0 +1,115 @@
+"""Tokenize a streamed hub dataset (``HubStream``): the shards of the run and the reader that feeds
+``encode_shards``.
+
+Each data file of the dataset is a unit of work, read front to back once, like a tar shard: unit
+``u`` makes one output shard per split its images go to, is encoded by process ``u % world_size``,
+and DataLoader workers split a process's units again. A unit's shards are written only when the
+whole file has been read, so a run killed (or a connection lost) mid-file resumes at that file.
+A row whose image does not decode is skipped and counted; a file that cannot be read to its end
+stops the run with the reason (finished files are kept for the resume), since the images it still
+held cannot be counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..data import HubStream
+from ..settings import TokenizeConfig
+from .shards import Shard, collate, open_shards, prefetch, rows_of
+
+__all__ = ["plan_stream_shards", "hub_batches", "classes_seen", "StreamReadError"]
+
+Batches = Iterator[tuple[Shard, bool, dict[str, Any]]]
+
+
+class StreamReadError(ValueError):
+    """A data file of a streamed dataset broke off (one line for the command line, like bad input)."""
+
+
+def plan_stream_shards(stream: HubStream) -> list[Shard]:
+    """One shard per split of each unit (data file), numbered by the unit (``start``/``stop`` are
+    not known before the file is read: both 0)."""
+    return [Shard(split, u, u, 0, 0) for u, (part, _f) in enumerate(stream.units()) for split in stream.splits_of(part)]
+
+
+class HubRows(IterableDataset):
+    """The batches of ``shards``; worker ``w`` of ``W`` reads the units ``w``, ``w + W``, … of its list."""
+
+    def __init__(self, stream: HubStream, config: TokenizeConfig, shards: list[Shard], images_per_batch: int,
+                 finish: Any = None) -> None:
+        self.stream = stream
+        self.config = config
+        self.shards = shards
+        self.images_per_batch = images_per_batch
+        self.finish = finish
+        self.units = stream.units()
+
+    def __iter__(self) -> Batches:
+        units = sorted({s.index for s in self.shards})
+        worker = get_worker_info()
+        if worker is not None:
+            units = units[worker.id::worker.num_workers]
+        for u in units:
+            for shard, last, batch in self._unit(u, {s.split: s for s in self.shards if s.index == u}):
+                yield shard, last, (self.finish(batch) if self.finish is not None and "error" not in batch else batch)
+
+    def _unit(self, u: int, shards: dict[str, Shard]) -> Batches:
+        part, f = self.units[u]
+        stream, config = self.stream, self.config
+        buffers: dict[str, list[dict[str, Any]]] = {split: [] for split in shards}
+        k = -1
+        try:
+            for k, name, payload, label in stream.examples(part, f):
+                split = stream.split_of(part, f, k)
+                if split not in shards:  # that split's shard of this file is done already (a resumed run)
+                    continue
+                buffers[split].append(rows_of(split, name, label, name, stream.image_size, stream.channels, config,
+                                              lambda size, payload=payload: stream.pixels_from(payload, size)))
+                if len(buffers[split]) == self.images_per_batch:
+                    yield shards[split], False, collate(buffers[split])
+                    buffers[split] = []
+        except Exception as err:  # handed to the main process as an item: a worker's exception loses its message
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            yield shards[next(iter(shards))], False, {"error": (
+                f"{stream.spec}: data file {f + 1} of split {part!r} could not be read after {k + 1} image(s) "
+                f"({reason}); the files finished so far are kept: run the same command again to resume")}
+            return
+        for split, shard in shards.items():
+            yield shard, True, collate(buffers[split])
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def hub_batches(stream: HubStream, config: TokenizeConfig, shards: list[Shard], images_per_batch: int,
+                num_workers: int, pin_memory: bool, finish: Any = None) -> Batches:
+    """``(shard, last, batch)`` for ``shards``, each data file streamed once (by one worker)."""
+    workers = min(num_workers, len({s.index for s in shards}))
+    loader = DataLoader(HubRows(stream, config, shards, images_per_batch, finish), batch_size=None,
+                        num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False)
+    batches = iter(loader) if workers > 0 else prefetch(loader)
+    try:
+        for shard, last, batch in batches:
+            if "error" in batch:
+                raise StreamReadError(batch["error"])
+            yield shard, last, batch
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+
+
+def classes_seen(partial: Path, shards: list[Shard]) -> list[str]:
+    """Classes "0" … the largest label in the written shards (a plain integer label column, whose
+    classes a stream only knows at its end)."""
+    top = -1
+    for split in ("train", "validation"):
+        for ds in open_shards(partial, shards, split):
+            if len(ds):
+                top = max(top, int(np.max(ds.with_format("numpy")["label"])))
+    return [str(c) for c in range(top + 1)]
