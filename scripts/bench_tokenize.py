@@ -20,6 +20,8 @@ It prints images/s for both (goal: tokenize ≥ 90% of bare encode) and each run
 RSS (goal: flat as N grows, i.e. memory does not scale with the data set). With the default
 threads it also prints bare encode as one one-thread process per core side by side: on the CPU
 tokenize's workers encode that way, so that figure, not one process's, is the ceiling there.
+Every run sets glibc's malloc as the ``vqgpt`` command does (``keep_freed_memory``); one more bare
+encode with glibc's defaults shows what that is worth (``--default-malloc`` leaves it everywhere).
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers of tokenize (default: tokenize's own)")
     p.add_argument("--shards", action="store_true", help="also tokenize the images from WebDataset tar shards")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc settings alone in every run (the command changes them: keep_freed_memory)")
     p.add_argument("--child", choices=["bare", "tokenize"], help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -179,6 +183,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help=argparse.SUPPRESS)
     args = p.parse_args()
 
+    if args.child and not args.default_malloc:
+        from vqgpt.resources import keep_freed_memory
+
+        keep_freed_memory()  # as the vqgpt command does at start, for bare encode and tokenize alike
     if args.child and args.threads:
         import torch
 
@@ -211,7 +219,8 @@ def main() -> None:
         print(f"generated {sum(args.sizes)} PNGs{' and their shards' if args.shards else ''} in "
               f"{time.perf_counter() - start:.1f}s")
 
-        common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+        common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads)] + (
+            ["--default-malloc"] if args.default_malloc else [])
         # as many images as the largest tokenize run: a second or less of encoding swings by half on a
         # shared machine
         bare_args = ["--child", "bare", "--tokenizer", str(tok), "--images", str(max(args.sizes)), *common]
@@ -237,6 +246,10 @@ def main() -> None:
             side = _run_children_together([*bare_args[:-2], "--threads", "1"], cores)
             print(f"bare encode, {cores} one-thread processes side by side: {side:9.1f} images/s "
                   f"({100 * side / best['images_per_s']:.0f}% of one process)")
+        if not args.default_malloc:  # what keep_freed_memory is worth
+            plain, _ = _run_child([*bare_args, "--default-malloc"])
+            print(f"bare encode, glibc's default malloc settings: {plain['images_per_s']:9.1f} images/s "
+                  f"(the command's keep_freed_memory: {100 * best['images_per_s'] / plain['images_per_s'] - 100:+.0f}%)")
         for what, result, rss in runs:
             ratio = 100 * result["images_per_s"] / best["images_per_s"]
             print(f"tokenize {what}: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from webdataset.tariterators import tarfile_samples
 from PIL import Image
 
 from vqgpt.pipeline.cli import main
-from vqgpt.pipeline.data import load_images, stream_samples
+from vqgpt.pipeline.data import load_images
 from vqgpt.pipeline.tokens import tokenize_dataset
 from vqgpt.tokenizer import PRESETS, VQGAN, VQGANConfig
 
@@ -103,7 +104,7 @@ def test_shards_resume_after_a_kill_and_refuse_changed_shards(tok, folder_and_sh
     with pytest.raises(KeyboardInterrupt):
         tokenize_dataset(tok, str(copy / "part-{000..002}.tar"), tmp_path / "changed", crops=0, progress=False,
                          on_shard=lambda s, i: (_ for _ in ()).throw(KeyboardInterrupt))
-    samples = [sample for _, sample in stream_samples(copy / "part-001.tar")]
+    samples = list(tarfile_samples([{"url": str(copy / "part-001.tar")}]))
     with wds.TarWriter(str(copy / "part-001.tar")) as sink:  # its first image replaced by another
         for k, sample in enumerate(samples):
             image = "jpg" if "jpg" in sample else "png"
@@ -128,6 +129,29 @@ def test_a_corrupt_member_is_skipped_and_counted(tok, tmp_path):
     assert "skipped 1 file(s) that could not be decoded: s.tar:05.png" in checked.skip_report()
 
 
+def test_a_shard_changed_after_listing_is_counted_not_misread(tok, folder_and_shards, tmp_path, monkeypatch):
+    from vqgpt.pipeline.tokens import encode
+
+    _, pattern = folder_and_shards
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for k in range(3):
+        (copy / f"part-{k:03d}.tar").write_bytes(Path(pattern.replace("{000..002}", f"{k:03d}")).read_bytes())
+    reader = encode.read_images
+
+    def rewritten_first(path: Path, *args):  # part-001 rewritten between listing and reading
+        if path.name == "part-001.tar":
+            path.write_bytes(b"\0" * 512 + path.read_bytes())  # every offset moves by one block
+        return reader(path, *args)
+
+    monkeypatch.setattr(encode, "read_images", rewritten_first)
+    summary = tokenize_dataset(tok, str(copy / "part-{000..002}.tar"), tmp_path / "out", crops=0, num_workers=0,
+                               progress=False)
+    assert summary["skipped"] == 6 and summary["images"] == 10  # part-001's six images: counted, none misread
+    assert all(entry.startswith("part-001.tar:") and "part-001.tar changed after it was listed" in entry
+               for entry in summary["skipped_files"])
+
+
 def test_processes_read_their_own_tars(tok, folder_and_shards, tmp_path, monkeypatch):
     import accelerate
 
@@ -136,7 +160,7 @@ def test_processes_read_their_own_tars(tok, folder_and_shards, tmp_path, monkeyp
     _, pattern = folder_and_shards
     tokenize_dataset(tok, pattern, tmp_path / "single", crops=0, progress=False)
     read: dict[int, list[str]] = {0: [], 1: []}
-    stream = encode.stream_samples
+    reader = encode.read_images
 
     class FakeState:  # process `rank` of two on the CPU, as accelerate.PartialState
         def __init__(self, rank: int) -> None:
@@ -148,7 +172,7 @@ def test_processes_read_their_own_tars(tok, folder_and_shards, tmp_path, monkeyp
 
     def run(rank: int) -> None:
         monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: FakeState(rank))
-        monkeypatch.setattr(encode, "stream_samples", lambda path: read[rank].append(path.name) or stream(path))
+        monkeypatch.setattr(encode, "read_images", lambda path, *a: read[rank].append(path.name) or reader(path, *a))
         tokenize_dataset(tok, pattern, tmp_path / "two", crops=0, num_workers=0, progress=False)
 
     with pytest.raises(RuntimeError, match="were not written"):  # without the barrier process 1's are missing

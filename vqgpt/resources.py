@@ -1,12 +1,49 @@
-"""Will it fit? A request that cannot fit in memory is refused with what it would need, before
+"""Memory. Will it fit? A request that cannot fit in memory is refused with what it would need, before
 anything is allocated (a tokenizer config edited to absurd sizes, ``--set model.hidden_size=1000000``,
-``sample --num 100000000000``), instead of failing deep inside an allocation. Imports no stage."""
+``sample --num 100000000000``), instead of failing deep inside an allocation. And how the process
+keeps the memory it frees (``keep_freed_memory``). Imports no stage."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 import torch
 
-__all__ = ["available_bytes", "require_memory", "format_bytes"]
+__all__ = ["available_bytes", "require_memory", "format_bytes", "keep_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
+_KEPT: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a freed tensor held instead of handing it back to the
+    kernel, so the next tensor of that size does not fault its pages in again (``mallopt``: blocks
+    up to 32 MiB from the heap, up to 256 MiB of free heap kept, 64 MiB more taken per growth).
+    On the CPU every layer allocates and frees activations of a few MiB; with glibc's defaults
+    most of those go back to the kernel at once, and here a third of a tokenizer's encoding time
+    was the kernel zeroing pages (sys time 2.5 s against 5.7 s of user time for 6,400 images;
+    with this, 0.05 s and 55-65 % more images per second, the same numbers). Peak memory does not
+    change; an idle process may keep up to 256 MiB it no longer uses. The ``vqgpt`` command calls
+    it once at start (DataLoader workers inherit it); in Python, call it yourself. Does nothing
+    (False) off glibc, when ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` are set (the
+    user's choice wins) or when ``VQGPT_MALLOC=default``."""
+    global _KEPT
+    if _KEPT is not None:
+        return _KEPT
+    _KEPT = False
+    if os.environ.get("VQGPT_MALLOC", "").lower() == "default" or any(
+            os.environ.get(var) for var in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        libc = ctypes.CDLL(None)  # the C library this process already uses
+        _KEPT = all(libc.mallopt(param, value) == 1 for param, value in (
+            (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20)))
+    except (ValueError, OSError, AttributeError):  # not glibc, or no mallopt: leave the allocator alone
+        _KEPT = False
+    return _KEPT
 
 
 def available_bytes(device: str | torch.device = "cpu") -> int:

@@ -18,8 +18,8 @@ from .images import fit_image, from_pil, load_image_file, to_model, to_pil, to_u
 from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images, load_splits
 from .source import SPLITS, ImageSource, split_indices
 from .stream import HubStream, hub_download_bytes, open_hub_stream, wants_stream
-from .tars import TarShardSource, stream_samples
+from .tars import TarShardSource, read_images
 
 __all__ = ["BUNDLED", "SPLITS", "HeldOut", "HubStream", "ImageSource", "hub_download_bytes", "open_hub_stream", "wants_stream", "TarShardSource", "canonical_spec", "held_out_split",
-           "load_images", "load_splits", "split_indices", "stream_samples", "fit_image", "from_pil", "load_image_file",
+           "load_images", "load_splits", "split_indices", "read_images", "fit_image", "from_pil", "load_image_file",
            "to_model", "to_pil", "to_uint8"]

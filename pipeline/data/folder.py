@@ -57,6 +57,14 @@ class FolderSource(ImageSource):
         return decode_image(self.root / self.files[index], self.channels, min_size)
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one (as ``os.walk`` with ``followlinks=True`` sorts entries)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Image files under ``root`` (recursive) as sorted relative posix paths, and what was left out
     and why (hidden entries, other files, links leaving the data folder), as (path, reason) pairs.
@@ -84,26 +92,37 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
                              "images would be read under the wrong class; remove the link or copy the images")
         return True
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
+    def walk(folder: str, rel: str) -> None:  # os.walk(followlinks=True) order, on DirEntry's cached types
+        real = os.path.realpath(folder)
         if real in seen:
-            dirnames[:] = []
-            continue
+            return
         seen.add(real)
-        rel = Path(dirpath).relative_to(root)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            left_out.append((rel + "/" if rel else ".", f"a folder that could not be listed ({err.strerror})"))
+            return
+        folders = [e for e in entries if _is_dir(e)]
         kept = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                left_out.append(((rel / d).as_posix() + "/", "a hidden folder"))
-            elif not os.path.islink(os.path.join(dirpath, d)) or check_link(Path(dirpath) / d, rel / d):
-                kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            path, rel_file = Path(dirpath) / name, rel / name
+        for e in folders:
+            rel_e = f"{rel}/{e.name}" if rel else e.name
+            if e.name.startswith("."):
+                left_out.append((rel_e + "/", "a hidden folder"))
+            elif not e.is_symlink() or check_link(Path(e.path), Path(rel_e)):
+                kept.append((e.path, rel_e))
+        for e in entries:
+            if _is_dir(e):
+                continue
+            name, rel_e = e.name, (f"{rel}/{e.name}" if rel else e.name)
             if name.startswith("."):
-                left_out.append((rel_file.as_posix(), "a hidden file"))
+                left_out.append((rel_e, "a hidden file"))
             elif not name.lower().endswith(IMAGE_EXTENSIONS):
-                left_out.append((rel_file.as_posix(), "not an image file (png/jpg/jpeg/webp/bmp)"))
-            elif not os.path.islink(path) or check_link(path, rel_file):
-                found.append(rel_file.as_posix())
+                left_out.append((rel_e, "not an image file (png/jpg/jpeg/webp/bmp)"))
+            elif not e.is_symlink() or check_link(Path(e.path), Path(rel_e)):
+                found.append(rel_e)
+        for path, rel_e in kept:
+            walk(path, rel_e)
+
+    walk(os.fspath(root), "")
     return sorted(found), left_out

@@ -21,7 +21,8 @@ and one, ``held_out_split``, says which of its images a trained model never saw.
   ValueError. ``tokenize`` reads shards as a stream, each process its own shards.
 - ``hf:owner/name``: a dataset on the Hugging Face hub, loaded with
   ``datasets.load_dataset`` (needs a network, or ``HF_HUB_OFFLINE=1`` and a cached copy).
-  Without one it fails within a few seconds with a ValueError instead of hanging.
+  Without one it fails within a few seconds with a ValueError instead of hanging. Loaded here,
+  it is downloaded whole; ``tokenize`` can read it as a stream instead (``stream.py``).
 - ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (classes "0".."9"), upsampled
   bilinearly to ``image_size``.
 - ``photos``: random square crops of the photographs shipped inside scikit-image's
