@@ -119,8 +119,20 @@ def _index_tar(path: Path) -> list[Sample]:
 
 
 def index_shards(paths: list[Path]) -> list[list[Sample]]:
-    """Every shard's samples, in shard order."""
-    return [_index_tar(p) for p in paths]
+    """Every shard's samples, in shard order. Python's ``tarfile`` takes ~60 µs per sample to list
+    (1.2 s for 20,000), so on Linux several shards are listed by as many forked processes as this
+    process has cores to itself (the cores over the processes of an ``accelerate launch`` on this
+    machine, each of which lists every shard)."""
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    workers = min(len(paths), per_process)
+    if workers < 2 or sum(p.stat().st_size for p in paths) < 8 << 20 or not hasattr(os, "fork"):
+        return [_index_tar(p) for p in paths]  # small: a process costs more than it saves
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the children run only tarfile; spawning would import this package (and torch) again
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_index_tar, paths))
 
 
 def _classes(texts: list[str | None], spec: str) -> tuple[list[str], dict[str, int]]:
