@@ -24,7 +24,7 @@ def keep_freed_memory() -> bool:
     On the CPU every layer allocates and frees activations of a few MiB; with glibc's defaults
     most of those go back to the kernel at once, and here a third of a tokenizer's encoding time
     was the kernel zeroing pages (sys time 2.5 s against 5.7 s of user time for 6,400 images;
-    with this, 0.05 s and 55-65 % more images per second, the same numbers). Peak memory does not
+    with this, 0.05 s and 68-104 % more images per second in scripts/bench_tokenize.py, the same codes). Peak memory does not
     change; an idle process may keep up to 256 MiB it no longer uses. The ``vqgpt`` command calls
     it once at start (DataLoader workers inherit it); in Python, call it yourself. Does nothing
     (False) off glibc, when ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` are set (the
