@@ -36,7 +36,7 @@ from .shards import Rows, Shard, collate, image_rows, plan_batches, prefetch, wr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["encode_shards", "indexed_batches", "streamed_batches", "WorkerEncoder"]
+__all__ = ["encode_shards", "indexed_batches", "streamed_batches", "unit_batches", "UnitRows", "WorkerEncoder"]
 
 Batches = Iterator[tuple[Shard, bool, dict[str, Any]]]
 Finish = Callable[[dict[str, Any]], dict[str, Any]]
@@ -86,28 +86,51 @@ def indexed_batches(sources: dict[str, ImageSource], config: TokenizeConfig, sha
             batches.close()  # stops the prefetch thread
 
 
-class TarRows(IterableDataset):
-    """The batches of ``shards`` (of ``plan_tar_shards``), each input tar read once as a stream;
-    DataLoader worker ``w`` of ``W`` reads the tars ``w``, ``w + W``, … of the list."""
+class UnitRows(IterableDataset):
+    """The batches of ``shards`` grouped by unit of reading (``Shard.index``: an input tar, a data
+    file), each unit read once, front to back, by ``_unit``; DataLoader worker ``w`` of ``W`` reads
+    the units ``w``, ``w + W``, … of the list. ``finish`` runs on every batch but an error item."""
 
-    def __init__(self, sources: dict[str, TarShardSource], config: TokenizeConfig, shards: list[Shard],
-                 images_per_batch: int, finish: Finish | None = None) -> None:
-        self.sources = sources
-        self.config = config
+    _unit: Callable[[int, list[Shard]], Batches]  # (unit, its shards) → its batches: each reader's own
+
+    def __init__(self, shards: list[Shard], images_per_batch: int, finish: Finish | None = None) -> None:
         self.shards = shards
         self.images_per_batch = images_per_batch
         self.finish = finish
 
     def __iter__(self) -> Batches:
-        tars = sorted({s.index for s in self.shards})
+        units = sorted({s.index for s in self.shards})
         worker = get_worker_info()
         if worker is not None:
-            tars = tars[worker.id::worker.num_workers]
-        for t in tars:
-            for shard, last, batch in self._tar(t, [s for s in self.shards if s.index == t]):
-                yield shard, last, (self.finish(batch) if self.finish is not None else batch)
+            units = units[worker.id::worker.num_workers]
+        for u in units:
+            for shard, last, batch in self._unit(u, [s for s in self.shards if s.index == u]):
+                yield shard, last, (self.finish(batch) if self.finish is not None and "error" not in batch else batch)
 
-    def _tar(self, t: int, shards: list[Shard]) -> Batches:
+
+def unit_batches(rows: UnitRows, num_workers: int, pin_memory: bool) -> Batches:
+    """``(shard, last, batch)`` of ``rows``, by at most one worker per unit."""
+    workers = min(num_workers, len({s.index for s in rows.shards}))
+    loader = DataLoader(rows, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory,
+                        persistent_workers=False)
+    batches = iter(loader) if workers > 0 else prefetch(loader)
+    try:
+        yield from batches
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+
+
+class TarRows(UnitRows):
+    """The batches of ``shards`` (of ``plan_tar_shards``): a unit is an input tar."""
+
+    def __init__(self, sources: dict[str, TarShardSource], config: TokenizeConfig, shards: list[Shard],
+                 images_per_batch: int, finish: Finish | None = None) -> None:
+        super().__init__(shards, images_per_batch, finish)
+        self.sources = sources
+        self.config = config
+
+    def _unit(self, t: int, shards: list[Shard]) -> Batches:
         by_sample: dict[Sample, tuple[Shard, int]] = {}  # sample → (shard, index in its split)
         for shard in shards:
             src = self.sources[shard.split]
@@ -147,15 +170,7 @@ def streamed_batches(sources: dict[str, TarShardSource], config: TokenizeConfig,
                      images_per_batch: int, num_workers: int, pin_memory: bool, finish: Finish | None = None) -> Batches:
     """``(shard, last, batch)`` for ``shards``, each input tar streamed once (by at most one worker
     per tar); ``finish`` as for ``indexed_batches``."""
-    workers = min(num_workers, len({s.index for s in shards}))
-    loader = DataLoader(TarRows(sources, config, shards, images_per_batch, finish), batch_size=None, num_workers=workers,
-                        collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False)
-    batches = iter(loader) if workers > 0 else prefetch(loader)
-    try:
-        yield from batches
-    finally:
-        if hasattr(batches, "close"):
-            batches.close()
+    return unit_batches(TarRows(sources, config, shards, images_per_batch, finish), num_workers, pin_memory)
 
 
 def encode_shards(model: VQGAN, batches: Iterable[tuple[Shard, bool, dict[str, Any]]], total: int | None, partial: Path,

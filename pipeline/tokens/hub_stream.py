@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..data import HubStream
 from ..settings import TokenizeConfig
-from .shards import Shard, collate, open_shards, prefetch, rows_of
+from .encode import UnitRows, unit_batches
+from .shards import Shard, collate, open_shards, rows_of
 
 __all__ = ["plan_stream_shards", "hub_batches", "classes_seen", "StreamReadError"]
 
@@ -37,28 +37,18 @@ def plan_stream_shards(stream: HubStream) -> list[Shard]:
     return [Shard(split, u, u, 0, 0) for u, (part, _f) in enumerate(stream.units()) for split in stream.splits_of(part)]
 
 
-class HubRows(IterableDataset):
-    """The batches of ``shards``; worker ``w`` of ``W`` reads the units ``w``, ``w + W``, … of its list."""
+class HubRows(UnitRows):
+    """The batches of ``shards`` (of ``plan_stream_shards``): a unit is a data file."""
 
     def __init__(self, stream: HubStream, config: TokenizeConfig, shards: list[Shard], images_per_batch: int,
                  finish: Any = None) -> None:
+        super().__init__(shards, images_per_batch, finish)
         self.stream = stream
         self.config = config
-        self.shards = shards
-        self.images_per_batch = images_per_batch
-        self.finish = finish
         self.units = stream.units()
 
-    def __iter__(self) -> Batches:
-        units = sorted({s.index for s in self.shards})
-        worker = get_worker_info()
-        if worker is not None:
-            units = units[worker.id::worker.num_workers]
-        for u in units:
-            for shard, last, batch in self._unit(u, {s.split: s for s in self.shards if s.index == u}):
-                yield shard, last, (self.finish(batch) if self.finish is not None and "error" not in batch else batch)
-
-    def _unit(self, u: int, shards: dict[str, Shard]) -> Batches:
+    def _unit(self, u: int, unit_shards: list[Shard]) -> Batches:
+        shards = {s.split: s for s in unit_shards}
         part, f = self.units[u]
         stream, config = self.stream, self.config
         buffers: dict[str, list[dict[str, Any]]] = {split: [] for split in shards}
@@ -83,25 +73,14 @@ class HubRows(IterableDataset):
             yield shard, True, collate(buffers[split])
 
 
-def _as_is(item: Any) -> Any:
-    return item
-
-
 def hub_batches(stream: HubStream, config: TokenizeConfig, shards: list[Shard], images_per_batch: int,
                 num_workers: int, pin_memory: bool, finish: Any = None) -> Batches:
     """``(shard, last, batch)`` for ``shards``, each data file streamed once (by one worker)."""
-    workers = min(num_workers, len({s.index for s in shards}))
-    loader = DataLoader(HubRows(stream, config, shards, images_per_batch, finish), batch_size=None,
-                        num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False)
-    batches = iter(loader) if workers > 0 else prefetch(loader)
-    try:
-        for shard, last, batch in batches:
-            if "error" in batch:
-                raise StreamReadError(batch["error"])
-            yield shard, last, batch
-    finally:
-        if hasattr(batches, "close"):
-            batches.close()
+    for shard, last, batch in unit_batches(HubRows(stream, config, shards, images_per_batch, finish), num_workers,
+                                           pin_memory):
+        if "error" in batch:
+            raise StreamReadError(batch["error"])
+        yield shard, last, batch
 
 
 def classes_seen(partial: Path, shards: list[Shard]) -> list[str]:
