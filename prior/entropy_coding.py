@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from transformers import PreTrainedModel
 from .kv_decoders import make_decoder
 from .model import PriorSpec
 
-__all__ = ["GridCoder", "EncodedGrids", "numerics"]
+__all__ = ["GridCoder", "EncodedGrids", "numerics", "shortest_stream", "stream_bytes", "stream_words"]
 
 DEFAULT_BATCH = 16  # rows per forward pass: throughput against padding waste when decoding a few grids
 TRIM_MAX_BYTES = 256 << 20  # a batch's distributions are kept (to trim each stream's last word) up to this size
@@ -95,14 +95,40 @@ def _labels(labels: torch.Tensor | Sequence[int] | None, count: int) -> torch.Te
     return labels
 
 
-def _to_bytes(words: np.ndarray) -> bytes:
+def stream_bytes(words: np.ndarray) -> bytes:
     """Big-endian: the stream is one number, most significant byte first, so its tail can be cut."""
     return words.astype(">u4").tobytes()
 
 
-def _to_words(data: bytes) -> np.ndarray:
+def stream_words(data: bytes) -> np.ndarray:
     padded = data + b"\0" * (-len(data) % 4)  # trimmed (or truncated) streams end in zeros
     return np.frombuffer(padded, dtype=">u4").astype(np.uint32)
+
+
+def shortest_stream(data: bytes, decodes: Callable[[bytes], bool]) -> bytes:
+    """The shortest prefix of a range-coded stream (``stream_bytes``) for which ``decodes`` still holds.
+    The range coder seals a stream with whole 32-bit words holding the low end of the final interval;
+    the stream read as one big-endian number (missing bytes are zeros, here and when the archive is
+    read) only has to land inside that interval, so the last bytes are dropped — the new last byte
+    rounded up where dropping alone falls below it — as long as decoding gives the same symbols
+    (checked, not assumed). Saves about 1.7 bytes per stream."""
+    def ok(candidate: bytes) -> bool:
+        try:
+            return decodes(candidate)
+        except (ValueError, RuntimeError, AssertionError):  # constriction refuses data no encoder wrote
+            return False
+
+    while len(data) > 1:
+        shorter = data[:-1]
+        up = int.from_bytes(shorter, "big") + 1
+        rounded = up.to_bytes(len(shorter), "big") if up < 1 << (8 * len(shorter)) else None
+        if ok(shorter):
+            data = shorter
+        elif rounded is not None and ok(rounded):
+            data = rounded
+        else:
+            break
+    return data
 
 
 class GridCoder:
@@ -182,37 +208,17 @@ class GridCoder:
 
                 self._run(conditions[rows.start: rows.stop], step)
                 for r, encoder in enumerate(encoders):
-                    data = _to_bytes(encoder.get_compressed())
+                    data = stream_bytes(encoder.get_compressed())
                     streams.append(data if kept is None else self._trim(data, chunk[r], kept[r]))
                 if progress is not None:
                     progress.update(len(rows))
         return EncodedGrids(streams, bits)
 
     def _trim(self, data: bytes, codes: np.ndarray, probs: np.ndarray) -> bytes:
-        """The shortest stream that still decodes to ``codes``. The range coder seals a stream with whole
-        32-bit words holding the low end of the final interval; the stream read as one big-endian number
-        (missing bytes are zeros, here and when the archive is read) only has to land inside that interval,
-        so the last bytes are dropped — the new last byte rounded up where dropping alone falls below it —
-        as long as decoding gives ``codes`` (checked, not assumed). Saves about 1.7 bytes per stream."""
+        """The shortest stream that still decodes to ``codes`` (``shortest_stream``)."""
         queue = _constriction().stream.queue
-
-        def decodes(candidate: bytes) -> bool:
-            try:
-                return np.array_equal(queue.RangeDecoder(_to_words(candidate)).decode(self.family, probs), codes)
-            except (ValueError, RuntimeError, AssertionError):  # constriction refuses data no encoder wrote
-                return False
-
-        while len(data) > 1:
-            shorter = data[:-1]
-            up = int.from_bytes(shorter, "big") + 1
-            rounded = up.to_bytes(len(shorter), "big") if up < 1 << (8 * len(shorter)) else None
-            if decodes(shorter):
-                data = shorter
-            elif rounded is not None and decodes(rounded):
-                data = rounded
-            else:
-                break
-        return data
+        return shortest_stream(data, lambda candidate: np.array_equal(
+            queue.RangeDecoder(stream_words(candidate)).decode(self.family, probs), codes))
 
     @torch.inference_mode()
     def decode(self, streams: Sequence[bytes], labels: torch.Tensor | Sequence[int] | None = None,
@@ -228,7 +234,7 @@ class GridCoder:
         errors: list[str | None] = [None] * N
         with deterministic(self.device):
             for rows in self._batches(N):
-                decoders = [queue.RangeDecoder(_to_words(streams[i])) for i in rows]
+                decoders = [queue.RangeDecoder(stream_words(streams[i])) for i in rows]
                 out = np.zeros((len(rows), n), dtype=np.int64)
 
                 def step(t: int, probs: np.ndarray) -> torch.Tensor:

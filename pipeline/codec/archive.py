@@ -7,13 +7,26 @@ The header (integers as LEB128 varints):
 
     tokenizer fingerprint (8 bytes)  prior fingerprint (8 bytes)  grid h, w  codebook size K
     classes C  coder batch size  numerics (length + UTF-8: device type and torch version)
-    images N  names (length + zlib of the "\\n"-joined names; length 0: none stored)
-    per image: class + 1 (0 = coded with the "no class" token), stream length in bytes, CRC32 of its codes
+    images N  names (length + zlib of the "\n"-joined names; length 0: none stored)
+    the table of classes and stream lengths (version 2, below)
+    per image: the CRC32 of its codes (4 bytes)
 
-So the overhead is one header per archive plus, per image, a class byte, one or two length bytes
-and the 4-byte CRC beyond the coded bits (and its share of the compressed names). The table of
-stream lengths lives in the CRC-checked header: a damaged or truncated stream costs that image
-only, never the ones after it; a damaged header refuses the file.
+The table (version 2) is itself range-coded (constriction), with models that need no floating-point
+function beyond division, so every platform reads it alike:
+
+    class mode: 0, then class + 1 (every image has that class; 0 = the "no class" token),
+                or 1: each image's class + 1 uniform over 0 … C
+    lengths: the shortest L0, bucket width W, buckets B (at most 64), then B counts; each image's
+             length is its bucket (categorical with those counts, not coded when B = 1) and its
+             offset in the bucket (uniform over W, not coded when W = 1)
+    the coded table: its length, then its bytes (the shortest that still decode, as the streams)
+
+So the overhead is one header per archive plus, per image, the 4-byte CRC and about a byte of table
+(on the 156 held-out letters: log2 27 = 4.75 bits of class, about 3.5 bits of length) beyond the
+coded bits (and its share of the compressed names). Version 1 stored a class byte and a one- or
+two-byte length per image instead; it is still read. The table lives in the CRC-checked header: a
+damaged or truncated stream costs that image only, never the ones after it; a damaged header
+refuses the file.
 """
 
 from __future__ import annotations
@@ -24,10 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vqgpt.prior.entropy_coding import shortest_stream, stream_bytes, stream_words
+
 __all__ = ["MAGIC", "VERSION", "Archive", "ImageRecord", "codes_crc", "pack", "unpack"]
 
 MAGIC = b"VQGA"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
+MAX_BUCKETS = 64  # stream-length buckets of the table's model
 MAX_NAMES_BYTES = 1 << 30
 
 
@@ -94,6 +111,92 @@ class _Reader:
                 raise ValueError(f"{self.where} is damaged: a header number is too long")
 
 
+def _constriction():
+    import constriction
+
+    return constriction
+
+
+def _length_model(lengths: list[int]) -> tuple[int, int, list[int]]:
+    """(shortest length, bucket width, count per bucket): at most ``MAX_BUCKETS`` buckets."""
+    lo, hi = min(lengths), max(lengths)
+    width = -(-(hi - lo + 1) // MAX_BUCKETS)
+    counts = [0] * ((hi - lo) // width + 1)
+    for n in lengths:
+        counts[(n - lo) // width] += 1
+    return lo, width, counts
+
+
+def _table_models(counts: list[int], width: int, num_classes: int, uniform_classes: bool) -> list[tuple[str, object]]:
+    """The table's symbol groups in coding order, each with its constriction model (groups whose
+    symbol is known without coding are left out). Integer counts divided once: no platform's libm."""
+    model = _constriction().stream.model
+    models: list[tuple[str, object]] = []
+    if uniform_classes:
+        models.append(("class", model.Uniform(num_classes + 1)))
+    if len(counts) > 1:
+        probs = np.asarray(counts, dtype=np.float64) / float(sum(counts))
+        models.append(("bucket", model.Categorical(probs, perfect=False)))
+    if width > 1:
+        models.append(("offset", model.Uniform(width)))
+    return models
+
+
+def _pack_table(labels: list[int], lengths: list[int], num_classes: int) -> bytes:
+    """The classes and stream lengths of the images, range-coded (see the module's doc)."""
+    if not labels:
+        return b""
+    if not all(-1 <= label < num_classes for label in labels):
+        raise ValueError(f"class indices must lie in -1 … {num_classes - 1}")
+    uniform = len(set(labels)) > 1
+    out = bytearray(_varint(1) if uniform else _varint(0) + _varint(labels[0] + 1))
+    lo, width, counts = _length_model(lengths)
+    out += _varint(lo) + _varint(width) + _varint(len(counts)) + b"".join(_varint(c) for c in counts)
+    symbols = {"class": np.asarray(labels, dtype=np.int32) + 1,
+               "bucket": (np.asarray(lengths, dtype=np.int32) - lo) // width,
+               "offset": (np.asarray(lengths, dtype=np.int32) - lo) % width}
+    models = _table_models(counts, width, num_classes, uniform)
+    queue = _constriction().stream.queue
+    encoder = queue.RangeEncoder()
+    for name, m in models:
+        encoder.encode(symbols[name], m)
+
+    def decodes(candidate: bytes) -> bool:
+        decoder = queue.RangeDecoder(stream_words(candidate))
+        return all(np.array_equal(decoder.decode(m, len(labels)), symbols[name]) for name, m in models)
+
+    coded = shortest_stream(stream_bytes(encoder.get_compressed()), decodes) if models else b""
+    return bytes(out) + _varint(len(coded)) + coded
+
+
+def _unpack_table(reader: "_Reader", count: int, num_classes: int) -> tuple[list[int], list[int]]:
+    """``_pack_table`` read back: (class per image, -1 = none; stream length per image)."""
+    if not count:
+        return [], []
+    where = reader.where
+    mode = reader.varint()
+    if mode not in (0, 1):
+        raise ValueError(f"{where} is damaged: its table has class mode {mode}")
+    label = reader.varint() - 1 if mode == 0 else None
+    lo, width, buckets = reader.varint(), reader.varint(), reader.varint()
+    if not 1 <= buckets <= MAX_BUCKETS or width < 1:
+        raise ValueError(f"{where} is damaged: its table claims {buckets} length buckets of width {width}")
+    counts = [reader.varint() for _ in range(buckets)]
+    coded = reader.take(reader.varint())
+    if (mode == 1 and num_classes < 1) or sum(counts) != count:
+        raise ValueError(f"{where} is damaged: its table does not match its {count} images")
+    symbols = {"class": np.full(count, 0 if label is None else label + 1), "bucket": np.zeros(count, dtype=np.int64),
+               "offset": np.zeros(count, dtype=np.int64)}
+    decoder = _constriction().stream.queue.RangeDecoder(stream_words(coded))
+    try:
+        for name, m in _table_models(counts, width, num_classes, mode == 1):
+            symbols[name] = np.asarray(decoder.decode(m, count), dtype=np.int64)
+    except (ValueError, RuntimeError, AssertionError):
+        raise ValueError(f"{where} is damaged: its table of classes and lengths cannot be decoded") from None
+    lengths = lo + symbols["bucket"] * width + symbols["offset"]
+    return (symbols["class"] - 1).tolist(), lengths.tolist()
+
+
 def pack(archive: Archive) -> bytes:
     """The archive as bytes (see the module's doc)."""
     if archive.names and len(archive.names) != len(archive.images):
@@ -105,8 +208,8 @@ def pack(archive: Archive) -> bytes:
     for value in (*archive.grid, archive.codebook_size, archive.num_classes, archive.batch_size, len(numerics)):
         header += _varint(value)
     header += numerics + _varint(len(archive.images)) + _varint(len(names)) + names
-    for record in archive.images:
-        header += _varint(record.label + 1) + _varint(len(record.stream)) + struct.pack("<I", record.crc)
+    header += _pack_table([r.label for r in archive.images], [len(r.stream) for r in archive.images], archive.num_classes)
+    header += b"".join(struct.pack("<I", r.crc) for r in archive.images)
     head = MAGIC + bytes([VERSION]) + _varint(len(header)) + bytes(header)
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(r.stream for r in archive.images)
 
@@ -116,8 +219,10 @@ def unpack(data: bytes, where: str = "the archive") -> Archive:
     one-line ValueError. Streams cut short by truncation come back with ``complete=False``."""
     if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
         raise ValueError(f"{where} is not a vqgpt archive (it does not start with {MAGIC.decode()!r})")
-    if data[len(MAGIC)] != VERSION:
-        raise ValueError(f"{where} is a version {data[len(MAGIC)]} vqgpt archive; this vqgpt reads version {VERSION}")
+    version = data[len(MAGIC)]
+    if version not in READABLE:
+        raise ValueError(f"{where} is a version {version} vqgpt archive; this vqgpt reads versions "
+                         f"{', '.join(map(str, READABLE))}")
     reader = _Reader(data, where)
     reader.pos = len(MAGIC) + 1
     length = reader.varint()
@@ -135,7 +240,14 @@ def unpack(data: bytes, where: str = "the archive") -> Archive:
     if names_len > MAX_NAMES_BYTES:
         raise ValueError(f"{where} is damaged: its names block claims {names_len} bytes")
     names_blob = reader.take(names_len)
-    table = [(reader.varint() - 1, reader.varint(), struct.unpack("<I", reader.take(4))[0]) for _ in range(count)]
+    if count > len(data):
+        raise ValueError(f"{where} is damaged: its header claims {count} images")
+    if version == 1:
+        table = [(reader.varint() - 1, reader.varint(), struct.unpack("<I", reader.take(4))[0]) for _ in range(count)]
+    else:
+        labels, lengths = _unpack_table(reader, count, classes)
+        crcs = struct.unpack(f"<{count}I", reader.take(4 * count))
+        table = list(zip(labels, lengths, crcs))
     if reader.pos != head_end:
         raise ValueError(f"{where} is damaged: its header holds {head_end - reader.pos} unexpected bytes")
     names: list[str] = []
