@@ -5,8 +5,9 @@
 
 Each ``NAME=RUN`` is a run folder (``tokenizer/``, ``tokens/``, ``prior/``, as ``vqgpt demo`` or the
 default commands make it). The images are the held-out split of the source its token dataset was
-made from (the rows the prior never trained on), prepared as the tokenizer sees them (its size and
-colour mode); the first ``--num`` of them are measured.
+made from (the rows the prior never trained on), or with ``--held-out NAME=SRC`` every image of
+another source the run never saw, prepared as the tokenizer sees them (its size and colour mode);
+``--num`` of them, evenly spread over the split, are measured.
 
 For every image:
 
@@ -130,26 +131,33 @@ def matched(image: Image.Image, original: np.ndarray, target: float, codec: dict
     return {"bytes": len(data), "psnr": value, "quality": hi, "data": data, "reached": True}
 
 
-def held_out(run: Path, pipe: Pipeline, num: int):
-    """The first ``num`` held-out images of the run's source: FloatTensor[N, C, S, S], labels, names."""
-    meta = pr.read_token_meta(run / "tokens")
-    data, split = meta["data"], meta.get("split") or {}
-    chosen = held_out_split(data, data, int(split.get("seed", 0)), split.get("val_fraction"))
+def held_out(run: Path, pipe: Pipeline, num: int, other: str | None = None):
+    """``num`` held-out images (evenly spread) of the run's source (or every image of ``other``, a source
+    the run never saw): FloatTensor[N, C, S, S], labels, names, the source, its size."""
     cfg = pipe.tokenizer.config
-    source = load_images(data, cfg.image_size, cfg.channels, split=chosen.split, seed=chosen.seed,
-                         val_fraction=chosen.val_fraction)
+    if other is not None:
+        data = other
+        source = load_images(other, cfg.image_size, cfg.channels, split="all")
+    else:
+        meta = pr.read_token_meta(run / "tokens")
+        data, split = meta["data"], meta.get("split") or {}
+        chosen = held_out_split(data, data, int(split.get("seed", 0)), split.get("val_fraction"))
+        source = load_images(data, cfg.image_size, cfg.channels, split=chosen.split, seed=chosen.seed,
+                             val_fraction=chosen.val_fraction)
     n = min(num, len(source))
-    items = [source[i] for i in range(n)]
+    # spread over the whole split: sources list an image's crops together (bundled photos: 256 per photograph)
+    chosen_rows = np.linspace(0, len(source) - 1, n).round().astype(int).tolist() if n < len(source) else range(n)
+    items = [source[i] for i in chosen_rows]
     images = torch.stack([item["image"] for item in items])
     names = [source.class_names[item["label"]] if item["label"] >= 0 else "" for item in items]
     labels = [pipe.spec.class_names.index(c) if c in pipe.spec.class_names else -1 for c in names]
     return images, labels, [item["source"] for item in items], data, len(source)
 
 
-def bench_set(name: str, run: Path, num: int, vgg: str | None) -> dict:
+def bench_set(name: str, run: Path, num: int, vgg: str | None, other: str | None = None) -> dict:
     pipe = Pipeline.from_pretrained(run)
     models = pipe.codec_models()
-    images, labels, names, data_spec, total = held_out(run, pipe, num)
+    images, labels, names, data_spec, total = held_out(run, pipe, num, other)
     n = len(images)
     originals = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
     originals = originals[..., 0] if originals.shape[-1] == 1 else originals
@@ -297,8 +305,11 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", action="append", metavar="NAME=RUN", help="a set name and its run folder")
+    parser.add_argument("--held-out", action="append", default=[], metavar="NAME=SRC",
+                        help="measure set NAME on every image of SRC (any --data source its run never trained on) "
+                             "instead of its token dataset's held-out split")
     parser.add_argument("--replot", metavar="JSON", help="only redraw the table and plot of an earlier codec_bench.json")
-    parser.add_argument("--num", type=int, default=200, help="held-out images per set (default: 200)")
+    parser.add_argument("--num", type=int, default=200, help="held-out images per set, evenly spread over them (default: 200)")
     parser.add_argument("--out", default="codec-bench", help="folder for the JSON, table and plot")
     parser.add_argument("--vgg-weights", help="torchvision vgg16 weights: LPIPS too")
     args = parser.parse_args()
@@ -312,13 +323,17 @@ def main() -> None:
         return
     if not args.set:
         parser.error("give at least one --set NAME=RUN (or --replot JSON)")
+    others = dict(item.partition("=")[::2] for item in args.held_out)
+    unknown = set(others) - {item.partition("=")[0] for item in args.set}
+    if unknown:
+        parser.error(f"--held-out names set {sorted(unknown)[0]!r}, which no --set gives")
     results = []
     for item in args.set:
         name, _, run = item.partition("=")
         if not run or not Path(run, "tokens").is_dir():
             parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
         print(f"{name}: measuring {run} …", flush=True)
-        results.append(bench_set(name, Path(run), args.num, args.vgg_weights))
+        results.append(bench_set(name, Path(run), args.num, args.vgg_weights, others.get(name)))
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")

@@ -14,6 +14,7 @@ that are not in the training folder (other renderings, other icons, other photog
 | ``icons-a`` | colour RGBA icons, 32 px where drawn | theme categories | oxygen, elementary-xfce, nuoveXT2, Faenza icon themes |
 | ``icons-b`` | colour RGBA icons, 32 px where drawn | theme categories | mate, gnome, Tango, Moka icon themes (no theme shared with A) |
 | ``photos`` | 32 px colour crops of photographs | none | photographic wallpapers of plasma-workspace-wallpapers and mate-backgrounds; the test folder's crops come from photographs the training crops never touch |
+| ``photos-wide`` | the same, from 51 photographs | none | those 20 photographs, 13 Ubuntu wallpapers (lomiri-wallpapers-16.04/-20.04) and 18 OpenCV sample photographs (opencv-doc); the same test photographs |
 
 The letter sets use disjoint font families (and families derived from one another stay in
 one group), as do the two icon sets' themes, so one can be tuned on and the others reported.
@@ -104,8 +105,25 @@ PHOTO_FILES = {
     ],
 }
 PHOTO_TEST = ("ColorfulCups", "Path", "LadyBird", "Storm")
+# `photos-wide`: the photographs above and 31 more (Ubuntu wallpapers shipped for Lomiri, OpenCV's
+# sample photographs), for a prior that has seen more than a few dozen scenes; the same test photographs.
+PHOTO_FILES_WIDE = {
+    **PHOTO_FILES,
+    "lomiri-wallpapers-16.04": [f"/usr/share/backgrounds/{name}.jpg" for name in [
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+        "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi",
+    ]],
+    "lomiri-wallpapers-20.04": ["/usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"],
+    "opencv-doc": [f"/usr/share/doc/opencv-doc/examples/data/{name}" for name in [
+        "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "building.jpg",
+        "butterfly.jpg", "fruits.jpg", "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg",
+        "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "stuff.jpg",
+    ]],
+}
 
-SETS = ("letters-a", "letters-b", "letters-c", "icons-a", "icons-b", "photos")
+SETS = ("letters-a", "letters-b", "letters-c", "icons-a", "icons-b", "photos", "photos-wide")
 
 
 def packages_for(name: str) -> list[str]:
@@ -113,7 +131,7 @@ def packages_for(name: str) -> list[str]:
         return LETTER_GROUPS[name]
     if name in ICON_THEMES:
         return [pkg for pkg, _ in ICON_THEMES[name]]
-    return list(PHOTO_FILES)
+    return list(PHOTO_FILES_WIDE if name == "photos-wide" else PHOTO_FILES)
 
 
 def installed_version(pkg: str) -> str | None:
@@ -350,11 +368,12 @@ def build_icons(name: str, out: Path, seed: int, test_fraction: float, min_size:
 # --------------------------------------------------------------------------- photos
 
 def build_photos(name: str, out: Path, seed: int, train_crops: int, test_crops: int, size: int) -> dict:
-    photos = [p for files in PHOTO_FILES.values() for p in files]
+    files_of = PHOTO_FILES_WIDE if name == "photos-wide" else PHOTO_FILES
+    photos = [p for files in files_of.values() for p in files]
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
         sys.exit(f"error: photographs missing ({missing[0]} …); reinstall: apt-get install --reinstall "
-                 f"{' '.join(PHOTO_FILES)}")
+                 f"{' '.join(files_of)}")
     test = [p for p in photos if any(f"/{t}/" in p or p.endswith(f"/{t}.jpg") for t in PHOTO_TEST)]
     train = [p for p in photos if p not in test]
     rng = np.random.default_rng(stable_seed(seed, name))
@@ -373,7 +392,7 @@ def build_photos(name: str, out: Path, seed: int, train_crops: int, test_crops: 
             side = max(size, round(min(w, h) * rng.uniform(0.08, 0.35)))
             x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
             crop = img.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
-            crop.save(folder / f"{Path(files[k]).parts[-4] if 'wallpapers' in files[k] else Path(files[k]).stem}_{i:05d}.png")
+            crop.save(folder / f"{Path(files[k]).parts[-4] if '/wallpapers/' in files[k] else Path(files[k]).stem}_{i:05d}.png")
         counts[split] = n
     return {"train_photos": train, "test_photos": test, "crop_side": "8–35% of the shorter side",
             "size": size, "train_images": counts["train"], "test_images": counts["test"], "classes": 0}
@@ -400,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--icon-test-fraction", type=float, default=0.1, help="share of each category's icons kept for the test folder")
     ap.add_argument("--icon-min-size", type=int, default=32, help="the smallest drawn size taken from a theme (px)")
     ap.add_argument("--icon-min-per-class", type=int, default=20, help="categories with fewer icons are left out")
-    ap.add_argument("--photo-crops", type=int, default=2000)
+    ap.add_argument("--photo-crops", type=int, default=None,
+                    help="training crops (default: 2,000 for photos, 10,000 for photos-wide)")
     ap.add_argument("--photo-test-crops", type=int, default=400)
     ap.add_argument("--photo-size", type=int, default=32)
     ap.add_argument("--overwrite", action="store_true", help="replace sets that already exist in --out")
@@ -431,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             info = build_icons(name, args.out, args.seed, args.icon_test_fraction, args.icon_min_size,
                                args.icon_min_per_class)
         else:
-            info = build_photos(name, args.out, args.seed, args.photo_crops, args.photo_test_crops, args.photo_size)
+            crops = args.photo_crops or (10_000 if name == "photos-wide" else 2_000)
+            info = build_photos(name, args.out, args.seed, crops, args.photo_test_crops, args.photo_size)
         info.update(seed=args.seed, packages={p: versions[p] for p in packages_for(name)},
                     train_folder=str(folders[0]), test_folder=str(folders[1]),
                     digest={"train": folder_digest(folders[0]), "test": folder_digest(folders[1])})
