@@ -191,7 +191,7 @@ def _unpack_table(reader: "_Reader", count: int, num_classes: int) -> tuple[list
     try:
         for name, m in _table_models(counts, width, num_classes, mode == 1):
             symbols[name] = np.asarray(decoder.decode(m, count), dtype=np.int64)
-    except (ValueError, RuntimeError, AssertionError):
+    except (ValueError, RuntimeError, AssertionError, OverflowError):
         raise ValueError(f"{where} is damaged: its table of classes and lengths cannot be decoded") from None
     lengths = lo + symbols["bucket"] * width + symbols["offset"]
     return (symbols["class"] - 1).tolist(), lengths.tolist()
