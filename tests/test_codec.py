@@ -289,3 +289,20 @@ def test_version_1_archives_are_still_read(pipe, folder_codes):
     future = data[:4] + bytes([9]) + data[5:]
     with pytest.raises(ValueError, match="version 9 vqgpt archive; this vqgpt reads versions 1, 2"):
         unpack(future)
+
+
+def test_a_table_that_does_not_add_up_is_refused():
+    """A header whose CRC holds but whose table is inconsistent (a crafted file): one-line error."""
+    records = [ImageRecord(k % 3, k, bytes(5 + k % 4)) for k in range(12)]
+    data = pack(Archive("0" * 16, "1" * 16, (8, 8), 64, 3, 16, "cpu torch 2.14.1", records, []))
+    archive = unpack(data)
+    head_end = archive.header_bytes - 4
+    # without images the header ends (before its CRC) where a table starts: both header lengths fit one varint byte
+    start = len(pack(dataclasses.replace(archive, images=[]))) - 4
+    assert data[start] == 1  # the class mode: uniform classes
+    for mode, phrase in ((7, "class mode 7"), (0, "does not match|cannot be decoded|unexpected bytes")):
+        crafted = bytearray(data[:head_end])
+        crafted[start] = mode
+        crafted = bytes(crafted) + struct.pack("<I", zlib.crc32(bytes(crafted))) + data[head_end + 4:]
+        with pytest.raises(ValueError, match=phrase):
+            unpack(crafted)
