@@ -7,7 +7,7 @@ The header (integers as LEB128 varints):
 
     tokenizer fingerprint (8 bytes)  prior fingerprint (8 bytes)  grid h, w  codebook size K
     classes C  coder batch size  numerics (length + UTF-8: device type and torch version)
-    images N  names (length + zlib of the "\n"-joined names; length 0: none stored)
+    images N  names (length + zlib of the "\\n"-joined names; length 0: none stored)
     the table of classes and stream lengths (version 2, below)
     per image: the CRC32 of its codes (4 bytes)
 
