@@ -38,7 +38,7 @@ from transformers import PreTrainedModel
 from .kv_decoders import make_decoder
 from .model import PriorSpec
 
-__all__ = ["GridCoder", "EncodedGrids", "numerics", "shortest_stream", "stream_bytes", "stream_words"]
+__all__ = ["GridCoder", "EncodedGrids", "numerics", "load_constriction", "shortest_stream", "stream_bytes", "stream_words"]
 
 DEFAULT_BATCH = 16  # rows per forward pass: throughput against padding waste when decoding a few grids
 TRIM_MAX_BYTES = 256 << 20  # a batch's distributions are kept (to trim each stream's last word) up to this size
@@ -77,7 +77,7 @@ class EncodedGrids:
     model_bits: np.ndarray  # float64[N]
 
 
-def _constriction():
+def load_constriction():
     try:
         import constriction
     except ImportError:  # a core dependency: only a broken install lacks it
@@ -146,7 +146,7 @@ class GridCoder:
             model = copy.deepcopy(model).float()
         self.model, self.spec, self.batch_size = model.eval(), spec, batch_size
         self.device = next(model.parameters()).device
-        self.family = _constriction().stream.model.Categorical(perfect=False)
+        self.family = load_constriction().stream.model.Categorical(perfect=False)
 
     def _conditions(self, labels: torch.Tensor) -> torch.Tensor:
         if (labels < 0).any() and not self.spec.has_null_condition:
@@ -187,7 +187,7 @@ class GridCoder:
             raise ValueError(f"codes must lie in 0 … {self.spec.codebook_size - 1}")
         labels = _labels(labels, N)
         conditions = self._conditions(labels)
-        queue = _constriction().stream.queue
+        queue = load_constriction().stream.queue
         streams: list[bytes] = []
         bits = np.zeros(N, dtype=np.float64)
         with deterministic(self.device):
@@ -216,7 +216,7 @@ class GridCoder:
 
     def _trim(self, data: bytes, codes: np.ndarray, probs: np.ndarray) -> bytes:
         """The shortest stream that still decodes to ``codes`` (``shortest_stream``)."""
-        queue = _constriction().stream.queue
+        queue = load_constriction().stream.queue
         return shortest_stream(data, lambda candidate: np.array_equal(
             queue.RangeDecoder(stream_words(candidate)).decode(self.family, probs), codes))
 
@@ -229,7 +229,7 @@ class GridCoder:
         N, n = len(streams), self.spec.num_codes
         labels = _labels(labels, N)
         conditions = self._conditions(labels)
-        queue = _constriction().stream.queue
+        queue = load_constriction().stream.queue
         grids = torch.zeros(N, n, dtype=torch.long)
         errors: list[str | None] = [None] * N
         with deterministic(self.device):

@@ -123,7 +123,9 @@ PHOTO_FILES_WIDE = {
     ]],
 }
 
-SETS = ("letters-a", "letters-b", "letters-c", "icons-a", "icons-b", "photos", "photos-wide")
+PHOTO_SETS = {"photos": (PHOTO_FILES, 2_000), "photos-wide": (PHOTO_FILES_WIDE, 10_000)}  # photographs, training crops
+
+SETS = ("letters-a", "letters-b", "letters-c", "icons-a", "icons-b", *PHOTO_SETS)
 
 
 def packages_for(name: str) -> list[str]:
@@ -131,7 +133,7 @@ def packages_for(name: str) -> list[str]:
         return LETTER_GROUPS[name]
     if name in ICON_THEMES:
         return [pkg for pkg, _ in ICON_THEMES[name]]
-    return list(PHOTO_FILES_WIDE if name == "photos-wide" else PHOTO_FILES)
+    return list(PHOTO_SETS[name][0])
 
 
 def installed_version(pkg: str) -> str | None:
@@ -368,7 +370,7 @@ def build_icons(name: str, out: Path, seed: int, test_fraction: float, min_size:
 # --------------------------------------------------------------------------- photos
 
 def build_photos(name: str, out: Path, seed: int, train_crops: int, test_crops: int, size: int) -> dict:
-    files_of = PHOTO_FILES_WIDE if name == "photos-wide" else PHOTO_FILES
+    files_of = PHOTO_SETS[name][0]
     photos = [p for files in files_of.values() for p in files]
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             info = build_icons(name, args.out, args.seed, args.icon_test_fraction, args.icon_min_size,
                                args.icon_min_per_class)
         else:
-            crops = args.photo_crops or (10_000 if name == "photos-wide" else 2_000)
+            crops = args.photo_crops or PHOTO_SETS[name][1]
             info = build_photos(name, args.out, args.seed, crops, args.photo_test_crops, args.photo_size)
         info.update(seed=args.seed, packages={p: versions[p] for p in packages_for(name)},
                     train_folder=str(folders[0]), test_folder=str(folders[1]),

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vqgpt.prior.entropy_coding import shortest_stream, stream_bytes, stream_words
+from vqgpt.prior.entropy_coding import load_constriction, shortest_stream, stream_bytes, stream_words
 
 __all__ = ["MAGIC", "VERSION", "Archive", "ImageRecord", "codes_crc", "pack", "unpack"]
 
@@ -111,12 +111,6 @@ class _Reader:
                 raise ValueError(f"{self.where} is damaged: a header number is too long")
 
 
-def _constriction():
-    import constriction
-
-    return constriction
-
-
 def _length_model(lengths: list[int]) -> tuple[int, int, list[int]]:
     """(shortest length, bucket width, count per bucket): at most ``MAX_BUCKETS`` buckets."""
     lo, hi = min(lengths), max(lengths)
@@ -130,7 +124,7 @@ def _length_model(lengths: list[int]) -> tuple[int, int, list[int]]:
 def _table_models(counts: list[int], width: int, num_classes: int, uniform_classes: bool) -> list[tuple[str, object]]:
     """The table's symbol groups in coding order, each with its constriction model (groups whose
     symbol is known without coding are left out). Integer counts divided once: no platform's libm."""
-    model = _constriction().stream.model
+    model = load_constriction().stream.model
     models: list[tuple[str, object]] = []
     if uniform_classes:
         models.append(("class", model.Uniform(num_classes + 1)))
@@ -156,7 +150,7 @@ def _pack_table(labels: list[int], lengths: list[int], num_classes: int) -> byte
                "bucket": (np.asarray(lengths, dtype=np.int32) - lo) // width,
                "offset": (np.asarray(lengths, dtype=np.int32) - lo) % width}
     models = _table_models(counts, width, num_classes, uniform)
-    queue = _constriction().stream.queue
+    queue = load_constriction().stream.queue
     encoder = queue.RangeEncoder()
     for name, m in models:
         encoder.encode(symbols[name], m)
@@ -187,7 +181,7 @@ def _unpack_table(reader: "_Reader", count: int, num_classes: int) -> tuple[list
         raise ValueError(f"{where} is damaged: its table does not match its {count} images")
     symbols = {"class": np.full(count, 0 if label is None else label + 1), "bucket": np.zeros(count, dtype=np.int64),
                "offset": np.zeros(count, dtype=np.int64)}
-    decoder = _constriction().stream.queue.RangeDecoder(stream_words(coded))
+    decoder = load_constriction().stream.queue.RangeDecoder(stream_words(coded))
     try:
         for name, m in _table_models(counts, width, num_classes, mode == 1):
             symbols[name] = np.asarray(decoder.decode(m, count), dtype=np.int64)
