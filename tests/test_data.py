@@ -333,3 +333,40 @@ def test_a_source_without_one_readable_image_writes_no_token_dataset(tmp_path: P
     with pytest.raises(ValueError, match="none of the 4 images of .* could be read .* no token dataset was written"):
         tokenize_dataset(tmp_path / "tok", str(tmp_path / "data"), tmp_path / "tokens", progress=False)
     assert not (tmp_path / "tokens" / "dataset_dict.json").exists() and not (tmp_path / "tokens" / ".partial").exists()
+
+
+def test_read_pixels_gives_pillows_own_reading_of_every_kind_of_file(tmp_path: Path) -> None:
+    """The fast reading path (bytes read whole, turned in place, no crop copy when the resize already
+    fits, numpy instead of torchvision's pil_to_tensor) gives, pixel for pixel, what the plain Pillow
+    steps give, from a path and from bytes, for every mode and orientation a source meets."""
+    from PIL import ImageOps
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from vqgpt.pipeline.data.images import read_pixels, resize_center_crop, to_mode
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (30, 44, 4), dtype=np.uint8)
+    files = {
+        "grey.png": Image.fromarray(noise[..., 0]),
+        "rgb.jpg": Image.fromarray(noise[..., :3]),
+        "rgba.png": Image.fromarray(noise),
+        "palette.png": Image.fromarray(noise[..., :3]).quantize(16),
+        "grey16.png": Image.fromarray(noise[..., 0].astype(np.uint16) * 257),
+        "exact.png": Image.fromarray(noise[:16, :16, :3]),  # already 16 × 16: neither resized nor cropped
+        "wide_exact_height.webp": Image.fromarray(noise[:16, :, :3]),  # cropped only
+    }
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned: the viewer turns it 90° counter-clockwise
+    Image.fromarray(noise[..., :3]).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+
+    for path in sorted(tmp_path.iterdir()):
+        for channels in (1, 3):
+            with Image.open(path) as im:
+                im.draft("RGB" if channels == 3 else "L", (16, 16))  # JPEGs: decoded small (and grey) by libjpeg
+                reference = pil_to_tensor(resize_center_crop(to_mode(ImageOps.exif_transpose(im), channels), 16))
+            for data in (path, str(path), path.read_bytes()):
+                got = read_pixels(data, channels, 16)
+                assert got.dtype == torch.uint8 and got.shape == (channels, 16, 16), path.name
+                assert torch.equal(got, reference), (path.name, channels, type(data).__name__)

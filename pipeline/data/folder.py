@@ -54,7 +54,7 @@ class FolderSource(ImageSource):
 
     def load_pil(self, index: int, min_size: int) -> Image.Image:
         assert self.root is not None
-        return decode_image(self.root / self.files[index], self.channels, min_size)
+        return decode_image(os.path.join(self.root, self.files[index]), self.channels, min_size)  # not Path's `/`: 7 µs
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

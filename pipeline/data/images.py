@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_model", "to_model", "decode_image",
+__all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_pixels", "pil_to_model", "to_model", "decode_image",
+           "read_pixels",
            "check_decodes", "check_many", "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
@@ -57,13 +57,22 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    if (nw, nh) == (size, size):
+        return img
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
+def pil_to_pixels(img: Image.Image) -> torch.Tensor:
+    """An 8-bit "L" or "RGB" PIL image → ByteTensor[C, H, W] (torchvision's ``pil_to_tensor``: the
+    same tensor, a view of one copy of the pixels, without its per-call checks: ~10 µs less an image)."""
+    pixels = torch.from_numpy(np.array(img))  # (H, W) or (H, W, C)
+    return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+
+
 def pil_to_model(img: Image.Image) -> torch.Tensor:
     """An 8-bit "L" or "RGB" PIL image → FloatTensor[C, H, W] in [-1, 1]."""
-    return to_model(pil_to_tensor(img)).contiguous()  # (C, H, W)
+    return to_model(pil_to_pixels(img)).contiguous()  # (C, H, W)
 
 
 def to_model(pixels: torch.Tensor) -> torch.Tensor:
@@ -90,11 +99,25 @@ def upright(img: Image.Image) -> Image.Image:
 
 def decode_image(data: str | Path | bytes, channels: int, min_size: int) -> Image.Image:
     """Decode fully and turn upright (EXIF orientation); JPEGs are DCT-scaled to the smallest size
-    whose shorter side is still ≥ ``min_size`` (a large speed-up for big photos, no visible loss)."""
+    whose shorter side is still ≥ ``min_size`` (a large speed-up for big photos, no visible loss).
+
+    This runs once per image of every data source, so it avoids what costs without changing a pixel:
+    a file is read whole first (one read, then Pillow parses memory: ~10 µs less a small PNG), and the
+    image, its own, is turned in place (``upright`` copies even an image with nothing to turn)."""
+    if not isinstance(data, (bytes, bytearray)):
+        with open(data, "rb") as f:
+            data = f.read()
     with _open(data) as img:
         img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
         img.load()
-        return to_mode(upright(img), channels)
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_mode(img, channels)
+
+
+def read_pixels(data: str | Path | bytes, channels: int, size: int) -> torch.Tensor:
+    """An image file or its bytes → ByteTensor[C, size, size]: decoded, upright, in its mode, shorter
+    side resized and centre-cropped (what every file-based source's ``pixels_at`` gives)."""
+    return pil_to_pixels(resize_center_crop(decode_image(data, channels, size), size))
 
 
 def check_decodes(data: str | Path | bytes) -> str | None:

@@ -17,9 +17,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
-from .images import resize_center_crop, to_model
+from .images import pil_to_pixels, resize_center_crop, to_model
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class ImageSource(Dataset, abc.ABC):
         in 0..255 for 8-bit images (4× less to pass between processes than floats; ``to_model``
         converts a whole batch at once), FloatTensor in [-1, 1] for sources computed in floating
         point (``digits``)."""
-        return pil_to_tensor(resize_center_crop(self.load_pil(index, size), size))
+        return pil_to_pixels(resize_center_crop(self.load_pil(index, size), size))
 
     def image_at(self, index: int, size: int) -> torch.Tensor:
         """Item ``index`` resized to ``size × size`` → FloatTensor[C, size, size] in [-1, 1]."""

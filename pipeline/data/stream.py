@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torchvision.transforms.functional import pil_to_tensor
 
 from .hf import hub_offline, hub_reachable, load_hub, pick_splits
-from .images import decode_image, resize_center_crop
+from .images import read_pixels
 
 __all__ = ["HubStream", "open_hub_stream", "hub_download_bytes", "wants_stream"]
 
@@ -86,7 +85,7 @@ class HubStream:
         """ByteTensor[C, size, size] of one image's payload (as ``ImageSource.pixels_at``)."""
         if payload is None:
             raise ValueError("the row holds no image data")
-        return pil_to_tensor(resize_center_crop(decode_image(payload, self.channels, size), size))
+        return read_pixels(payload, self.channels, size)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data read, for the resume check: the dataset and its data files (on the

@@ -35,9 +35,8 @@ from typing import Any, Iterator
 
 import torch
 from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
 
-from .images import check_decodes, check_many, decode_image, resize_center_crop
+from .images import check_decodes, check_many, decode_image, read_pixels
 from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["IMAGE_MEMBERS", "CLASS_MEMBERS", "is_shard_spec", "expand_shards", "index_shards", "TarShardSource",
@@ -200,7 +199,7 @@ class TarShardSource(ImageSource):
 
     def pixels_from(self, data: bytes, size: int) -> torch.Tensor:
         """An image member's bytes (read from a stream) → what ``pixels_at`` gives for it."""
-        return pil_to_tensor(resize_center_crop(decode_image(data, self.channels, size), size))
+        return read_pixels(data, self.channels, size)
 
     def items_of_shard(self, shard: int) -> range:
         """This split's indices of the images shard ``shard`` holds (consecutive: items are in shard order)."""

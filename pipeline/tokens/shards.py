@@ -77,7 +77,7 @@ def rows_of(split: str, name: str, label: int, crop_key: int | str, size: int, c
             g = torch.Generator().manual_seed(zlib.crc32(f"{config.data_seed}:{split}:{crop_key}:crops".encode()))
             offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
             rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
-        images = torch.stack(rows)  # (V, C, S, S)
+        images = rows[0][None] if len(rows) == 1 else torch.stack(rows)  # (V, C, S, S)
         reason = ""
     except Exception as err:  # a file that vanished or broke after indexing
         images = torch.zeros(len(variants), channels, size, size, dtype=torch.uint8)
