@@ -11,12 +11,15 @@ It builds a random-init tokenizer from a preset, or in the layout of a published
 generates a folder of PNG images at the preset's resolution, and runs, each in its own
 subprocess so its peak RSS can be read alone (``os.wait4`` rusage):
 
-1. bare ``model.encode`` on in-memory batches of the same size (the ceiling);
+1. bare ``model.encode`` on in-memory batches of the same size (the ceiling), before the first
+   tokenize run and after each one;
 2. ``tokenize_dataset`` on the first N images, for every N in ``--sizes``;
 3. with ``--shards``, ``tokenize_dataset`` on the same N images packed into WebDataset tar shards
    of 1,000 (read as a stream).
 
-It prints images/s for both (goal: tokenize ≥ 90% of bare encode) and each run's peak
+It prints images/s for both (goal: tokenize ≥ 90% of bare encode), each tokenize run against the
+mean of the two bare runs beside it (a machine whose speed drifts moves them together) and
+against the fastest bare run of the series (stricter), and each run's peak
 RSS (goal: flat as N grows, i.e. memory does not scale with the data set). With the default
 threads it also prints bare encode as one one-thread process per core side by side: on the CPU
 tokenize's workers encode that way, so that figure, not one process's, is the ceiling there.
@@ -224,8 +227,9 @@ def main() -> None:
         # as many images as the largest tokenize run: a second or less of encoding swings by half on a
         # shared machine
         bare_args = ["--child", "bare", "--tokenizer", str(tok), "--images", str(max(args.sizes)), *common]
-        # bare encode runs before and after the tokenize runs; on a shared machine the
-        # faster of the two is the ceiling tokenize is compared with
+        # bare encode runs before, between and after the tokenize runs: this machine's speed drifts
+        # by a third within minutes, so each tokenize run is compared with the bare runs on either side
+        # of it, and (the stricter figure) with the fastest bare run of the series
         bare = [_run_child(bare_args)]
         runs = []
         worker_args = [] if args.workers is None else ["--workers", str(args.workers)]
@@ -234,10 +238,10 @@ def main() -> None:
                 result, rss = _run_child(["--child", "tokenize", "--tokenizer", str(tok), "--data", str(data[n]),
                                           "--out", str(tmp_path / f"tokens_{kind}_{n}"), *worker_args, *common])
                 runs.append((f"{n:>7,} images" + (" (tar shards)" if kind == "shards" else ""), result, rss))
-        bare.append(_run_child(bare_args))
+                bare.append(_run_child(bare_args))
         best, bare_rss = max(bare, key=lambda r: r[0]["images_per_s"])
-        both = " and ".join(f"{r['images_per_s']:.1f}" for r, _ in bare)
-        print(f"bare encode:            {best['images_per_s']:9.1f} images/s (best of {both}; "
+        every = ", ".join(f"{r['images_per_s']:.0f}" for r, _ in bare)
+        print(f"bare encode:            {best['images_per_s']:9.1f} images/s (best of {every}, in order; "
               f"peak RSS {bare_rss:7.1f} MiB)")
         # the other ceiling: one single-thread encode process per core, side by side (what tokenize's
         # CPU workers do); shown so the two can be told apart
@@ -250,10 +254,11 @@ def main() -> None:
             plain, _ = _run_child([*bare_args, "--default-malloc"])
             print(f"bare encode, glibc's default malloc settings: {plain['images_per_s']:9.1f} images/s "
                   f"(the command's keep_freed_memory: {100 * best['images_per_s'] / plain['images_per_s'] - 100:+.0f}%)")
-        for what, result, rss in runs:
-            ratio = 100 * result["images_per_s"] / best["images_per_s"]
-            print(f"tokenize {what}: {result['images_per_s']:9.1f} images/s = {ratio:5.1f}% of "
-                  f"bare encode, {result['seconds']:6.1f}s end to end (peak RSS {rss:7.1f} MiB)")
+        for k, (what, result, rss) in enumerate(runs):
+            beside = (bare[k][0]["images_per_s"] + bare[k + 1][0]["images_per_s"]) / 2
+            print(f"tokenize {what}: {result['images_per_s']:9.1f} images/s = {100 * result['images_per_s'] / beside:5.1f}% "
+                  f"of the bare runs beside it ({beside:.0f}), {100 * result['images_per_s'] / best['images_per_s']:5.1f}% "
+                  f"of the fastest, {result['seconds']:6.1f}s end to end (peak RSS {rss:7.1f} MiB)")
 
 
 if __name__ == "__main__":
