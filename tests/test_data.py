@@ -342,7 +342,15 @@ def test_read_pixels_gives_pillows_own_reading_of_every_kind_of_file(tmp_path: P
     from PIL import ImageOps
     from torchvision.transforms.functional import pil_to_tensor
 
-    from vqgpt.pipeline.data.images import read_pixels, resize_center_crop, to_mode
+    from vqgpt.pipeline.data.images import read_pixels, to_mode
+
+    def resize_then_crop(img: Image.Image, size: int) -> Image.Image:  # the steps spelled out: always crops
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC) if (nw, nh) != (w, h) else img
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return img.crop((left, top, left + size, top + size))
 
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (30, 44, 4), dtype=np.uint8)
@@ -365,7 +373,7 @@ def test_read_pixels_gives_pillows_own_reading_of_every_kind_of_file(tmp_path: P
         for channels in (1, 3):
             with Image.open(path) as im:
                 im.draft("RGB" if channels == 3 else "L", (16, 16))  # JPEGs: decoded small (and grey) by libjpeg
-                reference = pil_to_tensor(resize_center_crop(to_mode(ImageOps.exif_transpose(im), channels), 16))
+                reference = pil_to_tensor(resize_then_crop(to_mode(ImageOps.exif_transpose(im), channels), 16))
             for data in (path, str(path), path.read_bytes()):
                 got = read_pixels(data, channels, 16)
                 assert got.dtype == torch.uint8 and got.shape == (channels, 16, 16), path.name
