@@ -209,6 +209,37 @@ def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) 
     assert meta["augmentations"] == {"flip": True, "crops": 3, "crop_resize": 1.0625, "splits": ["train"]}
 
 
+def test_each_file_is_decoded_once_with_its_crops(tok: Path, images: Path, tmp_path: Path, monkeypatch) -> None:
+    """An image and its crops come from one decode (at the crops' larger size), and the rows are what
+    separate reads at each size give (PNG: the decode does not depend on the size asked)."""
+    from vqgpt.pipeline.data import folder
+
+    decoded: list[tuple[str, int]] = []
+    real = folder.decode_image
+
+    def counting(path, channels, min_size):
+        decoded.append((str(path), min_size))
+        return real(path, channels, min_size)
+
+    monkeypatch.setattr(folder, "decode_image", counting)
+    out = tmp_path / "once"
+    summary = tokenize_dataset(tok, str(images), out, crops=2, batch_size=6, num_workers=0, progress=False)
+    files = sorted(str(p) for p in images.rglob("*.png"))
+    assert sorted(path for path, _ in decoded) == files  # every file once, crops included
+    train = {str(images / f) for f in load_images(str(images), 16, 1, split="train").files}
+    assert all(size == (round(16 * 1.0625) if path in train else 16) for path, size in decoded)  # validation: no crops
+    assert summary["train_rows"] == 3 * len(train)
+
+    monkeypatch.setattr(folder, "decode_image", real)
+    src = load_images(str(images), 16, 1, split="train")
+    image, big = src.pixels_at_sizes(0, (16, 17))
+    assert torch.equal(image, src.pixels_at(0, 16)) and torch.equal(big, src.pixels_at(0, 17))
+    model = VQGAN.from_pretrained(tok)
+    dd = _load(out)
+    codes = torch.as_tensor(np.asarray(dd["train"].with_format("numpy")[:1]["codes"]), dtype=torch.long)
+    assert torch.equal(codes[0], model.encode(src.image_at(0, 16)[None])[0])
+
+
 def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """Without ``crops`` a small data set gets random crops up to about TARGET_TRAIN_ROWS rows
     (never flips); a data set that is already large enough gets none. Validation stays plain."""

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 __all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_pixels", "pil_to_model", "to_model", "decode_image",
-           "read_pixels",
+           "read_pixels", "read_pixels_at",
            "check_decodes", "check_many", "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
@@ -118,6 +118,14 @@ def read_pixels(data: str | Path | bytes, channels: int, size: int) -> torch.Ten
     """An image file or its bytes → ByteTensor[C, size, size]: decoded, upright, in its mode, shorter
     side resized and centre-cropped (what every file-based source's ``pixels_at`` gives)."""
     return pil_to_pixels(resize_center_crop(decode_image(data, channels, size), size))
+
+
+def read_pixels_at(data: str | Path | bytes, channels: int, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``read_pixels`` at each of ``sizes`` from one decode (a JPEG's DCT scaling chosen for the largest)."""
+    if len(sizes) == 1:
+        return [read_pixels(data, channels, sizes[0])]
+    img = decode_image(data, channels, max(sizes))
+    return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
 
 
 def check_decodes(data: str | Path | bytes) -> str | None:

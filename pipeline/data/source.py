@@ -108,6 +108,14 @@ class ImageSource(Dataset, abc.ABC):
         point (``digits``)."""
         return pil_to_pixels(resize_center_crop(self.load_pil(index, size), size))
 
+    def pixels_at_sizes(self, index: int, sizes: Sequence[int]) -> list[torch.Tensor]:
+        """``pixels_at`` for each of ``sizes``, the image decoded once (a JPEG's DCT scaling chosen for
+        the largest): what tokenize reads for an image and its crops."""
+        if len(sizes) == 1 or type(self).pixels_at is not ImageSource.pixels_at:  # a source's own resizing
+            return [self.pixels_at(index, size) for size in sizes]
+        img = self.load_pil(index, max(sizes))
+        return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
+
     def image_at(self, index: int, size: int) -> torch.Tensor:
         """Item ``index`` resized to ``size × size`` → FloatTensor[C, size, size] in [-1, 1]."""
         return to_model(self.pixels_at(index, size)).contiguous()

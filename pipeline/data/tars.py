@@ -31,12 +31,12 @@ import tarfile
 from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from .images import check_decodes, check_many, decode_image, read_pixels
+from .images import check_decodes, check_many, decode_image, read_pixels_at
 from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["IMAGE_MEMBERS", "CLASS_MEMBERS", "is_shard_spec", "expand_shards", "index_shards", "TarShardSource",
@@ -197,9 +197,9 @@ class TarShardSource(ImageSource):
         shard, sample = self.items[index]
         return decode_image(_read(self.paths[shard], sample), self.channels, min_size)
 
-    def pixels_from(self, data: bytes, size: int) -> torch.Tensor:
-        """An image member's bytes (read from a stream) → what ``pixels_at`` gives for it."""
-        return read_pixels(data, self.channels, size)
+    def pixels_from(self, data: bytes, sizes: Sequence[int]) -> list[torch.Tensor]:
+        """An image member's bytes (read from a stream) → what ``pixels_at_sizes`` gives for it."""
+        return read_pixels_at(data, self.channels, sizes)
 
     def items_of_shard(self, shard: int) -> range:
         """This split's indices of the images shard ``shard`` holds (consecutive: items are in shard order)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ class TarRows(UnitRows):
                 shard, i = by_sample.pop(sample)
                 src = self.sources[shard.split]
                 buffers[shard].append(image_rows(src, shard.split, i, self.config,
-                                                 lambda size, src=src, data=data: src.pixels_from(data, size)))
+                                                 lambda sizes, src=src, data=data: src.pixels_from(data, sizes)))
                 if len(buffers[shard]) == self.images_per_batch:
                     yield shard, False, collate(buffers[shard])
                     buffers[shard] = []
@@ -155,8 +155,8 @@ class TarRows(UnitRows):
             yield shard, True, collate(buffers[shard])
 
 
-def _unreadable(reason: str) -> Callable[[int], torch.Tensor]:
-    def pixels(size: int) -> torch.Tensor:
+def _unreadable(reason: str) -> Callable[[Sequence[int]], list[torch.Tensor]]:
+    def pixels(sizes: Sequence[int]) -> list[torch.Tensor]:
         raise OSError(reason)
 
     return pixels

@@ -59,7 +59,7 @@ class HubRows(UnitRows):
                 if split not in shards:  # that split's shard of this file is done already (a resumed run)
                     continue
                 buffers[split].append(rows_of(split, name, label, name, stream.image_size, stream.channels, config,
-                                              lambda size, payload=payload: stream.pixels_from(payload, size)))
+                                              lambda sizes, payload=payload: stream.pixels_from(payload, sizes)))
                 if len(buffers[split]) == self.images_per_batch:
                     yield shards[split], False, collate(buffers[split])
                     buffers[split] = []

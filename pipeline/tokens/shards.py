@@ -18,7 +18,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,30 +50,30 @@ class Rows(Dataset):
     def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
         split, i = key
         src = self.sources[split]
-        return image_rows(src, split, i, self.config, lambda size: src.pixels_at(i, size))
+        return image_rows(src, split, i, self.config, lambda sizes: src.pixels_at_sizes(i, sizes))
 
 
 def image_rows(src: ImageSource, split: str, i: int, config: TokenizeConfig,
-               pixels: Callable[[int], torch.Tensor]) -> dict[str, Any]:
-    """Every stored row of image ``i`` of ``split``: ``pixels(size)`` gives it at a size (uint8 or
-    float, as ``ImageSource.pixels_at``); rows are (V, C, S, S) of the same type, converted for the
-    model a batch at a time. Crops are seeded by (seed, split, i), never by a running RNG."""
+               pixels: Callable[[Sequence[int]], list[torch.Tensor]]) -> dict[str, Any]:
+    """Every stored row of image ``i`` of ``split``: ``pixels(sizes)`` gives it at each size from one
+    decode (uint8 or float, as ``ImageSource.pixels_at_sizes``); rows are (V, C, S, S) of the same type,
+    converted for the model a batch at a time. Crops are seeded by (seed, split, i), never by a running RNG."""
     return rows_of(split, src.source_of(i), src.label_of(i), i, src.image_size, src.channels, config, pixels)
 
 
 def rows_of(split: str, name: str, label: int, crop_key: int | str, size: int, channels: int,
-            config: TokenizeConfig, pixels: Callable[[int], torch.Tensor]) -> dict[str, Any]:
+            config: TokenizeConfig, pixels: Callable[[Sequence[int]], list[torch.Tensor]]) -> dict[str, Any]:
     """``image_rows`` for an image known by ``name`` (crops seeded by ``crop_key``)."""
     variants = config.variants(split)
     try:
-        image = pixels(size)  # (C, S, S)
+        n_crops = sum(v.startswith("#crop") for v in variants)
+        big_size = max(size, round(size * config.crop_resize))
+        image, *bigger = pixels((size, big_size) if n_crops else (size,))  # (C, S, S), [(C, S', S')]: one decode
         rows = [image]
         if "#flip" in variants:
             rows.append(image.flip(-1))
-        n_crops = sum(v.startswith("#crop") for v in variants)
         if n_crops:
-            big_size = max(size, round(size * config.crop_resize))
-            big = pixels(big_size)  # (C, S', S')
+            big = bigger[0]
             g = torch.Generator().manual_seed(zlib.crc32(f"{config.data_seed}:{split}:{crop_key}:crops".encode()))
             offsets = torch.randint(0, big_size - size + 1, (n_crops, 2), generator=g).tolist()
             rows += [big[:, top:top + size, left:left + size] for top, left in offsets]
