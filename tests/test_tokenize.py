@@ -210,34 +210,48 @@ def test_augmentation_rows_and_sources(tok: Path, images: Path, tmp_path: Path) 
 
 
 def test_each_file_is_decoded_once_with_its_crops(tok: Path, images: Path, tmp_path: Path, monkeypatch) -> None:
-    """An image and its crops come from one decode (at the crops' larger size), and the rows are what
-    separate reads at each size give (PNG: the decode does not depend on the size asked)."""
+    """An image and its crops come from one decode, and the rows are exactly what separate reads at
+    each size give; a JPEG, whose DCT scaling depends on the size asked, is decoded at each size."""
     from vqgpt.pipeline.data import folder
+    from vqgpt.pipeline.data import images as image_io
 
     decoded: list[tuple[str, int]] = []
-    real = folder.decode_image
+    real = image_io.decode_image
 
-    def counting(path, channels, min_size):
-        decoded.append((str(path), min_size))
-        return real(path, channels, min_size)
+    def counting(data, channels, min_size):
+        decoded.append((str(data) if isinstance(data, (str, Path)) else f"<{len(data)} bytes>", min_size))
+        return real(data, channels, min_size)
 
-    monkeypatch.setattr(folder, "decode_image", counting)
+    for module in (folder, image_io):
+        monkeypatch.setattr(module, "decode_image", counting)
     out = tmp_path / "once"
     summary = tokenize_dataset(tok, str(images), out, crops=2, batch_size=6, num_workers=0, progress=False)
     files = sorted(str(p) for p in images.rglob("*.png"))
-    assert sorted(path for path, _ in decoded) == files  # every file once, crops included
-    train = {str(images / f) for f in load_images(str(images), 16, 1, split="train").files}
-    assert all(size == (round(16 * 1.0625) if path in train else 16) for path, size in decoded)  # validation: no crops
+    train = load_images(str(images), 16, 1, split="train")
+    assert len(decoded) == len(files)  # every file once, its crops included
+    assert sorted({size for _, size in decoded}) == [16, 17]  # validation (no crops) at 16, training at 17
     assert summary["train_rows"] == 3 * len(train)
+    decoded.clear()
+    rows = [train.pixels_at_sizes(0, (16, 17)), [train.pixels_at(0, 16), train.pixels_at(0, 17)]]
+    assert len(decoded) == 3 and all(torch.equal(a, b) for a, b in zip(*rows))
+
+    # a 66 × 66 JPEG is DCT-scaled by 4 for 16 px but by 2 for 17 px: decoded twice, each as alone
+    jpeg = tmp_path / "jpeg" / "a"
+    jpeg.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (66, 66, 3), dtype=np.uint8)).save(jpeg / f"{i}.jpg", quality=90)
+    src = load_images(str(jpeg.parent), 16, 3, split="train", val_fraction=0.25)
+    decoded.clear()
+    both = src.pixels_at_sizes(0, (16, 17))
+    assert [size for _, size in decoded] == [16, 17]
+    assert torch.equal(both[0], src.pixels_at(0, 16)) and torch.equal(both[1], src.pixels_at(0, 17))
 
     monkeypatch.setattr(folder, "decode_image", real)
-    src = load_images(str(images), 16, 1, split="train")
-    image, big = src.pixels_at_sizes(0, (16, 17))
-    assert torch.equal(image, src.pixels_at(0, 16)) and torch.equal(big, src.pixels_at(0, 17))
     model = VQGAN.from_pretrained(tok)
     dd = _load(out)
     codes = torch.as_tensor(np.asarray(dd["train"].with_format("numpy")[:1]["codes"]), dtype=torch.long)
-    assert torch.equal(codes[0], model.encode(src.image_at(0, 16)[None])[0])
+    assert torch.equal(codes[0], model.encode(train.image_at(0, 16)[None])[0])
 
 
 def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:

@@ -79,12 +79,15 @@ class HFSource(ImageSource):
     def source_of(self, index: int) -> str:
         return self.sources[index]
 
-    def load_pil(self, index: int, min_size: int) -> Image.Image:
+    def file_at(self, index: int) -> bytes | str:
         part, row = self.rows[index]
         payload = _raw_payload(self._parts[part][row][self._image_col])
         if payload is None:
             raise ValueError(f"{self.sources[index]} holds no image data")
-        return decode_image(payload, self.channels, min_size)
+        return payload
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        return decode_image(self.file_at(index), self.channels, min_size)
 
 
 def _raw_payload(raw: dict | None) -> bytes | str | None:

@@ -121,9 +121,14 @@ def read_pixels(data: str | Path | bytes, channels: int, size: int) -> torch.Ten
 
 
 def read_pixels_at(data: str | Path | bytes, channels: int, sizes: Sequence[int]) -> list[torch.Tensor]:
-    """``read_pixels`` at each of ``sizes`` from one decode (a JPEG's DCT scaling chosen for the largest)."""
-    if len(sizes) == 1:
-        return [read_pixels(data, channels, sizes[0])]
+    """``read_pixels`` at each of ``sizes``, the file read once and decoded once — but a JPEG, whose
+    DCT scaling depends on the size asked, is decoded at each size, so every size gets exactly what
+    ``read_pixels`` gives (the other formats decode alike whatever the size)."""
+    if not isinstance(data, (bytes, bytearray)):
+        with open(data, "rb") as f:
+            data = f.read()
+    if len(sizes) == 1 or data[:3] == b"\xff\xd8\xff":
+        return [read_pixels(data, channels, size) for size in sizes]
     img = decode_image(data, channels, max(sizes))
     return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
 

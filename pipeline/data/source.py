@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import pil_to_pixels, resize_center_crop, to_model
+from .images import pil_to_pixels, read_pixels_at, resize_center_crop, to_model
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +108,18 @@ class ImageSource(Dataset, abc.ABC):
         point (``digits``)."""
         return pil_to_pixels(resize_center_crop(self.load_pil(index, size), size))
 
+    def file_at(self, index: int) -> str | bytes | None:
+        """Item ``index``'s image file (a path) or its bytes, for sources that read files; None for the
+        others."""
+        return None
+
     def pixels_at_sizes(self, index: int, sizes: Sequence[int]) -> list[torch.Tensor]:
-        """``pixels_at`` for each of ``sizes``, the image decoded once (a JPEG's DCT scaling chosen for
-        the largest): what tokenize reads for an image and its crops."""
-        if len(sizes) == 1 or type(self).pixels_at is not ImageSource.pixels_at:  # a source's own resizing
+        """``pixels_at`` for each of ``sizes``, exactly, a file read and decoded once
+        (``read_pixels_at``): what tokenize reads for an image and its crops."""
+        data = self.file_at(index) if len(sizes) > 1 else None
+        if data is None:
             return [self.pixels_at(index, size) for size in sizes]
-        img = self.load_pil(index, max(sizes))
-        return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
+        return read_pixels_at(data, self.channels, sizes)
 
     def image_at(self, index: int, size: int) -> torch.Tensor:
         """Item ``index`` resized to ``size × size`` → FloatTensor[C, size, size] in [-1, 1]."""

@@ -193,9 +193,12 @@ class TarShardSource(ImageSource):
     def identity_of(self, index: int) -> str:
         return f"{self.source_of(index)}:{self.items[index][1].size}"
 
-    def load_pil(self, index: int, min_size: int) -> Image.Image:
+    def file_at(self, index: int) -> bytes:
         shard, sample = self.items[index]
-        return decode_image(_read(self.paths[shard], sample), self.channels, min_size)
+        return _read(self.paths[shard], sample)
+
+    def load_pil(self, index: int, min_size: int) -> Image.Image:
+        return decode_image(self.file_at(index), self.channels, min_size)
 
     def pixels_from(self, data: bytes, sizes: Sequence[int]) -> list[torch.Tensor]:
         """An image member's bytes (read from a stream) → what ``pixels_at_sizes`` gives for it."""
