@@ -64,7 +64,9 @@ class ImageSource(Dataset, abc.ABC):
 
     Subclasses implement ``__len__``, ``label_of``, ``source_of`` and ``load_pil`` (the
     full-resolution image, already in the model's colour mode); ``pixels_at`` may be
-    overridden when resizing is not a plain resize + center crop.
+    overridden when resizing is not a plain resize + center crop. Sources that read image files
+    also give ``file_at`` (a path or the bytes), so an image wanted at several sizes is read and
+    decoded once (``pixels_at_sizes``).
     """
 
     def __init__(self, spec: str, image_size: int, channels: int, split: str,
