@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +380,89 @@ def test_read_pixels_gives_pillows_own_reading_of_every_kind_of_file(tmp_path: P
                 got = read_pixels(data, channels, 16)
                 assert got.dtype == torch.uint8 and got.shape == (channels, 16, 16), path.name
                 assert torch.equal(got, reference), (path.name, channels, type(data).__name__)
+
+
+def _png_variants() -> dict[str, tuple[bytes, set[int]]]:
+    """PNG files of every kind that matters to the libspng path → (bytes, the channels for which that
+    path may take it; for the others Pillow reads it)."""
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(3)
+    grey = Image.fromarray(rng.integers(0, 256, (23, 31), dtype=np.uint8))
+    rgb = Image.fromarray(rng.integers(0, 256, (23, 31, 3), dtype=np.uint8))
+
+    def png(img: Image.Image, **kw) -> bytes:
+        out = io.BytesIO()
+        img.save(out, "PNG", **kw)
+        return out.getvalue()
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "a drawing program")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: Pillow turns it upright, so libspng must not read it
+    raw_exif = PngImagePlugin.PngInfo()
+    raw_exif.add_text("Raw profile type exif", "\nexif\n" + f"{len(exif.tobytes()):8d}\n" + exif.tobytes().hex())
+    plain = png(grey)
+    bad_header = bytearray(plain)
+    bad_header[20] ^= 1  # IHDR's CRC no longer matches: Pillow refuses the file
+    bad_adler = bytearray(plain)
+    bad_adler[-20] ^= 0xFF  # the zlib stream's checksum (and IDAT's CRC): Pillow refuses, libspng would not
+    return {
+        "grey": (plain, {1}), "rgb": (png(rgb), {3}), "interlaced": (png(rgb, interlace=1), {3}),
+        "optimized": (png(grey, optimize=True), {1}), "text": (png(grey, pnginfo=text), {1}),
+        "exif": (png(rgb, exif=exif), set()), "raw-exif": (png(grey, pnginfo=raw_exif), set()),
+        "transparent": (png(rgb, transparency=(1, 2, 3)), set()), "palette": (png(rgb.quantize(8)), set()),
+        "grey16": (png(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)), set()),
+        "rgba": (png(rgb.convert("RGBA")), set()), "bad-header-crc": (bytes(bad_header), set()),
+        "bad-adler": (bytes(bad_adler), set()), "truncated": (plain[:-30], set()),
+    }
+
+
+def test_plain_pngs_are_decoded_by_libspng_only_where_pillow_gives_the_same_pixels() -> None:
+    """libspng (pyspng) reads a PNG only when its pixels are Pillow's: 8-bit grey/RGB in the mode asked,
+    no transparency, no orientation, every CRC right; every file, taken or not, reads exactly as
+    Pillow reads it, or fails with Pillow's own error."""
+    from vqgpt.pipeline.data.images import decode_image, read_pixels_many, resize_center_crop, pil_to_pixels
+    from vqgpt.pipeline.data.png import plain_png_pixels
+
+    variants = _png_variants()
+    for name, (data, fast) in variants.items():
+        for channels in (1, 3):
+            assert (plain_png_pixels(data, channels) is not None) == (channels in fast), (name, channels)
+    names = list(variants)
+    for channels in (1, 3):
+        for sizes in [(16,), (16, 20), (40,)]:
+            got = read_pixels_many([variants[n][0] for n in names], channels, sizes)
+            for name, result in zip(names, got):
+                try:
+                    img = decode_image(variants[name][0], channels, max(sizes))
+                    want = [pil_to_pixels(resize_center_crop(img, s)) for s in sizes]
+                except Exception as err:
+                    def reason(e: Exception) -> str:
+                        return re.sub(r"0x[0-9a-f]+", "", str(e))  # Pillow names the BytesIO by its address
+
+                    assert isinstance(result, Exception) and type(result) is type(err), name
+                    assert reason(result) == reason(err), name
+                    continue
+                assert isinstance(result, list) and all(torch.equal(a, b) for a, b in zip(result, want)), name
+
+
+def test_pngs_of_one_shape_are_resized_together_as_pillow_resizes_each() -> None:
+    """``resize_together`` (a group's images stacked, each pass one Pillow call for all) gives each
+    image what ``resize_center_crop`` gives it alone: down, up, one axis, non-square (cropped), grey
+    and RGB, whichever order of passes Pillow takes for the shape."""
+    from vqgpt.pipeline.data.images import _pass_order, _resized_shape, pil_to_pixels, resize_center_crop, resize_together
+
+    rng = np.random.default_rng(4)
+    for (h, w), size in [((40, 40), 32), ((37, 53), 16), ((20, 61), 32), ((30, 32), 32), ((112, 105), 84),
+                         ((9, 9), 32), ((64, 48), 48), ((50, 23), 16), ((68, 18), 16)]:  # tall: Pillow 13 goes down first
+        for bands in ((), (3,)):
+            arrays = [rng.integers(0, 256, (h, w, *bands), dtype=np.uint8) for _ in range(5)]
+            arrays[0][:] = 255  # flat white and black: Pillow's clipping at both ends
+            arrays[1][:, : w // 2] = 0
+            nw, nh = _resized_shape(w, h, size)
+            assert _pass_order(h, w, nh, nw, bands) is not None  # the stacked path is the one checked here
+            got = resize_together(arrays, size)
+            assert got.shape == (5, 3 if bands else 1, size, size) and got.dtype == torch.uint8
+            for a, g in zip(arrays, got):
+                assert torch.equal(g, pil_to_pixels(resize_center_crop(Image.fromarray(a), size))), (h, w, size, bands)

@@ -254,6 +254,45 @@ def test_each_file_is_decoded_once_with_its_crops(tok: Path, images: Path, tmp_p
     assert torch.equal(codes[0], model.encode(train.image_at(0, 16)[None])[0])
 
 
+def test_plain_pngs_go_through_libspng_once_and_tokenize_as_through_pillow(tok: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Grey PNGs (the tokenizer's mode) are decoded by libspng, once each with their crops, those of one
+    shape resized together; the token dataset is the one Pillow's reading of every file gives."""
+    from vqgpt.pipeline.data import images as image_io
+    from vqgpt.pipeline.data import png
+
+    root = tmp_path / "grey" / "data"
+    rng = np.random.default_rng(5)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            h, w = (24, 24) if i % 2 else (int(rng.integers(16, 40)), int(rng.integers(16, 40)))
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    calls = {"libspng": 0, "pillow": 0}
+    real_load, real_decode = png.pyspng.load, image_io.decode_image
+
+    class Counting:
+        @staticmethod
+        def load(data):
+            calls["libspng"] += 1
+            return real_load(data)
+
+    def decode(*args, **kwargs):
+        calls["pillow"] += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(png, "pyspng", Counting)
+    monkeypatch.setattr(image_io, "decode_image", decode)
+    fast = tokenize_dataset(tok, str(root), tmp_path / "fast", crops=2, batch_size=9, num_workers=0, progress=False)
+    assert calls == {"libspng": 16, "pillow": 0}
+    monkeypatch.setattr(image_io, "plain_png_pixels", lambda data, channels: None)  # Pillow reads every file
+    slow = tokenize_dataset(tok, str(root), tmp_path / "slow", crops=2, batch_size=9, num_workers=0, progress=False)
+    assert calls["pillow"] == 16 and fast["train_rows"] == slow["train_rows"] == 3 * (fast["images"] - fast["validation_rows"])
+    a, b = _load(tmp_path / "fast"), _load(tmp_path / "slow")
+    for split in ("train", "validation"):
+        assert a[split]["source"] == b[split]["source"] and a[split]["codes"] == b[split]["codes"]
+
+
 def test_crops_derived_from_the_data_size(tok: Path, images: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """Without ``crops`` a small data set gets random crops up to about TARGET_TRAIN_ROWS rows
     (never flips); a data set that is already large enough gets none. Validation stays plain."""

@@ -9,12 +9,13 @@
 - ``folder.py``, ``tars.py``, ``hf.py``, ``bundled.py``: image folders, WebDataset tar shards,
   ``datasets`` folders and hub datasets, the bundled ``digits`` and ``photos``;
 - ``stream.py``: a hub dataset read as a stream (``tokenize --streaming``), never downloaded whole;
-- ``images.py``: how an image is read and converted wherever it enters or leaves (PIL ⇄ tensors).
+- ``images.py``: how an image is read and converted wherever it enters or leaves (PIL ⇄ tensors);
+- ``png.py``: plain PNGs decoded by libspng, the pixels Pillow gives, faster.
 
 Imports nothing else of the pipeline.
 """
 
-from .images import fit_image, from_pil, load_image_file, to_model, to_pil, to_uint8
+from .images import fit_image, from_pil, load_image_file, read_pixels_many, to_model, to_pil, to_uint8
 from .load import BUNDLED, HeldOut, canonical_spec, held_out_split, load_images, load_splits
 from .source import SPLITS, ImageSource, split_indices
 from .stream import HubStream, hub_download_bytes, open_hub_stream, wants_stream
@@ -22,4 +23,4 @@ from .tars import TarShardSource, read_images
 
 __all__ = ["BUNDLED", "SPLITS", "HeldOut", "HubStream", "ImageSource", "hub_download_bytes", "open_hub_stream", "wants_stream", "TarShardSource", "canonical_spec", "held_out_split",
            "load_images", "load_splits", "split_indices", "read_images", "fit_image", "from_pil", "load_image_file",
-           "to_model", "to_pil", "to_uint8"]
+           "read_pixels_many", "to_model", "to_pil", "to_uint8"]

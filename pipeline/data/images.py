@@ -9,6 +9,7 @@ composited on white, ``channels=1`` → "L" and ``channels=3`` → "RGB", the sh
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .png import plain_png_pixels
+
 __all__ = ["to_mode", "upright", "resize_center_crop", "pil_to_pixels", "pil_to_model", "to_model", "decode_image",
-           "read_pixels", "read_pixels_at",
+           "read_pixels", "read_pixels_at", "read_pixels_many", "resize_together",
            "check_decodes", "check_many", "to_uint8", "to_pil", "from_pil", "fit_image", "load_image_file"]
 
 
@@ -47,14 +50,19 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+def _resized_shape(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``size`` and the aspect kept (``resize_center_crop``)."""
+    scale = size / min(w, h)
+    return max(size, round(w * scale)), max(size, round(h * scale))
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is ``size`` (bicubic, antialiased), then center-crop
     to ``size × size``."""
     w, h = img.size
     if (w, h) == (size, size):
         return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh = _resized_shape(w, h, size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     if (nw, nh) == (size, size):
@@ -117,20 +125,116 @@ def decode_image(data: str | Path | bytes, channels: int, min_size: int) -> Imag
 def read_pixels(data: str | Path | bytes, channels: int, size: int) -> torch.Tensor:
     """An image file or its bytes → ByteTensor[C, size, size]: decoded, upright, in its mode, shorter
     side resized and centre-cropped (what every file-based source's ``pixels_at`` gives)."""
-    return pil_to_pixels(resize_center_crop(decode_image(data, channels, size), size))
+    return read_pixels_at(data, channels, (size,))[0]
 
 
 def read_pixels_at(data: str | Path | bytes, channels: int, sizes: Sequence[int]) -> list[torch.Tensor]:
     """``read_pixels`` at each of ``sizes``, the file read once and decoded once — but a JPEG, whose
     DCT scaling depends on the size asked, is decoded at each size, so every size gets exactly what
-    ``read_pixels`` gives (the other formats decode alike whatever the size)."""
+    a read at that size alone gives (the other formats decode alike whatever the size). A plain PNG
+    is decoded by libspng (``png.plain_png_pixels``: the same pixels, faster), any other by Pillow."""
     if not isinstance(data, (bytes, bytearray)):
         with open(data, "rb") as f:
             data = f.read()
-    if len(sizes) == 1 or data[:3] == b"\xff\xd8\xff":
-        return [read_pixels(data, channels, size) for size in sizes]
+    pixels = plain_png_pixels(data, channels)
+    if pixels is not None:
+        return [_array_pixels(pixels, size) for size in sizes]
+    if len(sizes) > 1 and data[:3] == b"\xff\xd8\xff":
+        return [read_pixels_at(data, channels, (size,))[0] for size in sizes]
     img = decode_image(data, channels, max(sizes))
     return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
+
+
+_RESIZE_TOGETHER_PIXELS = 256 * 256  # larger images are resized one by one (their stack would be big)
+
+
+def read_pixels_many(files: Sequence[str | Path | bytes], channels: int,
+                     sizes: Sequence[int]) -> list[list[torch.Tensor] | Exception]:
+    """``read_pixels_at`` for each of ``files``: its pixels at each of ``sizes``, or the exception
+    reading it raised. The same pixels, with less work per image: plain PNGs (``png.plain_png_pixels``)
+    of one shape are resized together, two Pillow calls for the whole group (``resize_together``)
+    instead of a PIL image and a resize for each, which costs more than decoding a small one."""
+    out: list[list[torch.Tensor] | Exception | None] = [None] * len(files)
+    groups: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+    for k, data in enumerate(files):
+        try:
+            if not isinstance(data, (bytes, bytearray)):
+                with open(data, "rb") as f:
+                    data = f.read()
+            pixels = plain_png_pixels(data, channels)
+            if pixels is None:
+                out[k] = read_pixels_at(data, channels, sizes)
+            elif pixels.shape[0] * pixels.shape[1] > _RESIZE_TOGETHER_PIXELS:  # decoding outweighs the rest
+                out[k] = [_array_pixels(pixels, size) for size in sizes]
+            else:
+                groups.setdefault(pixels.shape, []).append((k, pixels))
+        except Exception as err:  # noqa: BLE001  (handed back: the caller counts the file as unreadable)
+            out[k] = err
+    for members in groups.values():
+        if len(members) == 1:
+            k, pixels = members[0]
+            out[k] = [_array_pixels(pixels, size) for size in sizes]
+            continue
+        together = [resize_together([p for _, p in members], size) for size in sizes]  # each (N, C, S, S)
+        for j, (k, _) in enumerate(members):
+            out[k] = [t[j] for t in together]
+    return out  # type: ignore[return-value]
+
+
+def resize_together(arrays: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 ndarrays of one shape, (H, W) or (H, W, 3) → ByteTensor[N, C, size, size], each exactly
+    ``resize_center_crop`` of it (Pillow's bicubic). Pillow resamples in two separable passes, each
+    rounded to 8 bits; a pass along one axis never mixes pixels across the other, so the images
+    stacked one above the other are resized across in one call, and side by side down in another.
+    Which pass Pillow runs first depends on the shapes (and the Pillow version): ``_pass_order``
+    asks Pillow once per shape, on a random probe; where neither order gives Pillow's pixels, each
+    image is resized alone."""
+    stack = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
+    n, h, w = stack.shape[:3]
+    nw, nh = _resized_shape(w, h, size)
+    order = _pass_order(h, w, nh, nw, stack.shape[3:])
+    if order is None:
+        return torch.stack([_array_pixels(a, size) for a in arrays])
+    for axis in order:
+        if axis == "h" and nw != w:  # across: images one above the other, (N·H, W) → (N·H, nw)
+            stack = _pillow_resize(stack.reshape(n * h, w, *stack.shape[3:]), nw, n * h).reshape(n, h, nw, *stack.shape[3:])
+            w = nw
+        elif axis == "v" and nh != h:  # down: images side by side, (H, N·W) → (nh, N·W)
+            wide = stack.swapaxes(0, 1).reshape(h, n * w, *stack.shape[3:])
+            stack = _pillow_resize(wide, n * w, nh).reshape(nh, n, w, *stack.shape[3:]).swapaxes(0, 1)
+            h = nh
+    top, left = (nh - size) // 2, (nw - size) // 2
+    out = torch.from_numpy(np.ascontiguousarray(stack[:, top:top + size, left:left + size]))
+    return out[:, None] if out.ndim == 3 else out.permute(0, 3, 1, 2)
+
+
+def _pillow_resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC))
+
+
+@functools.lru_cache(maxsize=256)
+def _pass_order(h: int, w: int, nh: int, nw: int, bands: tuple[int, ...]) -> str | None:
+    """"hv" or "vh": the order of the passes in which Pillow's own resize of an (h, w) image to
+    (nh, nw) gives its pixels, found on a random probe of that shape; None if neither does."""
+    if nh == h or nw == w:
+        return "hv"  # one pass, or none: no order to match
+    probe = np.random.default_rng(h * 100003 + w).integers(0, 256, (h, w, *bands), dtype=np.uint8)
+    want = _pillow_resize(probe, nw, nh)
+    across, down = _pillow_resize(probe, nw, h), _pillow_resize(probe, w, nh)
+    if np.array_equal(_pillow_resize(across, nw, nh), want):
+        return "hv"
+    if np.array_equal(_pillow_resize(down, nw, nh), want):
+        return "vh"
+    return None
+
+
+def _array_pixels(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 ndarray (H, W) or (H, W, C) → ByteTensor[C, size, size], resized and cropped as
+    ``resize_center_crop`` does (by Pillow, unless it already has that size)."""
+    if pixels.shape[:2] != (size, size):
+        return pil_to_pixels(resize_center_crop(Image.fromarray(pixels), size))
+    out = torch.from_numpy(pixels)
+    return out[None] if out.ndim == 2 else out.permute(2, 0, 1)
 
 
 def check_decodes(data: str | Path | bytes) -> str | None:

@@ -20,12 +20,10 @@ import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-import torch
 
 from .hf import hub_offline, hub_reachable, load_hub, pick_splits
-from .images import read_pixels_at
 
 __all__ = ["HubStream", "open_hub_stream", "hub_download_bytes", "wants_stream"]
 
@@ -80,13 +78,6 @@ class HubStream:
                 payload = (raw.get("bytes") or raw.get("path")) if isinstance(raw, dict) else None
                 yield k, f"{part}/{f}/{k}", payload, -1 if label is None else int(label)
                 k += 1
-
-    def pixels_from(self, payload: Any, sizes: Sequence[int]) -> list[torch.Tensor]:
-        """ByteTensor[C, size, size] of one image's payload at each of ``sizes`` (as
-        ``ImageSource.pixels_at_sizes``)."""
-        if payload is None:
-            raise ValueError("the row holds no image data")
-        return read_pixels_at(payload, self.channels, sizes)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data read, for the resume check: the dataset and its data files (on the

@@ -31,12 +31,11 @@ import tarfile
 from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-import torch
 from PIL import Image
 
-from .images import check_decodes, check_many, decode_image, read_pixels_at
+from .images import check_decodes, check_many, decode_image
 from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["IMAGE_MEMBERS", "CLASS_MEMBERS", "is_shard_spec", "expand_shards", "index_shards", "TarShardSource",
@@ -199,10 +198,6 @@ class TarShardSource(ImageSource):
 
     def load_pil(self, index: int, min_size: int) -> Image.Image:
         return decode_image(self.file_at(index), self.channels, min_size)
-
-    def pixels_from(self, data: bytes, sizes: Sequence[int]) -> list[torch.Tensor]:
-        """An image member's bytes (read from a stream) → what ``pixels_at_sizes`` gives for it."""
-        return read_pixels_at(data, self.channels, sizes)
 
     def items_of_shard(self, shard: int) -> range:
         """This split's indices of the images shard ``shard`` holds (consecutive: items are in shard order)."""

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from vqgpt.tokenizer import VQGAN
 
-from ..data import ImageSource, TarShardSource, read_images, to_model
+from ..data import ImageSource, TarShardSource, read_images, read_pixels_many, to_model
 from ..data.tars import Sample
 from ..settings import TokenizeConfig
-from .shards import Rows, Shard, collate, image_rows, plan_batches, prefetch, write_shard
+from .shards import Rows, Shard, collate, given, image_rows, plan_batches, prefetch, row_sizes, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -136,23 +136,30 @@ class TarRows(UnitRows):
             src = self.sources[shard.split]
             by_sample.update({src.items[i][1]: (shard, i) for i in range(shard.start, shard.stop)})
         any_source = self.sources[shards[0].split]
-        buffers: dict[Shard, list[dict[str, Any]]] = {s: [] for s in shards}
+        read: dict[Shard, list[tuple[int, bytes]]] = {s: [] for s in shards}  # a batch's (index, bytes) so far
+        lost: dict[Shard, list[dict[str, Any]]] = {s: [] for s in shards}
         try:
             for sample, data in read_images(any_source.paths[t], list(by_sample), any_source.stamps[t]):
                 shard, i = by_sample.pop(sample)
-                src = self.sources[shard.split]
-                buffers[shard].append(image_rows(src, shard.split, i, self.config,
-                                                 lambda sizes, src=src, data=data: src.pixels_from(data, sizes)))
-                if len(buffers[shard]) == self.images_per_batch:
-                    yield shard, False, collate(buffers[shard])
-                    buffers[shard] = []
+                read[shard].append((i, data))
+                if len(read[shard]) == self.images_per_batch:
+                    yield shard, False, collate(self._rows(shard, read[shard]))
+                    read[shard] = []
         except (OSError, ValueError) as err:  # a shard changed or cut short since it was listed: counted, not lost
             reason = f"the shard could not be read from here on: {type(err).__name__}: {err}".splitlines()[0][:200]
             for shard, i in by_sample.values():
                 src = self.sources[shard.split]
-                buffers[shard].append(image_rows(src, shard.split, i, self.config, _unreadable(reason)))
+                lost[shard].append(image_rows(src, shard.split, i, self.config, _unreadable(reason)))
         for shard in shards:
-            yield shard, True, collate(buffers[shard])
+            yield shard, True, collate(self._rows(shard, read[shard]) + lost[shard])
+
+    def _rows(self, shard: Shard, read: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+        """The rows of images read from a tar (index in the split, member bytes), decoded together
+        (``read_pixels_many``, as ``Rows`` reads a batch)."""
+        src = self.sources[shard.split]
+        pixels = read_pixels_many([data for _, data in read], src.channels,
+                                  row_sizes(src.image_size, self.config, shard.split))
+        return [image_rows(src, shard.split, i, self.config, given(got)) for (i, _), got in zip(read, pixels)]
 
 
 def _unreadable(reason: str) -> Callable[[Sequence[int]], list[torch.Tensor]]:

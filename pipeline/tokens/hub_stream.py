@@ -17,10 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..data import HubStream
+from ..data import HubStream, read_pixels_many
 from ..settings import TokenizeConfig
 from .encode import UnitRows, unit_batches
-from .shards import Shard, collate, open_shards, rows_of
+from .shards import Shard, collate, given, open_shards, row_sizes, rows_of
 
 __all__ = ["plan_stream_shards", "hub_batches", "classes_seen", "StreamReadError"]
 
@@ -50,19 +50,18 @@ class HubRows(UnitRows):
     def _unit(self, u: int, unit_shards: list[Shard]) -> Batches:
         shards = {s.split: s for s in unit_shards}
         part, f = self.units[u]
-        stream, config = self.stream, self.config
-        buffers: dict[str, list[dict[str, Any]]] = {split: [] for split in shards}
+        stream = self.stream
+        read: dict[str, list[tuple[str, int, Any]]] = {split: [] for split in shards}  # (name, label, payload)
         k = -1
         try:
             for k, name, payload, label in stream.examples(part, f):
                 split = stream.split_of(part, f, k)
                 if split not in shards:  # that split's shard of this file is done already (a resumed run)
                     continue
-                buffers[split].append(rows_of(split, name, label, name, stream.image_size, stream.channels, config,
-                                              lambda sizes, payload=payload: stream.pixels_from(payload, sizes)))
-                if len(buffers[split]) == self.images_per_batch:
-                    yield shards[split], False, collate(buffers[split])
-                    buffers[split] = []
+                read[split].append((name, label, payload))
+                if len(read[split]) == self.images_per_batch:
+                    yield shards[split], False, collate(self._rows(split, read[split]))
+                    read[split] = []
         except Exception as err:  # handed to the main process as an item: a worker's exception loses its message
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
             yield shards[next(iter(shards))], False, {"error": (
@@ -70,7 +69,18 @@ class HubRows(UnitRows):
                 f"({reason}); the files finished so far are kept: run the same command again to resume")}
             return
         for split, shard in shards.items():
-            yield shard, True, collate(buffers[split])
+            yield shard, True, collate(self._rows(split, read[split]))
+
+    def _rows(self, split: str, read: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
+        """The rows of a batch of streamed images, decoded together (``read_pixels_many``); a row
+        without image data is counted as unreadable."""
+        stream = self.stream
+        sizes = row_sizes(stream.image_size, self.config, split)
+        payloads = [payload for _, _, payload in read if payload is not None]
+        pixels = iter(read_pixels_many(payloads, stream.channels, sizes))
+        return [rows_of(split, name, label, name, stream.image_size, stream.channels, self.config,
+                        given(next(pixels) if payload is not None else ValueError("the row holds no image data")))
+                for name, label, payload in read]
 
 
 def hub_batches(stream: HubStream, config: TokenizeConfig, shards: list[Shard], images_per_batch: int,

@@ -27,12 +27,12 @@ from torch.utils.data import Dataset
 from vqgpt.atomic import write_json
 from vqgpt.prior.data import SPLITS
 
-from ..data import ImageSource, TarShardSource
+from ..data import ImageSource, TarShardSource, read_pixels_many
 from ..settings import TokenizeConfig
 
 __all__ = ["Rows", "image_rows", "rows_of", "collate", "Shard", "plan_shards", "plan_tar_shards", "plan_batches", "write_shard",
            "shard_done",
-           "prefetch", "open_shards", "shard_failures", "shard_images"]
+           "prefetch", "open_shards", "shard_failures", "shard_images", "given", "row_sizes"]
 
 
 class Rows(Dataset):
@@ -52,6 +52,42 @@ class Rows(Dataset):
         src = self.sources[split]
         return image_rows(src, split, i, self.config, lambda sizes: src.pixels_at_sizes(i, sizes))
 
+    def __getitems__(self, keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
+        """A batch's items at once (the DataLoader's batched fetch): the same items, but files are read
+        by ``read_pixels_many``, which resizes small plain PNGs of one shape together."""
+        files: dict[int, Any] = {}  # position in keys → the file's path or bytes, or why there is none
+        for k, (split, i) in enumerate(keys):
+            try:
+                files[k] = self.sources[split].file_at(i)
+            except Exception as err:  # noqa: BLE001  (counted with its reason by rows_of)
+                files[k] = err
+        read: dict[int, Any] = {k: f for k, f in files.items() if isinstance(f, Exception)}
+        for split, src in self.sources.items():
+            mine = [k for k, f in files.items() if keys[k][0] == split and isinstance(f, (str, bytes, bytearray))]
+            if mine:
+                sizes = row_sizes(src.image_size, self.config, split)
+                read.update(zip(mine, read_pixels_many([files[k] for k in mine], src.channels, sizes)))
+        return [image_rows(self.sources[split], split, i, self.config, given(read[k])) if k in read
+                else self[(split, i)]  # a source that holds no files (``file_at`` is None)
+                for k, (split, i) in enumerate(keys)]
+
+
+def given(result: list[torch.Tensor] | Exception) -> Callable[[Sequence[int]], list[torch.Tensor]]:
+    """A ``pixels`` for ``rows_of`` that hands over pixels read already, or raises why they could not be."""
+    def pixels(sizes: Sequence[int]) -> list[torch.Tensor]:
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return pixels
+
+
+def row_sizes(size: int, config: TokenizeConfig, split: str) -> tuple[int, ...]:
+    """The sizes ``rows_of`` reads an image of ``split`` at: ``size``, and the larger size its crops
+    are cut from when it has crops."""
+    if not any(v.startswith("#crop") for v in config.variants(split)):
+        return (size,)
+    return size, max(size, round(size * config.crop_resize))
+
 
 def image_rows(src: ImageSource, split: str, i: int, config: TokenizeConfig,
                pixels: Callable[[Sequence[int]], list[torch.Tensor]]) -> dict[str, Any]:
@@ -67,8 +103,9 @@ def rows_of(split: str, name: str, label: int, crop_key: int | str, size: int, c
     variants = config.variants(split)
     try:
         n_crops = sum(v.startswith("#crop") for v in variants)
-        big_size = max(size, round(size * config.crop_resize))
-        image, *bigger = pixels((size, big_size) if n_crops else (size,))  # (C, S, S), [(C, S', S')]: one decode
+        sizes = row_sizes(size, config, split)
+        big_size = sizes[-1]
+        image, *bigger = pixels(sizes)  # (C, S, S), [(C, S', S')]: one decode
         rows = [image]
         if "#flip" in variants:
             rows.append(image.flip(-1))
