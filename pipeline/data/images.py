@@ -139,8 +139,12 @@ def read_pixels_at(data: str | Path | bytes, channels: int, sizes: Sequence[int]
     pixels = plain_png_pixels(data, channels)
     if pixels is not None:
         return [_array_pixels(pixels, size) for size in sizes]
-    if len(sizes) > 1 and data[:3] == b"\xff\xd8\xff":
-        return [read_pixels_at(data, channels, (size,))[0] for size in sizes]
+    return _read_with_pillow(data, channels, sizes)
+
+
+def _read_with_pillow(data: bytes, channels: int, sizes: Sequence[int]) -> list[torch.Tensor]:
+    if len(sizes) > 1 and data[:3] == b"\xff\xd8\xff":  # a JPEG: decoded at each size
+        return [_read_with_pillow(data, channels, (size,))[0] for size in sizes]
     img = decode_image(data, channels, max(sizes))
     return [pil_to_pixels(resize_center_crop(img, size)) for size in sizes]
 
@@ -163,7 +167,7 @@ def read_pixels_many(files: Sequence[str | Path | bytes], channels: int,
                     data = f.read()
             pixels = plain_png_pixels(data, channels)
             if pixels is None:
-                out[k] = read_pixels_at(data, channels, sizes)
+                out[k] = _read_with_pillow(data, channels, sizes)
             elif pixels.shape[0] * pixels.shape[1] > _RESIZE_TOGETHER_PIXELS:  # decoding outweighs the rest
                 out[k] = [_array_pixels(pixels, size) for size in sizes]
             else:
@@ -212,7 +216,7 @@ def _pillow_resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _pass_order(h: int, w: int, nh: int, nw: int, bands: tuple[int, ...]) -> str | None:
     """"hv" or "vh": the order of the passes in which Pillow's own resize of an (h, w) image to
     (nh, nw) gives its pixels, found on a random probe of that shape; None if neither does."""
