@@ -1,4 +1,4 @@
-"""Plain PNGs decoded by libspng (``pyspng``): the same pixels as Pillow, in a third of the time.
+"""Plain PNGs decoded by libspng (``pyspng``): the same pixels as Pillow, in under half the time.
 
 Most images of a tokenized data set are small PNGs, where Pillow's decode is mostly Python (its PNG
 plugin parses every chunk in Python) and costs as much as a fifth of encoding the image on one core.
