@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -71,10 +72,12 @@ def deterministic(device: torch.device) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class EncodedGrids:
-    """streams[i]: grid i's range-coded bytes; model_bits[i]: −Σ log2 p the prior gave its codes."""
+    """streams[i]: grid i's range-coded bytes; model_bits[i]: −Σ log2 p the prior gave its codes;
+    codes[i]: the codes coded (the grids given, or those chosen under a rate weight)."""
 
     streams: list[bytes]
     model_bits: np.ndarray  # float64[N]
+    codes: torch.Tensor  # LongTensor[N, h·w]
 
 
 def load_constriction():
@@ -177,14 +180,26 @@ class GridCoder:
 
     @torch.inference_mode()
     def encode(self, grids: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None,
-               progress=None) -> EncodedGrids:
-        """Grids → one range-coded stream each, plus the bits the prior's model assigns them."""
+               progress=None, distortion: Callable[[range], np.ndarray] | None = None,
+               rate_weight: float = 0.0) -> EncodedGrids:
+        """Grids → one range-coded stream each, plus the bits the prior's model assigns them.
+
+        Rate–distortion choice: with ``distortion`` (rows → float[len(rows), h·w, K], what each code
+        costs at each position, e.g. the squared distance of the encoder's vector to it) and
+        ``rate_weight`` λ > 0, the code coded at each position is not the grid's but the one that
+        minimises distortion + λ · (−log2 p) under the prior's distribution given the codes chosen
+        before it — the choice is the encoder's alone; the decoder reads whatever codes were coded.
+        """
         grids = torch.as_tensor(grids, dtype=torch.long).reshape(len(grids), -1).cpu()
         N, n = grids.shape
         if n != self.spec.num_codes:
             raise ValueError(f"grids hold {n} codes each, the prior's grid {self.spec.grid} has {self.spec.num_codes}")
         if N and (grids.min() < 0 or grids.max() >= self.spec.codebook_size):
             raise ValueError(f"codes must lie in 0 … {self.spec.codebook_size - 1}")
+        if not (math.isfinite(rate_weight) and rate_weight >= 0):
+            raise ValueError(f"the rate weight must be a finite number ≥ 0, got {rate_weight}")
+        choose = distortion is not None and rate_weight > 0
+        coded = grids.clone()
         labels = _labels(labels, N)
         conditions = self._conditions(labels)
         queue = load_constriction().stream.queue
@@ -196,8 +211,14 @@ class GridCoder:
                 chunk = grids[rows.start: rows.stop].numpy().astype(np.int32)  # (b, n)
                 keep = len(rows) * n * self.spec.codebook_size * 8 <= TRIM_MAX_BYTES
                 kept = np.zeros((len(rows), n, self.spec.codebook_size)) if keep else None
+                costs = self._costs(distortion, rows) if choose else None
 
                 def step(t: int, probs: np.ndarray) -> torch.Tensor:
+                    if costs is not None:
+                        p = probs[: len(encoders)]
+                        with np.errstate(divide="ignore"):  # a probability that underflowed to 0: infinite bits
+                            rate = -np.log2(p / p.sum(axis=1, keepdims=True))
+                        chunk[:, t] = (costs[:, t] + rate_weight * rate).argmin(axis=1)
                     for r, encoder in enumerate(encoders):
                         p = probs[r: r + 1]
                         encoder.encode(chunk[r, t: t + 1], self.family, p)
@@ -207,12 +228,22 @@ class GridCoder:
                     return torch.from_numpy(chunk[:, t]).long()
 
                 self._run(conditions[rows.start: rows.stop], step)
+                coded[rows.start: rows.stop] = torch.from_numpy(chunk)
                 for r, encoder in enumerate(encoders):
                     data = stream_bytes(encoder.get_compressed())
                     streams.append(data if kept is None else self._trim(data, chunk[r], kept[r]))
                 if progress is not None:
                     progress.update(len(rows))
-        return EncodedGrids(streams, bits)
+        return EncodedGrids(streams, bits, coded)
+
+    def _costs(self, distortion: Callable[[range], np.ndarray], rows: range) -> np.ndarray:
+        costs = np.asarray(distortion(rows), dtype=np.float64)
+        expected = (len(rows), self.spec.num_codes, self.spec.codebook_size)
+        if costs.shape != expected:
+            raise ValueError(f"the distortion of {len(rows)} grids has shape {costs.shape}, expected {expected}")
+        if not np.isfinite(costs).all():
+            raise ValueError("the distortion holds values that are not finite")
+        return costs
 
     def _trim(self, data: bytes, codes: np.ndarray, probs: np.ndarray) -> bytes:
         """The shortest stream that still decodes to ``codes`` (``shortest_stream``)."""

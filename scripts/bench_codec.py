@@ -14,7 +14,9 @@ For every image:
 - **vqgpt**: the archive of all of them (`compress_images`: header and per-image table included,
   divided by the number of images; without file names, as a WebP file has none — what the names
   `vqgpt compress` stores add is printed apart), decoded back (checked bit-exact against the encoded
-  codes) and decoded to pixels; PSNR and SSIM against the prepared original.
+  codes) and decoded to pixels; PSNR and SSIM against the prepared original. With
+  ``--rate-weights 0 0.01 0.02`` once per rate weight (``vqgpt compress --rate-weight``): vqgpt's
+  own rate–distortion curve, each point matched by the codecs at its own PSNR.
 - **at matched PSNR**: for WebP, AVIF, JPEG (Pillow) and JPEG XL (`pillow-jxl-plugin`), the
   smallest file whose PSNR is at least vqgpt's on that image (a binary search over the quality
   setting, which PSNR follows monotonically up to rare ties; a codec that cannot reach it at its
@@ -154,45 +156,46 @@ def held_out(run: Path, pipe: Pipeline, num: int, other: str | None = None):
     return images, labels, [item["source"] for item in items], data, len(source)
 
 
-def bench_set(name: str, run: Path, num: int, vgg: str | None, other: str | None = None) -> dict:
-    pipe = Pipeline.from_pretrained(run)
+def vqgpt_point(pipe: Pipeline, images: torch.Tensor, labels: list[int], names: list[str], originals: np.ndarray,
+                vgg: str | None, rate_weight: float) -> tuple[dict, list[float]]:
+    """vqgpt's archive of the images at one rate weight: its size, quality and speed (and each image's PSNR)."""
     models = pipe.codec_models()
-    images, labels, names, data_spec, total = held_out(run, pipe, num, other)
     n = len(images)
-    originals = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
-    originals = originals[..., 0] if originals.shape[-1] == 1 else originals
-    mode = "L" if originals.ndim == 3 else "RGB"
-    pil = [Image.fromarray(o, mode) for o in originals]
-    pixels = originals.shape[1] * originals.shape[2]
-
     start = time.perf_counter()
-    archive, stats = compress_images(models, images, labels)  # as a codec: no file names (a WebP file has none either)
+    # as a codec: no file names (a WebP file has none either)
+    archive, stats = compress_images(models, images, labels, rate_weight=rate_weight)
     encode_s = time.perf_counter() - start
-    named, _ = compress_images(models, images, labels, names)  # as `vqgpt compress` writes it: the source paths too
-    with torch.inference_mode():
-        codes = pipe.tokenizer.encode(images)
+    named, _ = compress_images(models, images, labels, names, rate_weight=rate_weight)  # as `vqgpt compress` writes it
     start = time.perf_counter()
     decoded = decode_archive(archive, models)
     recon = pipe.decode(decoded.grids)
     decode_s = time.perf_counter() - start
-    exact = int((decoded.grids == codes).flatten(1).all(1).sum())
+    exact = int((decoded.grids.flatten(1) == stats.codes).all(1).sum())  # the codes the encoder coded
     recon_u8 = to_uint8(recon).permute(0, 2, 3, 1).numpy()
     recon_u8 = recon_u8[..., 0] if recon_u8.ndim == 4 and recon_u8.shape[-1] == 1 else recon_u8
     v_psnr = [psnr(r, o) for r, o in zip(recon_u8, originals)]
-    v_ssim = [ssim(r, o) for r, o in zip(recon_u8, originals)]
-    vq = {"bytes": len(archive) / n, "psnr": float(np.mean(v_psnr)), "ssim": float(np.mean(v_ssim)),
+    summary = stats.summary()
+    vq = {"rate_weight": rate_weight, "bytes": len(archive) / n, "psnr": float(np.mean(v_psnr)),
+          "ssim": float(np.mean([ssim(r, o) for r, o in zip(recon_u8, originals)])),
           "encode_images_per_s": n / encode_s, "decode_images_per_s": n / decode_s,
-          "bits_per_code": stats.summary()["bits_per_code"], "model_bits_per_code": stats.summary()["model_bits_per_code"],
-          "raw_index_bytes": stats.raw_bits / 8 / n, "saving_vs_raw_indices": stats.summary()["saving_vs_raw_indices"],
+          "bits_per_code": summary["bits_per_code"], "model_bits_per_code": summary["model_bits_per_code"],
+          "raw_index_bytes": stats.raw_bits / 8 / n, "saving_vs_raw_indices": summary["saving_vs_raw_indices"],
           "stream_bytes": stats.stream_bytes / n, "header_bytes": stats.header_bytes, "exact": exact,
-          "names_bytes": (len(named) - len(archive)) / n}
+          "names_bytes": (len(named) - len(archive)) / n, "changed_codes": summary["changed_codes"]}
     if vgg:
         vq["lpips"] = float(lpips_of(vgg, recon, images).mean())
+    return vq, v_psnr
 
-    rows, curves = {}, {}
+
+def matched_rows(pil: list[Image.Image], originals: np.ndarray, targets: list[float], vgg: str | None,
+                 images: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Every codec's smallest file per image at PSNR ≥ the target: a row per codec, and the best codec's
+    bytes for each image."""
+    mode, n = pil[0].mode, len(pil)
+    rows = {}
     for cname, codec in codecs().items():
         start = time.perf_counter()
-        found = [matched(im, o, t, codec) for im, o, t in zip(pil, originals, v_psnr)]
+        found = [matched(im, o, t, codec) for im, o, t in zip(pil, originals, targets)]
         search_s = time.perf_counter() - start
         start = time.perf_counter()
         for f in found:
@@ -210,6 +213,29 @@ def bench_set(name: str, run: Path, num: int, vgg: str | None, other: str | None
         if vgg:
             row["lpips"] = float(lpips_of(vgg, _tensor(decoded_px), images).mean())
         rows[cname] = row
+    best = np.min(np.stack([rows[c].pop("per_image") for c in rows]), axis=0)  # the best codec for each image
+    return rows, best
+
+
+def bench_set(name: str, run: Path, num: int, vgg: str | None, other: str | None = None,
+              rate_weights: tuple[float, ...] = (0.0,)) -> dict:
+    pipe = Pipeline.from_pretrained(run)
+    images, labels, names, data_spec, total = held_out(run, pipe, num, other)
+    n = len(images)
+    originals = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    originals = originals[..., 0] if originals.shape[-1] == 1 else originals
+    mode = "L" if originals.ndim == 3 else "RGB"
+    pil = [Image.fromarray(o, mode) for o in originals]
+    pixels = originals.shape[1] * originals.shape[2]
+
+    points = []
+    for rate_weight in rate_weights:
+        vq, v_psnr = vqgpt_point(pipe, images, labels, names, originals, vgg, rate_weight)
+        rows, best = matched_rows(pil, originals, v_psnr, vgg, images)
+        points.append({"vqgpt": vq, "matched": rows, "best_of_codecs_bytes": float(best.mean()),
+                       "ratio_vs_best": float(best.mean()) / vq["bytes"]})
+    curves = {}
+    for cname, codec in codecs().items():
         curve = []
         for q in SWEEP:
             files = [encode(im, codec["format"], codec["lossy"](q)) for im in pil]
@@ -218,17 +244,14 @@ def bench_set(name: str, run: Path, num: int, vgg: str | None, other: str | None
                           "psnr": float(np.mean([psnr(p, o) for p, o in zip(px, originals)])),
                           "ssim": float(np.mean([ssim(p, o) for p, o in zip(px, originals)]))})
         curves[cname] = curve
-    best = np.min(np.stack([rows[c]["per_image"] for c in rows]), axis=0)  # the best codec for each image
     lossless = {"PNG": float(np.mean([len(encode(im, "PNG", {"optimize": True})) for im in pil])),
                 "WebP lossless": float(np.mean([len(encode(im, "WEBP", {"lossless": True, "quality": 100, "method": 6}))
                                                 for im in pil]))}
-    for row in rows.values():
-        row.pop("per_image")
+    # the first rate weight's point is the set's own (as earlier versions of this file hold it), the others follow
     return {"name": name, "run": str(run), "data": data_spec, "held_out_images": total, "measured": n,
             "image": f"{originals.shape[1]}×{originals.shape[2]} {'grey' if mode == 'L' else 'RGB'}",
             "grid": list(pipe.spec.grid), "codebook_size": pipe.spec.codebook_size, "pixels": pixels,
-            "vqgpt": vq, "matched": rows, "best_of_codecs_bytes": float(best.mean()),
-            "ratio_vs_best": float(best.mean()) / vq["bytes"], "lossless": lossless, "curves": curves}
+            **points[0], "rates": points[1:], "lossless": lossless, "curves": curves}
 
 
 def _tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -245,21 +268,28 @@ def lpips_of(vgg: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return module(expand(a.float()), expand(b.float())).flatten()
 
 
+def points(r: dict) -> list[dict]:
+    """A set's vqgpt points: its own (the first rate weight), then those of the other rate weights."""
+    return [r, *r.get("rates", [])]
+
+
 def table(results: list[dict]) -> str:
     lines = ["| set | codec | bytes / image | bits / pixel | PSNR dB | SSIM | × vqgpt's bytes | encode img/s | decode img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        v, px = r["vqgpt"], r["pixels"]
-        lines.append(f"| {r['name']} ({r['measured']} held-out, {r['image']}) | **vqgpt** | **{v['bytes']:.1f}** | "
+    for r, point in ((r, point) for r in results for point in points(r)):
+        v, px = point["vqgpt"], r["pixels"]
+        weight = v.get("rate_weight", 0.0)
+        label = f"{r['name']}{f', rate weight {weight:g}' if weight else ''} ({r['measured']} held-out, {r['image']})"
+        lines.append(f"| {label} | **vqgpt** | **{v['bytes']:.1f}** | "
                      f"{v['bytes'] * 8 / px:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | 1 | {v['encode_images_per_s']:.0f} | "
                      f"{v['decode_images_per_s']:.0f} |")
-        for cname, row in r["matched"].items():
+        for cname, row in point["matched"].items():
             flag = f" ({row['unreached']} at their best, below vqgpt's PSNR)" if row["unreached"] else ""
             lines.append(f"| | {cname} at matched PSNR{flag} | {row['bytes']:.1f} | {row['bytes'] * 8 / px:.3f} | "
                          f"{row['psnr']:.2f} | {row['ssim']:.3f} | {row['bytes'] / v['bytes']:.1f}× | "
                          f"{row['encode_images_per_s']:.0f} | {row['decode_images_per_s']:.0f} |")
-        lines.append(f"| | best of them, per image | {r['best_of_codecs_bytes']:.1f} | "
-                     f"{r['best_of_codecs_bytes'] * 8 / px:.3f} | | | **{r['ratio_vs_best']:.1f}×** | | |")
+        lines.append(f"| | best of them, per image | {point['best_of_codecs_bytes']:.1f} | "
+                     f"{point['best_of_codecs_bytes'] * 8 / px:.3f} | | | **{point['ratio_vs_best']:.1f}×** | | |")
         for cname, size in r["lossless"].items():
             lines.append(f"| | {cname} (lossless) | {size:.1f} | {size * 8 / px:.3f} | ∞ | 1 | {size / v['bytes']:.1f}× | | |")
     return "\n".join(lines)
@@ -279,7 +309,10 @@ def plot(results: list[dict], path: Path) -> None:
             for cname, curve in r["curves"].items():
                 ax.plot([c["bytes"] * 8 / px for c in curve], [c[metric] for c in curve], marker=".", label=cname)
             v = r["vqgpt"]
-            ax.plot([v["bytes"] * 8 / px], [v[metric]], "r*", markersize=14, label="vqgpt")
+            ours = sorted((p["vqgpt"] for p in points(r)), key=lambda x: x["bytes"])
+            ax.plot([x["bytes"] * 8 / px for x in ours], [x[metric] for x in ours], "r*-", markersize=14,
+                    label="vqgpt" if len(ours) == 1 else "vqgpt (rate weights " + ", ".join(
+                        f"{x.get('rate_weight', 0.0):g}" for x in ours) + ")")
             ax.plot([v["raw_index_bytes"] * 8 / px], [v[metric]], "kx", markersize=9, label="raw code indices")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -312,7 +345,12 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=200, help="held-out images per set, evenly spread over them (default: 200)")
     parser.add_argument("--out", default="codec-bench", help="folder for the JSON, table and plot")
     parser.add_argument("--vgg-weights", help="torchvision vgg16 weights: LPIPS too")
+    parser.add_argument("--rate-weights", type=float, nargs="+", default=[0.0], metavar="λ",
+                        help="vqgpt's points: `vqgpt compress --rate-weight` values, each measured against the codecs "
+                             "at its own PSNR (default: 0, the tokenizer's own codes)")
     args = parser.parse_args()
+    if any(not (math.isfinite(w) and w >= 0) for w in args.rate_weights):
+        parser.error("--rate-weights must be numbers ≥ 0")
     if not _jxl():
         print("note: pillow-jxl-plugin is not installed (pip install 'vqgpt[bench]'): JPEG XL is left out")
     out = Path(args.out)
@@ -333,16 +371,16 @@ def main() -> None:
         if not run or not Path(run, "tokens").is_dir():
             parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
         print(f"{name}: measuring {run} …", flush=True)
-        results.append(bench_set(name, Path(run), args.num, args.vgg_weights, others.get(name)))
+        results.append(bench_set(name, Path(run), args.num, args.vgg_weights, others.get(name), tuple(args.rate_weights)))
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")
     (out / "codec_bench.md").write_text(f"Machine: {machine()}\n\n{text}\n")
     plot(results, out / "codec_bench.png")
     print(f"machine: {machine()}\n{text}")
-    for r in results:
-        v = r["vqgpt"]
-        print(f"{r['name']}: {v['exact']}/{r['measured']} decoded bit-exact; {v['bits_per_code']:.3f} bits per code coded "
+    for r, v in ((r, point["vqgpt"]) for r in results for point in points(r)):
+        weight = f" (rate weight {v['rate_weight']:g}: {v['changed_codes']:.1%} of codes not the nearest)" if v.get("rate_weight") else ""
+        print(f"{r['name']}{weight}: {v['exact']}/{r['measured']} decoded bit-exact; {v['bits_per_code']:.3f} bits per code coded "
               f"({v['model_bits_per_code']:.3f} by the model), {v['saving_vs_raw_indices']:.1%} below raw indices "
               f"({v['raw_index_bytes']:.1f} bytes); header and table {v['header_bytes']} bytes per archive; "
               f"the source names (`vqgpt compress` stores them) add {v['names_bytes']:.1f} bytes per image")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from vqgpt.pipeline.cli import main
-from vqgpt.pipeline.codec import compress_grids, decode_archive, pack, unpack
+from vqgpt.pipeline.codec import compress_grids, compress_images, decode_archive, pack, unpack
 from vqgpt.pipeline.codec.archive import Archive, ImageRecord
 from vqgpt.pipeline.data import load_images
 from vqgpt.pipeline.generation import Pipeline
@@ -132,6 +132,57 @@ def test_python_api_round_trip_with_class_names(pipe, folder_codes):
     assert unpack(unconditional).images[0].label == -1 and unpack(data).images[0].label == 0
 
 
+def _teacher_forced_bits(pipe, codes, labels):
+    """−log2 p of every code of every grid, from one full forward pass of the prior (not the coder's
+    incremental path): float64[N, h·w, K]."""
+    spec = pipe.spec
+    flat = codes.reshape(len(codes), -1)
+    inputs = torch.cat([spec.condition_tokens(torch.as_tensor(labels), len(flat))[:, None], flat[:, :-1]], dim=1)
+    with torch.inference_mode():
+        logits = pipe.prior.float()(input_ids=inputs).logits[..., : spec.codebook_size].double()
+    return -(torch.log_softmax(logits, dim=-1) / math.log(2)).numpy()
+
+
+def test_rate_weight_trades_distance_for_bits(pipe, folder_codes, tiny_run, image_folder, tmp_path, capsys):
+    """λ = 0 codes the tokenizer's own codes; λ > 0 codes, at each position, the code minimising squared
+    distance + λ · bits under the prior given the codes chosen before it (checked against a teacher-forced
+    pass), decodes bit-exact, and costs fewer bits the larger λ is."""
+    images, labels, codes = folder_codes
+    models = pipe.codec_models()
+    with torch.inference_mode():
+        distances = pipe.tokenizer.quantizer.distances(pipe.tokenizer.encode_vectors(images)).double().numpy()
+    assert np.array_equal(distances.argmin(-1), codes.reshape(len(codes), -1).numpy())  # the tokenizer's own choice
+
+    _, plain = compress_images(models, images, labels)
+    assert torch.equal(plain.codes, codes.reshape(len(codes), -1)) and plain.changed_codes == 0
+    bits = [plain.model_bits]
+    for weight in (0.02, 0.2, 1000.0):
+        data, stats = compress_images(models, images, labels, rate_weight=weight)
+        decoded = decode_archive(data, models)
+        assert not decoded.errors and torch.equal(decoded.grids.reshape(len(codes), -1), stats.codes)  # bit-exact
+        chosen = stats.codes.numpy()
+        assert stats.changed_codes == int((chosen != codes.reshape(len(codes), -1).numpy()).sum())
+        rate = _teacher_forced_bits(pipe, stats.codes, labels)
+        cost = distances + weight * rate
+        rows, cols = np.indices(chosen.shape)
+        assert stats.model_bits == pytest.approx(rate[rows, cols, chosen].sum(), rel=1e-4)
+        # every code chosen is the cheapest there (up to the last bits that differ between the two paths)
+        assert (cost[rows, cols, chosen] <= cost.min(-1) + 1e-4 * max(weight, 1)).all()
+        bits.append(stats.model_bits)
+    assert bits[0] > bits[1] > bits[2] > bits[3]  # a larger weight buys fewer bits
+    assert plain.changed_codes == 0 < stats.changed_codes
+    with pytest.raises(ValueError, match="rate weight"):
+        compress_images(models, images[:2], labels[:2], rate_weight=-0.1)
+
+    archive = tmp_path / "rate.vqga"  # the verb: the same archive as the Python call, and it decompresses
+    assert main(["compress", "--run", str(tiny_run), "--data", str(image_folder), "--out", str(archive),
+                 "--rate-weight", "1000"]) == 0
+    assert "of the codes are not the tokenizer's nearest" in capsys.readouterr().out
+    assert unpack(archive.read_bytes()).images[5].crc == unpack(data).images[5].crc
+    assert main(["decompress", str(archive), "--run", str(tiny_run), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["restored"] == len(codes)
+
+
 def test_damage_costs_only_the_damaged_image(pipe, folder_codes, tiny_run, tmp_path, capsys):
     _, labels, codes = folder_codes
     data, _ = compress_grids(pipe.codec_models(), codes, labels, [f"img{i}.png" for i in range(len(codes))])
@@ -182,6 +233,9 @@ def test_bad_input_is_one_line(tiny_run, image_folder, tmp_path, capsys):
         Image.new("RGB", (16, 16), (200, 10, 10)).save(other / cls / "a.png")
     assert_user_error(capsys, ["compress", "--run", run, "--data", str(other), "--out", str(tmp_path / "c.vqga")],
                       "class 'cat'")
+    assert_user_error(capsys, ["compress", "--run", run, "--data", str(image_folder), "--out", str(tmp_path / "r.vqga"),
+                               "--rate-weight", "-1"], "rate weight")
+    assert not (tmp_path / "r.vqga").exists()
     archive = tmp_path / "keep.vqga"
     assert main(["compress", "--run", run, "--data", str(other), "--out", str(archive), "--unconditional"]) == 0
     kept = archive.read_bytes()

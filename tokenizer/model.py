@@ -249,6 +249,14 @@ class VQGAN(nn.Module):
         return self.quantizer.lookup(self.quant_proj(self.encoder(images)))
 
     @torch.no_grad()
+    def encode_vectors(self, images: torch.Tensor) -> torch.Tensor:
+        """images FloatTensor[B, C, H, W] in [-1, 1] → FloatTensor[B, h·w, D]: each position's encoder
+        vector as the codebook lookup sees it (``quantizer.distances`` of them: its distance to every
+        code; ``encode`` picks the nearest, a codec may trade a little distance for a likelier code)."""
+        self._check_images(images)
+        return self.quantizer.vectors(self.quant_proj(self.encoder(images)))
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes LongTensor[B, h, w] → images FloatTensor[B, C, h·f, w·f] clamped to [-1, 1]."""
         if codes.ndim != 3:

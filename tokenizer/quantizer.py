@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_codes", "codebook_stats", "code_histogram", "perplexity"]
 
 
+def _squared_distances(z: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor) -> torch.Tensor:
+    """||z||² - 2 z·e + ||e||² for rows z (n, D) fp32 against every code (K, D): (n, K), unclamped."""
+    return z.pow(2).sum(dim=1, keepdim=True) - 2.0 * z @ codebook.t() + code_sq
+
+
 def nearest_codes(
     z: torch.Tensor, codebook: torch.Tensor, chunk_rows: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +55,7 @@ def nearest_codes(
         code_sq = codebook.pow(2).sum(dim=1)  # (K,)
         indices, distances = [], []
         for start in range(0, z.shape[0], chunk_rows):
-            part = z[start : start + chunk_rows]  # (n, D)
-            # ||z||² - 2 z·e + ||e||²  → (n, K)
-            dist_part = part.pow(2).sum(dim=1, keepdim=True) - 2.0 * part @ codebook.t() + code_sq
-            best, idx = dist_part.min(dim=1)
+            best, idx = _squared_distances(z[start : start + chunk_rows], codebook, code_sq).min(dim=1)
             indices.append(idx)
             distances.append(best.clamp_min(0.0))
         if not indices:
@@ -145,6 +147,21 @@ class VectorQuantizer(nn.Module):
             )
         vectors = F.embedding(codes.long(), self.normalized_codebook())  # (B, h, w, D)
         return vectors.permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
+
+    def vectors(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D, h, w) → FloatTensor[B, h·w, D]: each position's vector as ``lookup`` compares it with
+        the codes (l2-normalised for an l2 codebook)."""
+        b, d, h, w = z.shape
+        return self._prepare(z.float().permute(0, 2, 3, 1).reshape(b, h * w, d), dim=2)
+
+    def distances(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors FloatTensor[..., D] from ``vectors`` → squared distances FloatTensor[..., K] (fp32, ≥ 0)
+        to every code, computed as ``lookup`` computes them (it picks each row's nearest)."""
+        codebook = self.normalized_codebook()
+        flat = vectors.reshape(-1, vectors.shape[-1]).float()
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            out = _squared_distances(flat, codebook, codebook.pow(2).sum(dim=1))
+        return out.clamp_min(0.0).view(*vectors.shape[:-1], self.codebook_size)
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, D, h, w) → codes (B, h, w) without touching any training state."""

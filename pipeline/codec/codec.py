@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -59,6 +60,8 @@ class CompressStats:
     codes_per_image: int
     codebook_size: int
     pixels_per_image: int
+    changed_codes: int = 0  # codes coded that are not the tokenizer's nearest (a rate weight > 0 chose them)
+    codes: torch.Tensor | None = field(default=None, repr=False)  # LongTensor[N, h·w]: the codes coded
 
     @property
     def raw_bits(self) -> float:
@@ -74,6 +77,7 @@ class CompressStats:
             "bits_per_pixel": self.archive_bytes * 8 / max(self.images * self.pixels_per_image, 1),
             "saving_vs_raw_indices": 1 - self.stream_bytes * 8 / self.raw_bits if self.raw_bits else 0.0,
             "header_bytes": self.header_bytes,
+            "changed_codes": self.changed_codes / max(self.images * self.codes_per_image, 1),
         }
 
 
@@ -83,11 +87,25 @@ def _batches(n: int, size: int):
 
 @torch.inference_mode()
 def compress_grids(models: CodecModels, grids: torch.Tensor, labels: Sequence[int], names: Sequence[str] = (),
-                   batch_size: int = pr.entropy_coding.DEFAULT_BATCH, progress=None) -> tuple[bytes, CompressStats]:
-    """Code grids LongTensor[N, h, w] with class indices (-1 = none) → (archive bytes, stats)."""
+                   batch_size: int = pr.entropy_coding.DEFAULT_BATCH, progress=None, vectors: torch.Tensor | None = None,
+                   rate_weight: float = 0.0) -> tuple[bytes, CompressStats]:
+    """Code grids LongTensor[N, h, w] with class indices (-1 = none) → (archive bytes, stats).
+
+    With the encoder's vectors FloatTensor[N, h·w, D] (``VQGAN.encode_vectors``) and ``rate_weight``
+    λ > 0, each code is chosen as it is coded: the one minimising its squared distance to the vector
+    + λ · its bits under the prior (``GridCoder.encode``) — fewer bytes, a little further from the
+    tokenizer's own reconstruction. λ = 0 codes the grids as given."""
     coder = pr.entropy_coding.GridCoder(models.prior, models.spec, batch_size)
-    encoded = coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long), progress=progress)
-    flat = grids.reshape(len(grids), -1).cpu().numpy()
+    distortion = None
+    if vectors is not None and rate_weight > 0:
+        quantizer = models.tokenizer.quantizer
+
+        def distortion(rows: range) -> np.ndarray:
+            return quantizer.distances(vectors[rows.start: rows.stop].to(models.device)).double().cpu().numpy()
+
+    encoded = coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long), progress=progress,
+                           distortion=distortion, rate_weight=rate_weight)
+    flat = encoded.codes.numpy()
     records = [ImageRecord(int(label), codes_crc(codes), stream)
                for label, codes, stream in zip(labels, flat, encoded.streams)]
     archive = Archive(models.tokenizer_fingerprint, models.prior_fingerprint, tuple(models.spec.grid),
@@ -97,20 +115,41 @@ def compress_grids(models: CodecModels, grids: torch.Tensor, labels: Sequence[in
     streams = sum(len(s) for s in encoded.streams)
     size = models.tokenizer.config.image_size
     stats = CompressStats(len(records), len(data), len(data) - streams, streams, float(encoded.model_bits.sum()),
-                          models.spec.num_codes, models.spec.codebook_size, size * size)
+                          models.spec.num_codes, models.spec.codebook_size, size * size,
+                          int((encoded.codes != grids.reshape(len(grids), -1).cpu()).sum()), encoded.codes)
     return data, stats
+
+
+def _check_rate_weight(rate_weight: float) -> float:
+    rate_weight = float(rate_weight)
+    if not (math.isfinite(rate_weight) and rate_weight >= 0):
+        raise ValueError(f"the rate weight must be a number ≥ 0 (0: the tokenizer's own codes), got {rate_weight}")
+    return rate_weight
+
+
+def _encode(models: CodecModels, images: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of images → (grids LongTensor[B, h, w] on the CPU, their encoder vectors when λ > 0)."""
+    images = images.to(models.device)
+    grids = models.tokenizer.encode(images).cpu()
+    return grids, (models.tokenizer.encode_vectors(images).cpu() if rate_weight > 0 else None)
 
 
 @torch.inference_mode()
 def compress_images(models: CodecModels, images: torch.Tensor, labels: Sequence[int] | None = None,
-                    names: Sequence[str] = (), batch_size: int = pr.entropy_coding.DEFAULT_BATCH) -> tuple[bytes, CompressStats]:
-    """Images FloatTensor[N, C, S, S] in [-1, 1] (the tokenizer's size) → (archive bytes, stats)."""
+                    names: Sequence[str] = (), batch_size: int = pr.entropy_coding.DEFAULT_BATCH,
+                    rate_weight: float = 0.0) -> tuple[bytes, CompressStats]:
+    """Images FloatTensor[N, C, S, S] in [-1, 1] (the tokenizer's size) → (archive bytes, stats);
+    ``rate_weight``: see ``compress_grids``."""
+    rate_weight = _check_rate_weight(rate_weight)
     labels = [-1] * len(images) if labels is None else [int(x) for x in labels]
     if len(labels) != len(images):
         raise ValueError(f"{len(labels)} class labels for {len(images)} images")
-    grids = torch.cat([models.tokenizer.encode(images[rows.start: rows.stop].to(models.device)).cpu()
-                       for rows in _batches(len(images), 64)]) if len(images) else torch.zeros(0, *models.spec.grid, dtype=torch.long)
-    return compress_grids(models, grids, labels, names, batch_size)
+    if not len(images):
+        return compress_grids(models, torch.zeros(0, *models.spec.grid, dtype=torch.long), labels, names, batch_size)
+    parts = [_encode(models, images[rows.start: rows.stop], rate_weight) for rows in _batches(len(images), 64)]
+    vectors = torch.cat([v for _, v in parts]) if rate_weight > 0 else None
+    return compress_grids(models, torch.cat([g for g, _ in parts]), labels, names, batch_size,
+                          vectors=vectors, rate_weight=rate_weight)
 
 
 @dataclass
@@ -208,10 +247,12 @@ def output_names(names: Sequence[str]) -> list[str]:
 
 
 def compress_source(models: CodecModels, data: str, out: str | Path, unconditional: bool = False,
-                    overwrite: bool = False, batch_size: int = pr.entropy_coding.DEFAULT_BATCH) -> CompressStats:
+                    overwrite: bool = False, batch_size: int = pr.entropy_coding.DEFAULT_BATCH,
+                    rate_weight: float = 0.0) -> CompressStats:
     """Every image of a data source (any ``--data``) → one archive file at ``out``, written atomically.
     A class-labelled source's classes must be the prior's (by name); `unconditional` codes every image
-    with the "no class" token instead."""
+    with the "no class" token instead; ``rate_weight``: see ``compress_grids``."""
+    rate_weight = _check_rate_weight(rate_weight)
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; `out` names the archive file to write")
@@ -232,14 +273,16 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
         mapping = [spec.class_names.index(c) for c in source.class_names]
     labels = [-1 if mapping is None or source.label_of(i) < 0 else mapping[source.label_of(i)] for i in range(len(source))]
     names = [source.source_of(i) for i in range(len(source))]
-    grids = []
+    parts = []
     loader = DataLoader(source, batch_size=64, shuffle=False)
     with tqdm(total=len(source), desc="encode", unit="img") as bar:
         for batch in loader:
-            grids.append(models.tokenizer.encode(batch["image"].to(models.device)).cpu())
+            parts.append(_encode(models, batch["image"], rate_weight))
             bar.update(len(batch["image"]))
+    vectors = torch.cat([v for _, v in parts]) if rate_weight > 0 else None
     with tqdm(total=len(source), desc="range-code", unit="img") as bar:
-        archive, stats = compress_grids(models, torch.cat(grids), labels, names, batch_size, progress=bar)
+        archive, stats = compress_grids(models, torch.cat([g for g, _ in parts]), labels, names, batch_size,
+                                        progress=bar, vectors=vectors, rate_weight=rate_weight)
     write_file(out, lambda tmp: tmp.write_bytes(archive))
     if source.skipped or source.left_out:
         logger.warning(source.skip_report())

@@ -225,12 +225,15 @@ class Pipeline:
                          for im in images])
 
     def compress(self, images: Sequence[Image.Image | str | Path] | torch.Tensor,
-                 class_labels: Sequence[int | str] | None = None, names: Sequence[str] = ()) -> bytes:
+                 class_labels: Sequence[int | str] | None = None, names: Sequence[str] = (),
+                 rate_weight: float = 0.0) -> bytes:
         """Images (PIL, files, or FloatTensor[N, C, S, S] in [-1, 1]) → one archive (bytes): their codes,
-        range-coded under the prior, each under its class (names or indices; None: the "no class" token)."""
+        range-coded under the prior, each under its class (names or indices; None: the "no class" token).
+        ``rate_weight`` λ > 0 trades quality for size: each code minimises its squared distance to the
+        encoder's vector + λ × its bits (0: the tokenizer's own codes)."""
         labels = None if class_labels is None else [c if isinstance(c, int) and c < 0 else self.resolve_classes([c])[0]
                                                     for c in class_labels]
-        data, _ = compress_images(self.codec_models(), self._prepare(images), labels, names)
+        data, _ = compress_images(self.codec_models(), self._prepare(images), labels, names, rate_weight=rate_weight)
         return data
 
     def decompress(self, data: bytes, indices: Sequence[int] | None = None,
