@@ -295,6 +295,9 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+CODEC_COLOURS = {"JPEG": "tab:blue", "WebP": "tab:orange", "AVIF": "tab:green", "JPEG XL": "tab:purple"}
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
     import matplotlib.ticker
@@ -306,13 +309,16 @@ def plot(results: list[dict], path: Path) -> None:
     for row, r in zip(axes, results):
         px = r["pixels"]
         for ax, metric in zip(row, ("psnr", "ssim")):
-            for cname, curve in r["curves"].items():
-                ax.plot([c["bytes"] * 8 / px for c in curve], [c[metric] for c in curve], marker=".", label=cname)
+            for cname, curve in r["curves"].items():  # no codec in red: red is vqgpt's
+                ax.plot([c["bytes"] * 8 / px for c in curve], [c[metric] for c in curve], marker=".", label=cname,
+                        color=CODEC_COLOURS.get(cname))
             v = r["vqgpt"]
             ours = sorted((p["vqgpt"] for p in points(r)), key=lambda x: x["bytes"])
-            ax.plot([x["bytes"] * 8 / px for x in ours], [x[metric] for x in ours], "r*-", markersize=14,
-                    label="vqgpt" if len(ours) == 1 else "vqgpt (rate weights " + ", ".join(
-                        f"{x.get('rate_weight', 0.0):g}" for x in ours) + ")")
+            if len(ours) > 1:  # vqgpt's own curve: one point per rate weight
+                ax.plot([x["bytes"] * 8 / px for x in ours], [x[metric] for x in ours], "r.-", markersize=7,
+                        label="vqgpt, rate weights " + ", ".join(f"{x.get('rate_weight', 0.0):g}" for x in ours))
+            ax.plot([v["bytes"] * 8 / px], [v[metric]], "r*", markersize=14,
+                    label="vqgpt" if len(ours) == 1 else f"vqgpt, rate weight {v.get('rate_weight', 0.0):g}")
             ax.plot([v["raw_index_bytes"] * 8 / px], [v[metric]], "kx", markersize=9, label="raw code indices")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
