@@ -2,7 +2,7 @@
 """Check vqgpt's defaults on an image folder as a new user would: the README's four commands with
 no tuning flags, timed, and the samples judged by a classifier that never touches vqgpt.
 
-    OMP_NUM_THREADS=1 python scripts/check_own_data.py --data /tmp/heldout/letters-b \\
+    python scripts/check_own_data.py --data /tmp/heldout/letters-b \\
         --test /tmp/heldout/letters-b-test --work /tmp/check-letters-b
 
 runs, in this order and exactly so (``vqgpt`` is the one on PATH beside this Python, or ``--vqgpt``):
