@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-weight", type=float, default=0.0, metavar="λ",
                    help="trade quality for size: each code is the one minimising its squared distance to the "
                         "encoder's vector + λ × its bits under the prior (default: 0, the tokenizer's own codes; "
-                        "0.01–0.04: 9–18 %% fewer bytes for 0.3–1.4 dB on unseen letters; decoding needs nothing)")
+                        "0.01–0.04: 9–17 %% fewer bytes for 0.3–1.5 dB on unseen letters; decoding needs nothing)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     p = verb("decompress", "an archive from vqgpt compress → one PNG per image and manifest.json")
