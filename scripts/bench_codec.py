@@ -360,10 +360,13 @@ def main() -> None:
     if not _jxl():
         print("note: pillow-jxl-plugin is not installed (pip install 'vqgpt[bench]'): JPEG XL is left out")
     out = Path(args.out)
-    if args.replot:
-        results = json.loads(Path(args.replot).read_text())["sets"]
-        plot(results, out / "codec_bench.png")
-        print(table(results))
+    if args.replot:  # the machine is the one the figures were measured on, recorded in the JSON
+        recorded = json.loads(Path(args.replot).read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        text = table(recorded["sets"])
+        (out / "codec_bench.md").write_text(f"Machine: {recorded['machine']}\n\n{text}\n")
+        plot(recorded["sets"], out / "codec_bench.png")
+        print(f"machine: {recorded['machine']}\n{text}\nwritten: {out / 'codec_bench.md'}, {out / 'codec_bench.png'}")
         return
     if not args.set:
         parser.error("give at least one --set NAME=RUN (or --replot JSON)")

@@ -360,3 +360,26 @@ def test_a_table_that_does_not_add_up_is_refused():
         crafted = bytes(crafted) + struct.pack("<I", zlib.crc32(bytes(crafted))) + data[head_end + 4:]
         with pytest.raises(ValueError, match=phrase):
             unpack(crafted)
+
+
+def test_bench_replot_redraws_a_recorded_benchmark(tmp_path):
+    """scripts/bench_codec.py --replot: the table (with the machine recorded in the JSON) and the plot of
+    a committed rate-weight benchmark, into a folder it creates."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = json.loads((root / "docs/codec/rate_weight_digits.json").read_text())
+    out = tmp_path / "new" / "replot"
+    subprocess.run([sys.executable, str(root / "scripts/bench_codec.py"), "--replot",
+                    str(root / "docs/codec/rate_weight_digits.json"), "--out", str(out)],
+                   capture_output=True, text=True, timeout=300, check=True)
+    text = (out / "codec_bench.md").read_text()
+    assert text.startswith(f"Machine: {recorded['machine']}\n")
+    rows = [line for line in text.splitlines() if "**vqgpt**" in line]
+    assert len(rows) == 4 and "rate weight 0.04" in rows[-1]  # λ = 0 and one row per further weight
+    assert [line.split("|")[7].strip() for line in text.splitlines() if "best of them" in line] == \
+        ["**6.6×**", "**7.2×**", "**7.3×**", "**7.3×**"]
+    with Image.open(out / "codec_bench.png") as plot:
+        assert plot.size[0] > 500 and plot.size[1] > 300
