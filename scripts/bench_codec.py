@@ -334,6 +334,15 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_table_and_plot(results: list[dict], machine_line: str, out: Path) -> None:
+    """OUT/codec_bench.md (the table under the machine line) and OUT/codec_bench.png; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(results)
+    (out / "codec_bench.md").write_text(f"Machine: {machine_line}\n\n{text}\n")
+    plot(results, out / "codec_bench.png")
+    print(f"machine: {machine_line}\n{text}")
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {mem:.0f} GiB, "
@@ -362,11 +371,8 @@ def main() -> None:
     out = Path(args.out)
     if args.replot:  # the machine is the one the figures were measured on, recorded in the JSON
         recorded = json.loads(Path(args.replot).read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        text = table(recorded["sets"])
-        (out / "codec_bench.md").write_text(f"Machine: {recorded['machine']}\n\n{text}\n")
-        plot(recorded["sets"], out / "codec_bench.png")
-        print(f"machine: {recorded['machine']}\n{text}\nwritten: {out / 'codec_bench.md'}, {out / 'codec_bench.png'}")
+        write_table_and_plot(recorded["sets"], recorded["machine"], out)
+        print(f"written: {out / 'codec_bench.md'}, {out / 'codec_bench.png'}")
         return
     if not args.set:
         parser.error("give at least one --set NAME=RUN (or --replot JSON)")
@@ -381,12 +387,8 @@ def main() -> None:
             parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
         print(f"{name}: measuring {run} …", flush=True)
         results.append(bench_set(name, Path(run), args.num, args.vgg_weights, others.get(name), tuple(args.rate_weights)))
-    out.mkdir(parents=True, exist_ok=True)
-    text = table(results)
+    write_table_and_plot(results, machine(), out)
     (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")
-    (out / "codec_bench.md").write_text(f"Machine: {machine()}\n\n{text}\n")
-    plot(results, out / "codec_bench.png")
-    print(f"machine: {machine()}\n{text}")
     for r, v in ((r, point["vqgpt"]) for r in results for point in points(r)):
         weight = f" (rate weight {v['rate_weight']:g}: {v['changed_codes']:.1%} of codes not the nearest)" if v.get("rate_weight") else ""
         print(f"{r['name']}{weight}: {v['exact']}/{r['measured']} decoded bit-exact; {v['bits_per_code']:.3f} bits per code coded "
