@@ -10,7 +10,8 @@ import torch
 import numpy as np
 
 from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior, write_token_dataset
-from vqgpt.prior.selection import FALLBACK_SAMPLING, CodeJudge, SelectionConfig, _grids, choose, frechet_distance, select_sampling
+from vqgpt.prior.selection import (FALLBACK_SAMPLING, CodeJudge, SelectionConfig, _grids, choose, frechet_distance, select_sampling,
+                                   settle_the_edge)
 
 from test_prior_train import MODEL, TRAIN, tokens
 
@@ -48,6 +49,10 @@ def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
                and c["fd_ratio"] <= (1 + grid.max_fd_increase) * plain["fd_ratio"]]
     assert record["fd_reference"] > 0 and all(c["fd_ratio"] > 0 for c in record["candidates"])
     assert chosen == choose(record["candidates"], grid, record["samples_per_candidate"]) and chosen in allowed
+    # plain sampling, the bound's anchor, drew anchor_rounds rounds; the others 1 to max_rounds
+    assert plain["samples"] == grid.anchor_rounds * record["samples_per_candidate"] and record["fd_noise"] > 0
+    assert all(c["samples"] % record["samples_per_candidate"] == 0
+               and c["samples"] <= grid.max_rounds * record["samples_per_candidate"] for c in record["candidates"])
     assert record["judge_accuracy"] > 0.9  # the token data's classes are easy to tell apart
 
     _, spec = load_prior(tmp_path / "out")
@@ -99,6 +104,39 @@ def test_choose_most_accurate_within_the_bounds_and_mildest_among_ties():
     # Too little variety or too many near-copies rule a candidate out, however accurate.
     assert choose([*letters, _candidate(2.0, 0.35, 0.99, 1.0, variety=0.7),
                    _candidate(1.0, 0.35, 0.99, 1.0, near_copies=0.2)], cfg, 200)["accuracy"] == 0.89
+
+
+def test_a_candidate_at_the_bounds_edge_draws_again_until_the_bound_can_tell():
+    """A first round that puts the best candidate just past the Fréchet bound by chance: it draws
+    again (up to max_rounds) and, its further rounds inside, wins; candidates far from the edge, or
+    at it but less accurate than one surely inside, draw nothing more."""
+    cfg = SelectionConfig()
+    parts = {(1.0, 1.0): [1.10, 1.30, 1.20, 1.15, 1.25, 1.20, 1.12, 1.28, 1.18, 1.22, 1.24, 1.16],  # 4 rounds: bound 1.5
+             (1.0, 0.7): [1.20, 1.30, 1.25],  # surely inside
+             (1.5, 0.7): [1.50, 1.66, 1.58],  # 1.58: past the bound by less than its noise
+             (1.0, 0.5): [1.45, 1.60, 1.52],  # at the edge, but less accurate than (1.0, 0.7)
+             (2.0, 0.5): [2.40, 2.60, 2.50]}  # surely outside
+    accuracy = {(1.0, 1.0): 0.78, (1.0, 0.7): 0.85, (1.5, 0.7): 0.95, (1.0, 0.5): 0.80, (2.0, 0.5): 0.99}
+
+    def figures(key):
+        return {**_candidate(*key, accuracy[key], round(float(np.mean(parts[key])), 4)), "samples": 520 * len(parts[key]) // 3}
+
+    first = {key: figures(key) for key in parts}
+    assert (choose(list(first.values()), cfg, 520)["guidance"], choose(list(first.values()), cfg, 520)["temperature"]) == (1.0, 0.7)
+    drawn = []
+
+    def draw_again(key):  # its later rounds measure what it is: inside the bound
+        drawn.append(key)
+        parts[key].extend([1.38, 1.46, 1.42])
+        return figures(key)
+
+    candidates = dict(first)
+    noise = settle_the_edge(candidates, parts, draw_again, cfg)
+    assert 0.04 < noise < 0.1 and drawn == [(1.5, 0.7)] * (cfg.max_rounds - 1)
+    chosen = choose(list(candidates.values()), cfg, 520)
+    assert (chosen["guidance"], chosen["temperature"], chosen["samples"]) == (1.5, 0.7, 520 * cfg.max_rounds)
+    assert settle_the_edge(dict(first), {k: v[:3] for k, v in parts.items()}, draw_again,
+                           dataclasses.replace(cfg, max_rounds=1)) > 0 and len(drawn) == cfg.max_rounds - 1
 
 
 def test_without_classes_or_null_condition_nothing_is_chosen(tmp_path):
