@@ -21,8 +21,8 @@ varied the samples are, and the best trade differs from one data set to the next
    the model learnt) — sharper classes, but not at the cost of looking less like real data;
    ties (accuracies within one binomial standard error of the best, the noise of the samples
    drawn) go to the candidate nearest the data, the lowest Fréchet ratio (`choose`);
-4. a Fréchet ratio from a few hundred samples is noisy (its held-out-sized subsets differ by
-   8–9 % on digits and letters: 7.7–9.4 % measured), and a hard bound flips on that noise. So plain sampling, the
+4. a Fréchet ratio from a few hundred samples is noisy (one held-out-sized subset's varies by
+   7.7–9.4 % on digits and letters), and a hard bound flips on that noise. So plain sampling, the
    anchor of every bound, draws `anchor_rounds` times as many grids, and a candidate whose ratio
    the bound cannot yet tell from its edge (within `borderline_z` standard errors, the noise
    pooled over every candidate's subsets) draws again, up to `max_rounds` rounds, while it is
@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .model import PriorSpec
 from .sampling import in_precision, resolve_precision, sample
@@ -321,6 +322,7 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
                                generator=torch.Generator().manual_seed(config.seed + len(rows))).flatten(1))
             if fd_ratio is not None:
                 fd_parts.setdefault(key, []).extend(fd_ratio.subsets(rows[-1]))
+            bar.update(1)
         codes, asked = torch.cat(rows), labels.repeat(len(rows))
         figures = {"guidance": key[0], "temperature": key[1], "samples": len(codes),
                    "accuracy": round(judge.accuracy(codes, asked), 4),
@@ -333,10 +335,18 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
 
     plain = (1.0, 1.0)
     keys = [(g, t) for g in guidances for t in config.temperatures]
-    candidates = {key: measure(key, config.anchor_rounds if key == plain and fd_ratio is not None else 1) for key in keys}
+    first = {key: config.anchor_rounds if key == plain and fd_ratio is not None else 1 for key in keys}
+    bar = tqdm(total=sum(first.values()), desc="choosing sampling defaults", unit="round", dynamic_ncols=True)
+    candidates = {key: measure(key, rounds) for key, rounds in first.items()}
     noise = None
+
+    def draw_again(key: tuple[float, float]) -> dict:
+        bar.total += 1  # rule 4's rounds are known only as they come
+        return measure(key, len(drawn[key]) + 1)
+
     if fd_ratio is not None and plain in candidates:
-        noise = settle_the_edge(candidates, fd_parts, lambda key: measure(key, len(drawn[key]) + 1), config)
+        noise = settle_the_edge(candidates, fd_parts, draw_again, config)
+    bar.close()
     candidates = list(candidates.values())
     best = choose(candidates, config, len(labels))
     return {
