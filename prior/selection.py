@@ -22,7 +22,7 @@ varied the samples are, and the best trade differs from one data set to the next
    ties (accuracies within one binomial standard error of the best, the noise of the samples
    drawn) go to the candidate nearest the data, the lowest Fréchet ratio (`choose`);
 4. a Fréchet ratio from a few hundred samples is noisy (one held-out-sized subset's varies by
-   7.7–9.4 % on digits and letters), and a hard bound flips on that noise. So plain sampling, the
+   8–12 % on digits and letters), and a hard bound flips on that noise. So plain sampling, the
    anchor of every bound, draws `anchor_rounds` times as many grids, and a candidate whose ratio
    the bound cannot yet tell from its edge (within `borderline_z` standard errors, the noise
    pooled over every candidate's subsets) draws again, up to `max_rounds` rounds, while it is
