@@ -219,6 +219,11 @@ def _fd_noise(parts) -> float:
     return float(math.sqrt(np.mean(variances))) if variances else 0.0
 
 
+def _admissible(candidate: dict, config: SelectionConfig) -> bool:
+    """Variety and near-copies within their limits (rule 3, before the Fréchet bound)."""
+    return candidate["variety"] >= config.min_variety and candidate["near_copies"] <= config.max_near_copies
+
+
 def _borderline(candidate: list[float], plain: list[float], bound: float, noise: float, z: float) -> bool:
     """Whether a candidate's mean ratio (over its subsets) lies within z standard errors of `bound` ×
     plain sampling's: the standard error of each mean is noise × mean / √subsets."""
@@ -237,8 +242,7 @@ def settle_the_edge(candidates: dict[tuple[float, float], dict], parts: dict[tup
     noise, bound = _fd_noise(parts.values()), 1.0 + config.max_fd_increase
     rounds = {key: 1 for key in candidates}
     while True:
-        allowed = [k for k in candidates if k != plain and candidates[k]["variety"] >= config.min_variety
-                   and candidates[k]["near_copies"] <= config.max_near_copies]
+        allowed = [k for k in candidates if k != plain and _admissible(candidates[k], config)]
         edge = {k for k in allowed if _borderline(parts[k], parts[plain], bound, noise, config.borderline_z)}
         inside = [candidates[k]["accuracy"] for k in allowed
                   if k not in edge and candidates[k]["fd_ratio"] <= bound * candidates[plain]["fd_ratio"]]
@@ -255,8 +259,7 @@ def choose(candidates: list[dict], config: SelectionConfig, samples: int) -> dic
     """The winning candidate (rule 3 of the module text). Candidates hold accuracy, variety,
     near_copies and, when features were given, fd_ratio; `samples` is how many grids each drew
     unless a candidate says otherwise (its own `samples`: rule 4 draws some several times)."""
-    allowed = [c for c in candidates
-               if c["variety"] >= config.min_variety and c["near_copies"] <= config.max_near_copies]
+    allowed = [c for c in candidates if _admissible(c, config)]
     allowed = allowed or [max(candidates, key=lambda c: c["variety"])]
     pool = allowed
     if all("fd_ratio" in c for c in candidates):  # no further from held-out rows than plain sampling, ± max_fd_increase
@@ -311,6 +314,7 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
     runner = in_precision(model, resolve_precision("auto", next(model.parameters()).device))
     drawn: dict[tuple[float, float], list[torch.Tensor]] = {}  # (guidance, temperature) → one grid batch per round
     fd_parts: dict[tuple[float, float], list[float]] = {}  # → the Fréchet ratio of every held-out-sized subset
+    scores: dict[tuple[float, float], list[tuple[float, float]]] = {}  # → (accuracy, near-copy share) per round
 
     def measure(key: tuple[float, float], rounds: int) -> dict:
         """Draw `key`'s rounds up to `rounds` (round r with seed + r: every candidate sees the same
@@ -320,14 +324,17 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
             rows.append(sample(runner, spec, len(labels), class_labels=labels, guidance_scale=key[0],
                                temperature=key[1], batch_size=batch_size,
                                generator=torch.Generator().manual_seed(config.seed + len(rows))).flatten(1))
+            scores.setdefault(key, []).append((judge.accuracy(rows[-1], labels),
+                                               float((nearest(rows[-1]) < copy_threshold).float().mean())))
             if fd_ratio is not None:
                 fd_parts.setdefault(key, []).extend(fd_ratio.subsets(rows[-1]))
             bar.update(1)
         codes, asked = torch.cat(rows), labels.repeat(len(rows))
+        accuracy, near_copies = np.mean(scores[key], axis=0)  # rounds are equal in size: the mean over all draws
         figures = {"guidance": key[0], "temperature": key[1], "samples": len(codes),
-                   "accuracy": round(judge.accuracy(codes, asked), 4),
+                   "accuracy": round(float(accuracy), 4),
                    "variety": round(_variety(codes, asked, seed=config.seed) / max(real_variety, 1e-9), 4),
-                   "near_copies": round(float((nearest(codes) < copy_threshold).float().mean()), 4)}
+                   "near_copies": round(float(near_copies), 4)}
         if fd_ratio is not None:
             figures["fd_ratio"] = round(float(np.mean(fd_parts[key])), 4)
         logger.info("sampling candidate %s", figures)

@@ -387,8 +387,9 @@ def main() -> None:
             parser.error(f"--set {item!r}: expected NAME=RUN with RUN/tokens, RUN/tokenizer and RUN/prior")
         print(f"{name}: measuring {run} …", flush=True)
         results.append(bench_set(name, Path(run), args.num, args.vgg_weights, others.get(name), tuple(args.rate_weights)))
-    write_table_and_plot(results, machine(), out)
-    (out / "codec_bench.json").write_text(json.dumps({"machine": machine(), "sets": results}, indent=2) + "\n")
+    here = machine()
+    write_table_and_plot(results, here, out)
+    (out / "codec_bench.json").write_text(json.dumps({"machine": here, "sets": results}, indent=2) + "\n")
     for r, v in ((r, point["vqgpt"]) for r in results for point in points(r)):
         weight = f" (rate weight {v['rate_weight']:g}: {v['changed_codes']:.1%} of codes not the nearest)" if v.get("rate_weight") else ""
         print(f"{r['name']}{weight}: {v['exact']}/{r['measured']} decoded bit-exact; {v['bits_per_code']:.3f} bits per code coded "
