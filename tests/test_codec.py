@@ -152,6 +152,9 @@ def test_rate_weight_trades_distance_for_bits(pipe, folder_codes, tiny_run, imag
     with torch.inference_mode():
         distances = pipe.tokenizer.quantizer.distances(pipe.tokenizer.encode_vectors(images)).double().numpy()
     assert np.array_equal(distances.argmin(-1), codes.reshape(len(codes), -1).numpy())  # the tokenizer's own choice
+    with torch.inference_mode():
+        both = pipe.tokenizer.encode_with_vectors(images)  # one encoder pass, as the codec runs it
+    assert torch.equal(both[0], codes) and torch.equal(both[1], pipe.tokenizer.encode_vectors(images))
 
     _, plain = compress_images(models, images, labels)
     assert torch.equal(plain.codes, codes.reshape(len(codes), -1)) and plain.changed_codes == 0

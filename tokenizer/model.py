@@ -257,6 +257,13 @@ class VQGAN(nn.Module):
         return self.quantizer.vectors(self.quant_proj(self.encoder(images)))
 
     @torch.no_grad()
+    def encode_with_vectors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encode(images), encode_vectors(images))`` from one pass of the encoder."""
+        self._check_images(images)
+        z = self.quant_proj(self.encoder(images))
+        return self.quantizer.lookup(z), self.quantizer.vectors(z)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes LongTensor[B, h, w] → images FloatTensor[B, C, h·f, w·f] clamped to [-1, 1]."""
         if codes.ndim != 3:

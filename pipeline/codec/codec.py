@@ -130,8 +130,10 @@ def _check_rate_weight(rate_weight: float) -> float:
 def _encode(models: CodecModels, images: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A batch of images → (grids LongTensor[B, h, w] on the CPU, their encoder vectors when λ > 0)."""
     images = images.to(models.device)
-    grids = models.tokenizer.encode(images).cpu()
-    return grids, (models.tokenizer.encode_vectors(images).cpu() if rate_weight > 0 else None)
+    if rate_weight > 0:
+        grids, vectors = models.tokenizer.encode_with_vectors(images)
+        return grids.cpu(), vectors.cpu()
+    return models.tokenizer.encode(images).cpu(), None
 
 
 @torch.inference_mode()
