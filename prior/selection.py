@@ -26,7 +26,13 @@ varied the samples are, and the best trade differs from one data set to the next
    anchor of every bound, draws `anchor_rounds` times as many grids, and a candidate whose ratio
    the bound cannot yet tell from its edge (within `borderline_z` standard errors, the noise
    pooled over every candidate's subsets) draws again, up to `max_rounds` rounds, while it is
-   more accurate than every candidate surely inside — the only way it could change the winner.
+   more accurate than every candidate surely inside — the only way it could change the winner;
+5. the grid's steps are coarse (temperature 0.7 → 1.0 can cost five points of accuracy), so a winner
+   whose sharper neighbour (next lower temperature, next higher guidance) is more accurate but
+   outside a limit is not the last word: the setting halfway between them is measured like every
+   other candidate (`halfway_steps`; rule 4 applies to it) and the choice is made again. Where the
+   winner sits next to a bound, noise in the bound's estimate then moves the choice by half a step,
+   not a whole one.
 
 The choice, the figures of every candidate and how they were measured are recorded in the
 prior's `vqgpt_prior.json` (`sampling`), and `vqgpt sample` / `Pipeline` use them by default.
@@ -48,7 +54,8 @@ from tqdm.auto import tqdm
 from .model import PriorSpec
 from .sampling import in_precision, resolve_precision, sample
 
-__all__ = ["SelectionConfig", "CodeJudge", "select_sampling", "choose", "settle_the_edge", "FALLBACK_SAMPLING"]
+__all__ = ["SelectionConfig", "CodeJudge", "select_sampling", "choose", "settle_the_edge", "halfway_steps",
+           "FALLBACK_SAMPLING"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,9 @@ class SelectionConfig:
     anchor_rounds: int = 4
     max_rounds: int = 4
     borderline_z: float = 2.0
+    # Rule 5: the settings halfway between the winner and a sharper, more accurate neighbour outside a
+    # limit are measured too (the grid's steps are coarse: 0.7 → 1.0 can cost five points of accuracy).
+    halfway: bool = True
     seed: int = 0
 
 
@@ -233,14 +243,16 @@ def _borderline(candidate: list[float], plain: list[float], bound: float, noise:
 
 
 def settle_the_edge(candidates: dict[tuple[float, float], dict], parts: dict[tuple[float, float], list[float]],
-                    draw_again: Callable[[tuple[float, float]], dict], config: SelectionConfig) -> float:
+                    draw_again: Callable[[tuple[float, float]], dict], config: SelectionConfig,
+                    rounds: dict[tuple[float, float], int] | None = None) -> float:
     """Rule 4 of the module text, after every candidate's first round (plain sampling's
     `anchor_rounds`): candidates (guidance, temperature) → figures, parts → the Fréchet ratio of each
-    of their subsets so far. `draw_again(key)` draws one more round for `key`, adds its subsets to
-    `parts` and returns its new figures. Returns the pooled noise (relative spread of one subset)."""
+    of their subsets so far, `rounds` → how many rounds each has drawn (default one). `draw_again(key)`
+    draws one more round for `key`, adds its subsets to `parts` and returns its new figures. Returns
+    the pooled noise (relative spread of one subset)."""
     plain = (1.0, 1.0)
     noise, bound = _fd_noise(parts.values()), 1.0 + config.max_fd_increase
-    rounds = {key: 1 for key in candidates}
+    rounds = {key: (rounds or {}).get(key, 1) for key in candidates}
     while True:
         allowed = [k for k in candidates if k != plain and _admissible(candidates[k], config)]
         edge = {k for k in allowed if _borderline(parts[k], parts[plain], bound, noise, config.borderline_z)}
@@ -254,18 +266,48 @@ def settle_the_edge(candidates: dict[tuple[float, float], dict], parts: dict[tup
             candidates[key], rounds[key] = draw_again(key), rounds[key] + 1
 
 
+def _within_limits(candidates: list[dict], config: SelectionConfig) -> list[dict]:
+    """The candidates rule 3 chooses among: variety and near-copies within their limits, and the
+    Fréchet ratio at most `max_fd_increase` above plain sampling's (never empty: the most varied,
+    then the one nearest the data, when none is)."""
+    allowed = [c for c in candidates if _admissible(c, config)]
+    allowed = allowed or [max(candidates, key=lambda c: c["variety"])]
+    if not all("fd_ratio" in c for c in candidates):
+        return allowed
+    plain = [c["fd_ratio"] for c in candidates if c["guidance"] == 1.0 and c["temperature"] == 1.0]
+    bound = (1.0 + config.max_fd_increase) * (plain[0] if plain else min(c["fd_ratio"] for c in candidates))
+    return [c for c in allowed if c["fd_ratio"] <= bound] or [min(allowed, key=lambda c: c["fd_ratio"])]
+
+
+def halfway_steps(candidates: list[dict], winner: dict, config: SelectionConfig,
+                  guidances: tuple[float, ...]) -> list[tuple[float, float]]:
+    """Rule 5 of the module text: the settings halfway between the winner and each of its grid
+    neighbours one step sharper (the next lower temperature, the next higher guidance) that is more
+    accurate but outside a limit — where the most accurate setting within the limits lies. Settings
+    already measured are left out."""
+    within = {(c["guidance"], c["temperature"]) for c in _within_limits(candidates, config)}
+    figures = {(c["guidance"], c["temperature"]): c for c in candidates}
+    g, t = winner["guidance"], winner["temperature"]
+    steps = []
+    for axis, grid in ((1, config.temperatures), (0, guidances)):
+        here = (g, t)[axis]
+        if here not in grid or grid.index(here) + 1 == len(grid):
+            continue
+        sharper = (g, grid[grid.index(here) + 1]) if axis == 1 else (grid[grid.index(here) + 1], t)
+        if sharper in figures and sharper not in within and figures[sharper]["accuracy"] > winner["accuracy"]:
+            half = round((here + sharper[axis]) / 2, 3)
+            key = (g, half) if axis == 1 else (half, t)
+            if key not in figures:
+                steps.append(key)
+    return steps
+
+
 @torch.no_grad()
 def choose(candidates: list[dict], config: SelectionConfig, samples: int) -> dict:
     """The winning candidate (rule 3 of the module text). Candidates hold accuracy, variety,
     near_copies and, when features were given, fd_ratio; `samples` is how many grids each drew
     unless a candidate says otherwise (its own `samples`: rule 4 draws some several times)."""
-    allowed = [c for c in candidates if _admissible(c, config)]
-    allowed = allowed or [max(candidates, key=lambda c: c["variety"])]
-    pool = allowed
-    if all("fd_ratio" in c for c in candidates):  # no further from held-out rows than plain sampling, ± max_fd_increase
-        plain = [c["fd_ratio"] for c in candidates if c["guidance"] == 1.0 and c["temperature"] == 1.0]
-        bound = (1.0 + config.max_fd_increase) * (plain[0] if plain else min(c["fd_ratio"] for c in candidates))
-        pool = [c for c in allowed if c["fd_ratio"] <= bound] or [min(allowed, key=lambda c: c["fd_ratio"])]
+    pool = _within_limits(candidates, config)
     # Most accurate; among those as good within the noise of `samples` draws (one binomial standard
     # error: ±2 points at 90 %, ±1 at 98 %): the one nearest the data (lowest Fréchet ratio), else
     # the mildest setting.
@@ -353,6 +395,13 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
 
     if fd_ratio is not None and plain in candidates:
         noise = settle_the_edge(candidates, fd_parts, draw_again, config)
+    halfway = halfway_steps(list(candidates.values()), choose(list(candidates.values()), config, len(labels)),
+                            config, guidances) if config.halfway else []
+    if halfway:  # rule 5: measured as every candidate was (one round, then rule 4's edge)
+        bar.total += len(halfway)
+        candidates.update({key: measure(key, 1) for key in halfway})
+        if noise is not None:
+            noise = settle_the_edge(candidates, fd_parts, draw_again, config, {k: len(v) for k, v in drawn.items()})
     bar.close()
     candidates = list(candidates.values())
     best = choose(candidates, config, len(labels))
@@ -366,5 +415,6 @@ def select_sampling(model, spec: PriorSpec, train, validation, config: Selection
         **({"fd_reference": round(fd_ratio.reference, 4), "fd_dims": fd_ratio.basis.shape[1]} if fd_ratio else {}),
         "samples_per_candidate": len(labels),
         **({"fd_noise": round(noise, 4), "anchor_rounds": config.anchor_rounds} if noise is not None else {}),
+        "halfway": [list(key) for key in halfway],
         "candidates": candidates,
     }

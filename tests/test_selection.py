@@ -10,8 +10,8 @@ import torch
 import numpy as np
 
 from vqgpt.prior import PriorSpec, load_prior, load_token_dataset, train_prior, write_token_dataset
-from vqgpt.prior.selection import (FALLBACK_SAMPLING, CodeJudge, SelectionConfig, _grids, choose, frechet_distance, select_sampling,
-                                   settle_the_edge)
+from vqgpt.prior.selection import (FALLBACK_SAMPLING, CodeJudge, SelectionConfig, _grids, choose, frechet_distance,
+                                   halfway_steps, select_sampling, settle_the_edge)
 
 from test_prior_train import MODEL, TRAIN, tokens
 
@@ -38,8 +38,10 @@ def test_train_prior_records_the_chosen_settings_and_sample_uses_them(tmp_path):
     train_prior(dataclasses.replace(MODEL, dropout=0.0), cfg, tok, tmp_path / "out", grid_features=features)
     record = json.loads((tmp_path / "out" / "vqgpt_prior.json").read_text())["sampling"]
     grid = SelectionConfig()
-    assert record["guidance"] in grid.guidances and record["temperature"] in grid.temperatures
-    assert len(record["candidates"]) == len(grid.guidances) * len(grid.temperatures)
+    halfway = [tuple(key) for key in record["halfway"]]  # rule 5's settings between two of the grid's
+    assert all(g in grid.guidances or t in grid.temperatures for g, t in halfway)
+    assert (record["guidance"], record["temperature"]) in {(g, t) for g in grid.guidances for t in grid.temperatures} | set(halfway)
+    assert len(record["candidates"]) == len(grid.guidances) * len(grid.temperatures) + len(halfway)
     assert all(shape[1:] == (3, 3) for shape in seen)  # features see (B, h, w) grids
     chosen = next(c for c in record["candidates"]
                   if (c["guidance"], c["temperature"]) == (record["guidance"], record["temperature"]))
@@ -137,6 +139,34 @@ def test_a_candidate_at_the_bounds_edge_draws_again_until_the_bound_can_tell():
     assert (chosen["guidance"], chosen["temperature"], chosen["samples"]) == (1.5, 0.7, 520 * cfg.max_rounds)
     assert settle_the_edge(dict(first), {k: v[:3] for k, v in parts.items()}, draw_again,
                            dataclasses.replace(cfg, max_rounds=1)) > 0 and len(drawn) == cfg.max_rounds - 1
+
+
+def test_halfway_steps_lie_between_the_winner_and_a_sharper_more_accurate_neighbour_outside_a_limit():
+    """Rule 5, on the figures of a digits prior (bound 1.35 × 1.43 = 1.93): the winner guidance 1.5 / T 1
+    (93 %) has two sharper neighbours more accurate but past the Fréchet bound (T 0.7: 98 %, guidance 2:
+    96.5 %); halfway between are T 0.85 and guidance 1.75. A sharper neighbour that is less accurate, or
+    within the limits, or a winner at the grid's sharp end asks for nothing; nor does a setting measured."""
+    cfg = SelectionConfig(max_fd_increase=0.35)
+    digits = [_candidate(1.0, 1.0, 0.814, 1.43), _candidate(1.0, 0.7, 0.892, 1.51), _candidate(1.5, 1.0, 0.93, 1.51),
+              _candidate(1.5, 0.7, 0.98, 1.96), _candidate(2.0, 1.0, 0.965, 2.19), _candidate(2.0, 0.7, 0.99, 2.85),
+              _candidate(1.5, 0.5, 0.976, 3.0)]
+    winner = choose(digits, cfg, 500)
+    assert (winner["guidance"], winner["temperature"]) == (1.5, 1.0)
+    assert halfway_steps(digits, winner, cfg, cfg.guidances) == [(1.5, 0.85), (1.75, 1.0)]
+    assert halfway_steps(digits, winner, cfg, (1.0, 1.5)) == [(1.5, 0.85)]  # (no guidance beyond 1.5)
+    measured = [*digits, _candidate(1.5, 0.85, 0.961, 1.50)]
+    assert halfway_steps(measured, winner, cfg, cfg.guidances) == [(1.75, 1.0)]
+    assert choose([*measured, _candidate(1.75, 1.0, 0.96, 1.74)], cfg, 500)["temperature"] == 0.85
+    # the neighbour outside by too few varied samples counts as outside a limit too
+    # (guidance 2 here is outside the bound but less accurate than the winner: nothing between them)
+    by_variety = [*digits[:3], _candidate(1.5, 0.7, 0.98, 1.6, variety=0.7), _candidate(2.0, 1.0, 0.92, 2.19)]
+    assert halfway_steps(by_variety, winner, cfg, cfg.guidances) == [(1.5, 0.85)]
+    # a sharper neighbour as accurate within the noise and inside the limits lost on the Fréchet ratio alone
+    tie = [*digits[:3], _candidate(1.5, 0.7, 0.935, 1.6)]
+    best = choose(tie, cfg, 500)
+    assert (best["temperature"], halfway_steps(tie, best, cfg, cfg.guidances)) == (1.0, [])
+    sharp_end = [_candidate(1.0, 1.0, 0.8, 1.0), _candidate(2.0, 0.35, 0.9, 1.1)]
+    assert halfway_steps(sharp_end, sharp_end[1], cfg, cfg.guidances) == []
 
 
 def test_without_classes_or_null_condition_nothing_is_chosen(tmp_path):
