@@ -117,6 +117,10 @@ def test_coded_size_matches_the_models_bits(pipe, folder_codes):
     summary = stats.summary()
     raw = n * codes[0].numel() * math.log2(pipe.spec.codebook_size)
     assert summary["saving_vs_raw_indices"] == pytest.approx(1 - streams * 8 / raw)
+    assert stats.versus_raw().startswith(f"{summary['saving_vs_raw_indices']:.1%} below raw")
+    # images the prior finds less predictable than uniform codes are said to cost more than raw, not "−6 % below"
+    worse = dataclasses.replace(stats, stream_bytes=math.ceil(raw / 8 * 1.25))
+    assert worse.versus_raw().startswith("25.0% above raw") and "unlike the images it was trained on" in worse.versus_raw()
 
 
 def test_python_api_round_trip_with_class_names(pipe, folder_codes):

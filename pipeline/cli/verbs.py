@@ -260,8 +260,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     s = stats.summary()
     _print(f"{s['images']} images → {args.out}: {s['bytes']:,} bytes ({s['bytes_per_image']:.1f} per image, "
            f"{s['bits_per_pixel']:.3f} bits per pixel); {s['bits_per_code']:.3f} bits per code coded, "
-           f"{s['model_bits_per_code']:.3f} by the prior's model, {s['saving_vs_raw_indices']:.1%} below raw "
-           f"{stats.codebook_size}-way indices; header and per-image table {s['header_bytes']:,} bytes"
+           f"{s['model_bits_per_code']:.3f} by the prior's model, {stats.versus_raw()}; "
+           f"header and per-image table {s['header_bytes']:,} bytes"
            + (f"; rate weight {args.rate_weight:g}: {s['changed_codes']:.1%} of the codes are not the tokenizer's nearest"
               if args.rate_weight > 0 else ""))
     return 0

@@ -68,6 +68,15 @@ class CompressStats:
         """The codes as plain indices: log2 K bits each."""
         return self.images * self.codes_per_image * math.log2(self.codebook_size)
 
+    def versus_raw(self, digits: int = 1) -> str:
+        """How the coded codes compare with raw log2 K indices, in words (more than raw when the prior
+        finds the images less predictable than uniform codes: images unlike its training data)."""
+        saving = self.summary()["saving_vs_raw_indices"]
+        if saving >= 0:
+            return f"{saving:.{digits}%} below raw {self.codebook_size}-way indices"
+        return (f"{-saving:.{digits}%} above raw {self.codebook_size}-way indices: the prior predicts these images' "
+                "codes worse than uniform, so they are unlike the images it was trained on")
+
     def summary(self) -> dict:
         n = max(self.images, 1)
         return {
