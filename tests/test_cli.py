@@ -72,11 +72,11 @@ def test_train_tokenizer_bad_data(capsys, tmp_path):
     assert_user_error(code, err, f"data folder {tmp_path / 'missing'} does not exist")
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "empty", "--out", tmp_path / "t", *TINY_TOKENIZER)
-    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'empty'}")
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp/gif/tif/tiff) found under {tmp_path / 'empty'}")
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("hello")
     code, _, err = run_cli(capsys, "train-tokenizer", "--data", tmp_path / "texts", "--out", tmp_path / "t", *TINY_TOKENIZER)
-    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'texts'}")
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp/gif/tif/tiff) found under {tmp_path / 'texts'}")
     assert not (tmp_path / "t" / "model.safetensors").exists()
 
 
@@ -242,7 +242,7 @@ def test_tokenize_bad_input(capsys, tiny_run, image_folder, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", tmp_path / "empty",
                            "--out", tmp_path / "t")
-    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp) found under {tmp_path / 'empty'}")
+    assert_user_error(code, err, f"no images (png/jpg/jpeg/webp/bmp/gif/tif/tiff) found under {tmp_path / 'empty'}")
     code, _, err = run_cli(capsys, "tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", image_folder,
                            "--out", tmp_path / "t", "--crops", -1)
     assert_user_error(code, err, "invalid tokenize config: crops must be ≥ 0, got -1")

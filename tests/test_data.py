@@ -48,6 +48,26 @@ def test_folder_with_classes(class_folder: Path) -> None:
     assert {s.rsplit(".", 1)[-1] for s in (src.source_of(i) for i in range(len(src)))} == {"png", "JPG", "webp"}
 
 
+def test_folder_reads_gif_and_tiff(tmp_path: Path) -> None:
+    """GIF (palette, transparent index composited on white) and TIFF (16-bit grey, CMYK) files are
+    images of a folder too: their first frame, prepared as every other image."""
+    gif = Image.new("P", (8, 8), 1)
+    gif.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+    gif.paste(0, (0, 0, 8, 4))  # top half: index 0, transparent
+    gif.save(tmp_path / "half.GIF", transparency=0)
+    Image.fromarray(np.full((8, 8), 65535 // 2, dtype=np.uint16)).save(tmp_path / "grey16.tif")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "red.tiff")  # red
+    (tmp_path / "notes.txt").write_text("not an image")
+    src = load_images(str(tmp_path), 8, 3, split="all")
+    assert sorted(src.files) == ["grey16.tif", "half.GIF", "red.tiff"] and src.skipped == []
+    assert "gif/tif/tiff" in dict(src.left_out)["notes.txt"]
+    images = {src.source_of(i): (src[i]["image"] + 1) / 2 for i in range(len(src))}  # in [0, 1]
+    assert torch.allclose(images["half.GIF"][:, :4], torch.ones(3, 4, 8), atol=0.02)  # transparent → white
+    assert torch.allclose(images["half.GIF"][:, 4:], torch.tensor([200 / 255, 0, 0])[:, None, None].expand(3, 4, 8), atol=0.02)
+    assert torch.allclose(images["grey16.tif"], torch.full((3, 8, 8), 0.5), atol=0.01)
+    assert images["red.tiff"][0].min() > 0.9 and images["red.tiff"][1:].max() < 0.1
+
+
 def test_folder_split_is_deterministic_and_disjoint(class_folder: Path) -> None:
     train = load_images(str(class_folder), 16, 3, split="train", seed=3, val_fraction=0.25)
     val = load_images(str(class_folder), 16, 3, split="validation", seed=3, val_fraction=0.25)
@@ -124,7 +144,7 @@ def test_all_corrupt_empty_and_missing_are_clear_errors(tmp_path: Path) -> None:
         load_images(str(tmp_path / "missing"), 8, 3)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"no images \(png/jpg/jpeg/webp/bmp\) found under"):
+    with pytest.raises(ValueError, match=r"no images \(png/jpg/jpeg/webp/bmp/gif/tif/tiff\) found under"):
         load_images(str(tmp_path / "empty"), 8, 3)
     bad = tmp_path / "bad"
     bad.mkdir()

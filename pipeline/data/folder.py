@@ -14,7 +14,7 @@ from .source import ImageSource, require_nonempty, split_indices
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderSource", "scan_folder"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # GIF, TIFF: first frame
 
 
 class FolderSource(ImageSource):
@@ -121,7 +121,7 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
             if name.startswith("."):
                 left_out.append((rel_e, "a hidden file"))
             elif not name.lower().endswith(IMAGE_EXTENSIONS):
-                left_out.append((rel_e, "not an image file (png/jpg/jpeg/webp/bmp)"))
+                left_out.append((rel_e, f"not an image file ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)})"))
             elif not e.is_symlink() or check_link(Path(e.path), Path(rel_e)):
                 found.append(rel_e)
         for path, rel_e in kept:

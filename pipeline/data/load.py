@@ -3,7 +3,7 @@ and one, ``held_out_split``, says which of its images a trained model never saw.
 
 ``load_images(spec, image_size, channels, split=...)`` accepts
 
-- a folder of images (searched recursively; png/jpg/jpeg/webp/bmp, any case). When every
+- a folder of images (searched recursively; png/jpg/jpeg/webp/bmp/gif/tif/tiff, any case; GIF and TIFF: the first frame). When every
   image sits inside a first-level sub-folder and there are at least two of them, the
   sub-folder names are the classes (as torchvision's ``ImageFolder``); otherwise there
   are no classes. Hidden files and folders (``.name``) are ignored.
