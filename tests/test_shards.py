@@ -59,6 +59,23 @@ def folder_and_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
     return root / "folder", str(root / "shards" / "part-{000..002}.tar")
 
 
+def test_gif_and_tiff_members_are_images(tmp_path):
+    """A sample's image may be a GIF or TIFF member too (first frame), read like a folder's file."""
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    with wds.TarWriter(str(tmp_path / "mixed.tar")) as sink:
+        sink.write({"__key__": "0", "tif": _png(grey, "TIFF")})
+        sink.write({"__key__": "1", "gif": _png(grey, "GIF")})
+        sink.write({"__key__": "2", "TIFF": _png(grey, "TIFF")})
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "0.tif").write_bytes(_png(grey, "TIFF"))
+    src = load_images(str(tmp_path / "mixed.tar"), 16, 1, split="all")
+    folder = load_images(str(tmp_path / "folder"), 16, 1, split="all")
+    assert len(src) == 3 and src.skipped == []
+    for i in range(3):  # grey GIF palettes hold every grey level of a 16×16 image of 256 values or fewer
+        assert torch.allclose(src[i]["image"], folder[0]["image"], atol=1 / 127.5 + 1e-6)
+
+
 def _rows(path: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
     import datasets
 
@@ -200,7 +217,7 @@ def test_bad_shards_are_one_error_line(capsys, tok, tmp_path):
     with wds.TarWriter(str(tmp_path / "text.tar")) as sink:
         sink.write({"__key__": "readme", "txt": b"hello"})
     code, err = tokenize(str(tmp_path / "text.tar"))
-    one_line(code, err, "text.tar is not a WebDataset shard of images: no jpg/jpeg/png/webp/bmp member")
+    one_line(code, err, "text.tar is not a WebDataset shard of images: no jpg/jpeg/png/webp/bmp/gif/tif/tiff member")
     (tmp_path / "plain.tar").write_bytes(b"this is no tar file" * 40)
     code, err = tokenize(str(tmp_path / "plain.tar"))
     one_line(code, err, "plain.tar is not a WebDataset shard: not an uncompressed tar file")

@@ -14,7 +14,7 @@ and one, ``held_out_split``, says which of its images a trained model never saw.
   ``validation`` (or ``valid``/``val``/``test``) splits are used when present.
 - WebDataset tar shards: a ``.tar`` file or a brace pattern of them,
   ``"shards/train-{00000..00099}.tar"`` (``tars.py``). Each sample's image is its
-  ``jpg``/``jpeg``/``png``/``webp``/``bmp`` member; its class its ``cls`` (else ``class``/``label``)
+  ``jpg``/``jpeg``/``png``/``webp``/``bmp``/``gif``/``tif``/``tiff`` member; its class its ``cls`` (else ``class``/``label``)
   member, text holding a class index (classes "0" … "max") or a class name (classes sorted by
   name). Samples are sorted by key and split like a folder's files, then listed in the order the
   shards hold them. A pattern naming a missing file, or a tar without image members, is a

@@ -2,8 +2,8 @@
 
 A shard is an uncompressed tar whose members are grouped into samples by key, as ``webdataset``
 groups them (``dir/name.ext`` → key ``dir/name``, consecutive members with one key are one sample;
-``__*__`` members are metadata). A sample's image is its ``jpg``/``jpeg``/``png``/``webp``/``bmp``
-member (any case; the first one when there are several); its class, when the shards have
+``__*__`` members are metadata). A sample's image is its ``jpg``/``jpeg``/``png``/``webp``/``bmp``/
+``gif``/``tif``/``tiff`` member (any case; the first one when there are several); its class, when the shards have
 classes, is its ``cls`` (else ``class`` or ``label``) member: text holding an integer class index
 (classes "0" … "max"), or a class name (classes sorted by name, as image folders' sub-folders).
 Either every sample has a class member or none has.
@@ -41,7 +41,7 @@ from .source import ImageSource, require_nonempty, split_indices
 __all__ = ["IMAGE_MEMBERS", "CLASS_MEMBERS", "is_shard_spec", "expand_shards", "index_shards", "TarShardSource",
            "read_images", "shard_stamp"]
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # GIF, TIFF: first frame
 CLASS_MEMBERS = ("cls", "class", "label")
 _SKIP_META = r"__[^/]*__($|/)"  # webdataset's metadata members
 
