@@ -224,6 +224,42 @@ def test_damage_costs_only_the_damaged_image(pipe, folder_codes, tiny_run, tmp_p
         decode_archive(bytes(header), pipe.codec_models())
 
 
+def test_compress_and_decompress_hold_one_chunk_at_a_time(tiny_run, image_folder, tmp_path, monkeypatch, capsys):
+    """The verbs encode, range-code, decode and write a chunk of images at a time (memory is one chunk's,
+    not the data set's) and write exactly the archive and the images of one pass over everything."""
+    from vqgpt.pipeline.codec import codec as codec_module
+    from vqgpt.prior.entropy_coding import GridCoder
+
+    run, data = str(tiny_run), str(image_folder)
+    whole = {w: tmp_path / f"whole{w}.vqga" for w in ("0", "1000")}
+    for weight, path in whole.items():
+        assert main(["compress", "--run", run, "--data", data, "--out", str(path), "--rate-weight", weight]) == 0
+    assert main(["decompress", str(whole["0"]), "--run", run, "--out", str(tmp_path / "one")]) == 0
+
+    seen = {"encode": [], "decode": []}
+    for verb in seen:
+        def spy(self, grids_or_streams, *args, _verb=verb, _real=getattr(GridCoder, verb), **kwargs):
+            seen[_verb].append(len(grids_or_streams))
+            return _real(self, grids_or_streams, *args, **kwargs)
+        monkeypatch.setattr(GridCoder, verb, spy)
+    monkeypatch.setattr(codec_module, "CHUNK_IMAGES", 5)
+    for weight, path in whole.items():
+        chunked = tmp_path / f"chunked{weight}.vqga"
+        assert main(["compress", "--run", run, "--data", data, "--out", str(chunked), "--rate-weight", weight]) == 0
+        assert chunked.read_bytes() == path.read_bytes()  # bit for bit, the rate-weighted choice too
+    assert seen["encode"] == [5, 5, 5, 5, 4] * 2
+    assert "24 images" in capsys.readouterr().out
+
+    assert main(["decompress", str(whole["0"]), "--run", run, "--out", str(tmp_path / "chunks")]) == 0
+    assert seen["decode"] == [5, 5, 5, 5, 4]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(files) == 24
+    assert files == sorted(p.relative_to(tmp_path / "chunks") for p in (tmp_path / "chunks").rglob("*.png"))
+    for f in files:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / f)), np.asarray(Image.open(tmp_path / "chunks" / f)))
+    assert (tmp_path / "one" / "manifest.json").read_text() == (tmp_path / "chunks" / "manifest.json").read_text()
+
+
 def test_bad_input_is_one_line(tiny_run, image_folder, tmp_path, capsys):
     run = str(tiny_run)
     not_archive = tmp_path / "x.vqga"

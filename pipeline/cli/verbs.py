@@ -271,11 +271,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from ..codec import decompress_to_folder
 
     pipe = _load_pipeline(args)
-    decoded = decompress_to_folder(pipe.codec_models(), args.archive, args.out, overwrite=args.overwrite)
-    restored = len(decoded.indices) - len(decoded.errors)
-    _print(f"{restored} images written to {args.out} (manifest: {Path(args.out) / 'manifest.json'})")
-    if decoded.errors:  # the others are written; the damaged ones are named in the manifest
-        raise ValueError(decoded.first_error(args.archive))
+    written = decompress_to_folder(pipe.codec_models(), args.archive, args.out, overwrite=args.overwrite)
+    _print(f"{written.restored} images written to {args.out} (manifest: {Path(args.out) / 'manifest.json'})")
+    if written.errors:  # the others are written; the damaged ones are named in the manifest
+        raise ValueError(written.first_error(args.archive))
     return 0
 
 

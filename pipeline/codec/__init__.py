@@ -8,7 +8,7 @@ Reads images through ``vqgpt.pipeline.data``.
 """
 
 from .archive import Archive, ImageRecord, pack, unpack
-from .codec import CodecModels, CompressStats, Decoded, compress_grids, compress_images, compress_source, decode_archive, decompress_to_folder
+from .codec import CodecModels, CompressStats, Decoded, Restored, compress_grids, compress_images, compress_source, decode_archive, decompress_to_folder
 
-__all__ = ["Archive", "ImageRecord", "pack", "unpack", "CodecModels", "CompressStats", "Decoded", "compress_grids",
+__all__ = ["Archive", "ImageRecord", "pack", "unpack", "CodecModels", "CompressStats", "Decoded", "Restored", "compress_grids",
            "compress_images", "compress_source", "decode_archive", "decompress_to_folder"]

@@ -30,7 +30,7 @@ from .archive import Archive, ImageRecord, codes_crc, pack, unpack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodecModels", "CompressStats", "Decoded", "compress_grids", "compress_images", "decode_archive", "compress_source",
+__all__ = ["CodecModels", "CompressStats", "Decoded", "Restored", "compress_grids", "compress_images", "decode_archive", "compress_source",
            "decompress_to_folder", "output_names"]
 
 MANIFEST = "manifest.json"
@@ -94,6 +94,57 @@ def _batches(n: int, size: int):
     return (range(i, min(i + size, n)) for i in range(0, n, size))
 
 
+CHUNK_IMAGES = 1024  # images encoded and range-coded at a time (and decoded and written at a time): what
+#                      compress and decompress hold is one chunk's codes, vectors and pixels, not the data set's
+
+
+class _ArchiveWriter:
+    """Range-codes grids chunk by chunk under the prior and keeps, per image, only what the archive
+    stores (class, CRC32 of its codes, stream) — and the codes coded when ``keep_codes``."""
+
+    def __init__(self, models: CodecModels, batch_size: int, rate_weight: float, keep_codes: bool = True):
+        self.models, self.batch_size, self.rate_weight = models, batch_size, rate_weight
+        self.coder = pr.entropy_coding.GridCoder(models.prior, models.spec, batch_size)
+        self.records: list[ImageRecord] = []
+        self.model_bits, self.changed = 0.0, 0
+        self.codes: list[torch.Tensor] | None = [] if keep_codes else None
+
+    def add(self, grids: torch.Tensor, labels: Sequence[int], vectors: torch.Tensor | None = None, progress=None) -> None:
+        """Code grids LongTensor[n, h, w] with their class indices (-1 = none); ``vectors``: the encoder's
+        FloatTensor[n, h·w, D] when the rate weight is > 0."""
+        distortion = None
+        if vectors is not None and self.rate_weight > 0:
+            quantizer, device = self.models.tokenizer.quantizer, self.models.device
+
+            def distortion(rows: range) -> np.ndarray:
+                return quantizer.distances(vectors[rows.start: rows.stop].to(device)).double().cpu().numpy()
+
+        encoded = self.coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long), progress=progress,
+                                    distortion=distortion, rate_weight=self.rate_weight)
+        self.records += [ImageRecord(int(label), codes_crc(codes), stream)
+                         for label, codes, stream in zip(labels, encoded.codes.numpy(), encoded.streams, strict=True)]
+        self.model_bits += float(encoded.model_bits.sum())
+        self.changed += int((encoded.codes != grids.reshape(len(grids), -1).cpu()).sum())
+        if self.codes is not None:
+            self.codes.append(encoded.codes)
+
+    def finish(self, names: Sequence[str] = ()) -> tuple[bytes, CompressStats]:
+        """The archive of every grid added (``names``: one per image, or none) → (bytes, stats)."""
+        models = self.models
+        archive = Archive(models.tokenizer_fingerprint, models.prior_fingerprint, tuple(models.spec.grid),
+                          models.spec.codebook_size, models.spec.num_classes, self.batch_size,
+                          pr.entropy_coding.numerics(models.device), self.records, list(names))
+        data = pack(archive)
+        streams = sum(len(r.stream) for r in self.records)
+        size = models.tokenizer.config.image_size
+        codes = None
+        if self.codes is not None:
+            codes = torch.cat(self.codes) if self.codes else torch.zeros(0, models.spec.num_codes, dtype=torch.long)
+        stats = CompressStats(len(self.records), len(data), len(data) - streams, streams, self.model_bits,
+                              models.spec.num_codes, models.spec.codebook_size, size * size, self.changed, codes)
+        return data, stats
+
+
 @torch.inference_mode()
 def compress_grids(models: CodecModels, grids: torch.Tensor, labels: Sequence[int], names: Sequence[str] = (),
                    batch_size: int = pr.entropy_coding.DEFAULT_BATCH, progress=None, vectors: torch.Tensor | None = None,
@@ -104,29 +155,9 @@ def compress_grids(models: CodecModels, grids: torch.Tensor, labels: Sequence[in
     λ > 0, each code is chosen as it is coded: the one minimising its squared distance to the vector
     + λ · its bits under the prior (``GridCoder.encode``) — fewer bytes, a little further from the
     tokenizer's own reconstruction. λ = 0 codes the grids as given."""
-    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, batch_size)
-    distortion = None
-    if vectors is not None and rate_weight > 0:
-        quantizer = models.tokenizer.quantizer
-
-        def distortion(rows: range) -> np.ndarray:
-            return quantizer.distances(vectors[rows.start: rows.stop].to(models.device)).double().cpu().numpy()
-
-    encoded = coder.encode(grids, torch.as_tensor(list(labels), dtype=torch.long), progress=progress,
-                           distortion=distortion, rate_weight=rate_weight)
-    flat = encoded.codes.numpy()
-    records = [ImageRecord(int(label), codes_crc(codes), stream)
-               for label, codes, stream in zip(labels, flat, encoded.streams)]
-    archive = Archive(models.tokenizer_fingerprint, models.prior_fingerprint, tuple(models.spec.grid),
-                      models.spec.codebook_size, models.spec.num_classes, batch_size,
-                      pr.entropy_coding.numerics(models.device), records, list(names))
-    data = pack(archive)
-    streams = sum(len(s) for s in encoded.streams)
-    size = models.tokenizer.config.image_size
-    stats = CompressStats(len(records), len(data), len(data) - streams, streams, float(encoded.model_bits.sum()),
-                          models.spec.num_codes, models.spec.codebook_size, size * size,
-                          int((encoded.codes != grids.reshape(len(grids), -1).cpu()).sum()), encoded.codes)
-    return data, stats
+    writer = _ArchiveWriter(models, batch_size, rate_weight)
+    writer.add(grids, labels, vectors, progress)
+    return writer.finish(names)
 
 
 def _check_rate_weight(rate_weight: float) -> float:
@@ -145,6 +176,14 @@ def _encode(models: CodecModels, images: torch.Tensor, rate_weight: float) -> tu
     return models.tokenizer.encode(images).cpu(), None
 
 
+def _encode_all(models: CodecModels, images: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_encode`` in batches of 64: (grids, vectors or None)."""
+    parts = [_encode(models, images[rows.start: rows.stop], rate_weight) for rows in _batches(len(images), 64)]
+    if not parts:
+        return torch.zeros(0, *models.spec.grid, dtype=torch.long), None
+    return torch.cat([g for g, _ in parts]), torch.cat([v for _, v in parts]) if rate_weight > 0 else None
+
+
 @torch.inference_mode()
 def compress_images(models: CodecModels, images: torch.Tensor, labels: Sequence[int] | None = None,
                     names: Sequence[str] = (), batch_size: int = pr.entropy_coding.DEFAULT_BATCH,
@@ -155,12 +194,17 @@ def compress_images(models: CodecModels, images: torch.Tensor, labels: Sequence[
     labels = [-1] * len(images) if labels is None else [int(x) for x in labels]
     if len(labels) != len(images):
         raise ValueError(f"{len(labels)} class labels for {len(images)} images")
-    if not len(images):
-        return compress_grids(models, torch.zeros(0, *models.spec.grid, dtype=torch.long), labels, names, batch_size)
-    parts = [_encode(models, images[rows.start: rows.stop], rate_weight) for rows in _batches(len(images), 64)]
-    vectors = torch.cat([v for _, v in parts]) if rate_weight > 0 else None
-    return compress_grids(models, torch.cat([g for g, _ in parts]), labels, names, batch_size,
-                          vectors=vectors, rate_weight=rate_weight)
+    writer = _ArchiveWriter(models, batch_size, rate_weight)
+    for chunk in _batches(len(images), CHUNK_IMAGES):
+        grids, vectors = _encode_all(models, images[chunk.start: chunk.stop], rate_weight)
+        writer.add(grids, labels[chunk.start: chunk.stop], vectors)
+    return writer.finish(names)
+
+
+def _first_error(where: str, errors: dict[int, str], name_of, total: int) -> str:
+    i = min(errors)
+    return (f"{where}: image {i} ({name_of(i)}) {errors[i]}; "
+            f"{len(errors)} of {total} image(s) could not be restored")
 
 
 @dataclass
@@ -175,9 +219,23 @@ class Decoded:
     archive: Archive
 
     def first_error(self, where: str) -> str:
-        i = min(self.errors)
-        return (f"{where}: image {i} ({self.names[self.indices.index(i)]}) {self.errors[i]}; "
-                f"{len(self.errors)} of {len(self.indices)} image(s) could not be restored")
+        return _first_error(where, self.errors, lambda i: self.names[self.indices.index(i)], len(self.indices))
+
+
+@dataclass
+class Restored:
+    """What ``decompress_to_folder`` wrote: how many images the archive holds and which could not be restored."""
+
+    images: int
+    errors: dict[int, str]  # archive index → why
+    names: dict[int, str]  # archive index → name, for the images that failed
+
+    @property
+    def restored(self) -> int:
+        return self.images - len(self.errors)
+
+    def first_error(self, where: str) -> str:
+        return _first_error(where, self.errors, self.names.__getitem__, self.images)
 
 
 def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
@@ -196,26 +254,37 @@ def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
                        "software and device type (each image's CRC32 is checked)", where, archive.numerics, here)
 
 
-@torch.inference_mode()
-def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | None = None,
-                   where: str = "the archive", progress: bool = False) -> Decoded:
-    """Archive bytes → the grids of ``indices`` (default: all), each checked against its CRC32
-    (``progress``: a bar over the images decoded)."""
+def _open(data: bytes, models: CodecModels, where: str) -> Archive:
+    """Archive bytes → the archive, checked against the models (a mismatch is a ValueError)."""
     archive = unpack(data, where)
     _check_models(archive, models, where)
-    count = len(archive.images)
     extra = len(data) - archive.header_bytes - sum(len(r.stream) for r in archive.images)
     if extra > 0:
         logger.warning("%s has %d bytes after its last image; they are not part of the archive and were ignored",
                        where, extra)
+    return archive
+
+
+def _indices(archive: Archive, indices: Sequence[int] | None, where: str) -> list[int]:
+    count = len(archive.images)
     indices = list(range(count)) if indices is None else [int(i) for i in indices]
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         raise ValueError(f"{where} holds images 0 … {count - 1}; image {bad[0]} was asked for")
     if len(set(indices)) != len(indices):
         raise ValueError("`indices` names an image twice")
-    width = len(str(max(count - 1, 0)))
-    names = [archive.names[i] if archive.names else f"index:{i:0{width}d}" for i in indices]
+    return indices
+
+
+def _name_of(archive: Archive, i: int) -> str:
+    if archive.names:
+        return archive.names[i]
+    return f"index:{i:0{len(str(max(len(archive.images) - 1, 0)))}d}"
+
+
+@torch.inference_mode()
+def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None) -> Decoded:
+    """The grids of ``indices`` of a checked archive, each checked against its CRC32."""
     errors: dict[int, str] = {}
     for i in indices:
         label = archive.images[i].label
@@ -224,13 +293,14 @@ def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | No
         elif label >= models.spec.num_classes:
             errors[i] = f"is damaged: class {label} is not a class of the prior"
     todo = [i for i in indices if i not in errors]
+    if bar is not None:
+        bar.update(len(indices) - len(todo))
     coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size)
-    with tqdm(total=len(todo), desc="decode", unit="img", disable=not progress) as bar:
-        flat, problems = coder.decode([archive.images[i].stream for i in todo],
-                                      [archive.images[i].label for i in todo], progress=bar)
+    flat, problems = coder.decode([archive.images[i].stream for i in todo],
+                                  [archive.images[i].label for i in todo], progress=bar)
     grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
     position = {i: k for k, i in enumerate(indices)}
-    for row, (i, problem) in enumerate(zip(todo, problems)):
+    for row, (i, problem) in enumerate(zip(todo, problems, strict=True)):
         if problem is not None:
             errors[i] = f"is damaged: {problem}"
         elif codes_crc(flat[row].numpy()) != archive.images[i].crc:
@@ -238,7 +308,17 @@ def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | No
         else:
             grids[position[i]] = flat[row]
     return Decoded(indices, grids.reshape(len(indices), *models.spec.grid), [archive.images[i].label for i in indices],
-                   names, dict(sorted(errors.items())), archive)
+                   [_name_of(archive, i) for i in indices], dict(sorted(errors.items())), archive)
+
+
+def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | None = None,
+                   where: str = "the archive", progress: bool = False) -> Decoded:
+    """Archive bytes → the grids of ``indices`` (default: all), each checked against its CRC32
+    (``progress``: a bar over the images decoded)."""
+    archive = _open(data, models, where)
+    indices = _indices(archive, indices, where)
+    with tqdm(total=len(indices), desc="decode", unit="img", disable=not progress) as bar:
+        return _decode(archive, models, indices, bar)
 
 
 # --------------------------------------------------------------------------------------- files
@@ -284,16 +364,28 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
         mapping = [spec.class_names.index(c) for c in source.class_names]
     labels = [-1 if mapping is None or source.label_of(i) < 0 else mapping[source.label_of(i)] for i in range(len(source))]
     names = [source.source_of(i) for i in range(len(source))]
-    parts = []
-    loader = DataLoader(source, batch_size=64, shuffle=False)
-    with tqdm(total=len(source), desc="encode", unit="img") as bar:
+    # one chunk of images at a time: encoded, range-coded, and only their streams kept
+    writer = _ArchiveWriter(models, batch_size, rate_weight, keep_codes=False)
+    loader = DataLoader(source, batch_size=min(64, CHUNK_IMAGES), shuffle=False)
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    done = 0
+
+    def flush(bar) -> None:
+        nonlocal done
+        grids = torch.cat([g for g, _ in pending])
+        vectors = torch.cat([v for _, v in pending]) if rate_weight > 0 else None
+        writer.add(grids, labels[done: done + len(grids)], vectors, progress=bar)
+        done += len(grids)
+        pending.clear()
+
+    with tqdm(total=len(source), desc="compress", unit="img") as bar:
         for batch in loader:
-            parts.append(_encode(models, batch["image"], rate_weight))
-            bar.update(len(batch["image"]))
-    vectors = torch.cat([v for _, v in parts]) if rate_weight > 0 else None
-    with tqdm(total=len(source), desc="range-code", unit="img") as bar:
-        archive, stats = compress_grids(models, torch.cat([g for g, _ in parts]), labels, names, batch_size,
-                                        progress=bar, vectors=vectors, rate_weight=rate_weight)
+            pending.append(_encode(models, batch["image"], rate_weight))
+            if sum(len(g) for g, _ in pending) >= CHUNK_IMAGES:
+                flush(bar)
+        if pending:
+            flush(bar)
+    archive, stats = writer.finish(names)
     write_file(out, lambda tmp: tmp.write_bytes(archive))
     if source.skipped or source.left_out:
         logger.warning(source.skip_report())
@@ -301,9 +393,10 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
 
 
 def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str | Path,
-                         overwrite: bool = False, batch_size: int = 64) -> Decoded:
+                         overwrite: bool = False, batch_size: int = 64) -> Restored:
     """An archive → one PNG per image (at its source's relative path) and ``manifest.json`` in ``out``,
-    written as a whole. Damaged images are left out and listed in the manifest; the caller reports them."""
+    written as a whole, a chunk of images decoded at a time. Damaged images are left out and listed
+    in the manifest; the caller reports them."""
     archive_path, out = Path(archive_path), Path(out)
     if not archive_path.is_file():
         raise FileNotFoundError(f"archive {archive_path} does not exist")
@@ -311,28 +404,32 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
         raise NotADirectoryError(f"{out} exists and is not a folder; `out` names the folder to write the images into")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass `overwrite` to replace it or choose another folder")
-    decoded = decode_archive(archive_path.read_bytes(), models, where=str(archive_path), progress=True)
-    archive = decoded.archive
-    files = output_names(decoded.names)
-    entries = []
-    with write_folder(out) as tmp:
-        good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
-        for rows in _batches(len(good), batch_size):
-            chosen = [good[k] for k in rows]
-            images = to_pil(models.tokenizer.decode(decoded.grids[chosen].to(models.device)).float().cpu())
-            for k, image in zip(chosen, images):
-                path = tmp / files[k]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                image.save(path)
-        for k, i in enumerate(decoded.indices):
-            label, record = decoded.labels[k], archive.images[i]
-            entries.append({"index": i, "name": decoded.names[k], "file": None if i in decoded.errors else files[k],
+    where = str(archive_path)
+    archive = _open(archive_path.read_bytes(), models, where)
+    count = len(archive.images)
+    names = [_name_of(archive, i) for i in range(count)]
+    files = output_names(names)
+    errors: dict[int, str] = {}
+    with write_folder(out) as tmp, tqdm(total=count, desc="decompress", unit="img") as bar:
+        for chunk in _batches(count, CHUNK_IMAGES):
+            decoded = _decode(archive, models, list(chunk), bar)
+            errors.update(decoded.errors)
+            good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
+            for rows in _batches(len(good), batch_size):
+                chosen = [good[k] for k in rows]
+                images = to_pil(models.tokenizer.decode(decoded.grids[chosen].to(models.device)).float().cpu())
+                for k, image in zip(chosen, images, strict=True):
+                    path = tmp / files[chunk.start + k]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    image.save(path)
+        entries = []
+        for i, record in enumerate(archive.images):
+            label = record.label
+            entries.append({"index": i, "name": names[i], "file": None if i in errors else files[i],
                             "class": models.spec.class_names[label] if 0 <= label < models.spec.num_classes else None,
-                            "bytes": len(record.stream), **({"error": decoded.errors[i]} if i in decoded.errors else {})})
+                            "bytes": len(record.stream), **({"error": errors[i]} if i in errors else {})})
         manifest = {"archive": str(archive_path), "tokenizer": archive.tokenizer, "prior": archive.prior,
                     "numerics": archive.numerics, "header_bytes": archive.header_bytes,
-                    "restored": len(decoded.indices) - len(decoded.errors), "failed": len(decoded.errors),
-                    "images": entries}
+                    "restored": count - len(errors), "failed": len(errors), "images": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return decoded
-
+    return Restored(count, errors, {i: names[i] for i in errors})
