@@ -63,21 +63,6 @@ def _child(args: argparse.Namespace) -> dict:
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds, "archive_bytes": size}
 
 
-def _run_child(args: list[str]) -> tuple[dict, float]:
-    """This script as a child → (its JSON result, its peak RSS in MiB)."""
-    import subprocess
-
-    env = {**os.environ, "TQDM_DISABLE": "1"}  # the children's progress bars would interleave with the table
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, cwd=ROOT, env=env)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child {args[:2]} failed with exit code {os.waitstatus_to_exitcode(status)}")
-    rss_mib = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
-    return json.loads(out.decode().strip().splitlines()[-1]), rss_mib
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="demo-run", help="run folder with tokenizer/ and prior/ (default: demo-run)")
@@ -103,12 +88,14 @@ def main() -> None:
             folders[n] = tmp_path / f"images_{n}"
             helpers._make_images(folders[n], n, config.image_size, config.channels)
         print(f"generated {sum(folders)} PNGs in {time.perf_counter() - start:.1f}s")
+        env = {**os.environ, "TQDM_DISABLE": "1"}  # the children's progress bars would interleave with the table
         for n, folder in folders.items():
             archive = tmp_path / f"{n}.vqga"
             common = ["--run", args.run, "--rate-weight", str(args.rate_weight)]
-            packed, rss_c = _run_child(["--child", "compress", "--data", str(folder), "--out", str(archive), *common])
-            unpacked, rss_d = _run_child(["--child", "decompress", "--data", str(archive), "--out",
-                                          str(tmp_path / f"restored_{n}"), *common])
+            packed, rss_c = helpers._run_child(["--child", "compress", "--data", str(folder), "--out", str(archive),
+                                                *common], __file__, env)
+            unpacked, rss_d = helpers._run_child(["--child", "decompress", "--data", str(archive), "--out",
+                                                  str(tmp_path / f"restored_{n}"), *common], __file__, env)
             print(f"{n:>8,} images: compress {packed['images_per_s']:6.1f} images/s, peak RSS {rss_c:7.1f} MiB; "
                   f"decompress {unpacked['images_per_s']:6.1f} images/s, peak RSS {rss_d:7.1f} MiB "
                   f"(archive {packed['archive_bytes'] / 2**20:.1f} MiB)")

@@ -143,9 +143,9 @@ def _child_tokenize(tokenizer: str, data: str, out: str, batch_size: int, worker
     return {"images": summary["images"], "seconds": seconds, "images_per_s": summary["images"] / seconds}
 
 
-def _run_child(args: list[str]) -> tuple[dict, float]:
-    """Run this script as a child; return its JSON result and its own peak RSS in MiB."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, cwd=ROOT)
+def _run_child(args: list[str], script: str = __file__, env: dict | None = None) -> tuple[dict, float]:
+    """Run ``script`` (this one by default) as a child; return its JSON result and its own peak RSS in MiB."""
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, cwd=ROOT, env=env)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

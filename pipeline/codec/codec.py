@@ -368,23 +368,15 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
     writer = _ArchiveWriter(models, batch_size, rate_weight, keep_codes=False)
     loader = DataLoader(source, batch_size=min(64, CHUNK_IMAGES), shuffle=False)
     pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    done = 0
-
-    def flush(bar) -> None:
-        nonlocal done
-        grids = torch.cat([g for g, _ in pending])
-        vectors = torch.cat([v for _, v in pending]) if rate_weight > 0 else None
-        writer.add(grids, labels[done: done + len(grids)], vectors, progress=bar)
-        done += len(grids)
-        pending.clear()
-
     with tqdm(total=len(source), desc="compress", unit="img") as bar:
-        for batch in loader:
+        for k, batch in enumerate(loader):
             pending.append(_encode(models, batch["image"], rate_weight))
-            if sum(len(g) for g, _ in pending) >= CHUNK_IMAGES:
-                flush(bar)
-        if pending:
-            flush(bar)
+            end = min((k + 1) * loader.batch_size, len(source))  # images encoded so far
+            if end - len(writer.records) >= CHUNK_IMAGES or end == len(source):
+                grids = torch.cat([g for g, _ in pending])
+                vectors = torch.cat([v for _, v in pending]) if rate_weight > 0 else None
+                writer.add(grids, labels[len(writer.records): end], vectors, progress=bar)
+                pending.clear()
     archive, stats = writer.finish(names)
     write_file(out, lambda tmp: tmp.write_bytes(archive))
     if source.skipped or source.left_out:
