@@ -2,38 +2,30 @@
 
 ``compress_images`` encodes images with the tokenizer and range-codes each grid under the prior
 (``vqgpt.prior.entropy_coding.GridCoder``: the prior's plain distributions, computed the way the
-decoder will); ``decode_archive`` checks the archive against the models, decodes the images asked
-for and checks each grid's CRC32. ``compress_source`` / ``decompress_to_folder`` are what the
-``compress`` / ``decompress`` verbs do with files.
+decoder will), a chunk of images at a time; ``decode_archive`` checks the archive against the models,
+decodes the images asked for and checks each grid's CRC32. What the ``compress`` / ``decompress``
+verbs do with files is ``files.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
-from vqgpt.atomic import write_file, write_folder
 
-from ..data import load_images, to_pil
 from .archive import Archive, ImageRecord, codes_crc, pack, unpack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodecModels", "CompressStats", "Decoded", "Restored", "compress_grids", "compress_images", "decode_archive", "compress_source",
-           "decompress_to_folder", "output_names"]
-
-MANIFEST = "manifest.json"
+__all__ = ["CodecModels", "CompressStats", "Decoded", "Restored", "compress_grids", "compress_images", "decode_archive"]
 
 
 @dataclass(frozen=True)
@@ -319,109 +311,3 @@ def decode_archive(data: bytes, models: CodecModels, indices: Sequence[int] | No
     indices = _indices(archive, indices, where)
     with tqdm(total=len(indices), desc="decode", unit="img", disable=not progress) as bar:
         return _decode(archive, models, indices, bar)
-
-
-# --------------------------------------------------------------------------------------- files
-
-
-def output_names(names: Sequence[str]) -> list[str]:
-    """Relative PNG paths for decoded images: the source's path with ``.png`` (``index:N`` → ``N.png``);
-    a name that would leave the output folder or repeat another becomes ``image_N.png``."""
-    out, seen = [], set()
-    for k, name in enumerate(names):
-        path = PurePosixPath(name[len("index:"):] if name.startswith("index:") else name).with_suffix(".png")
-        if path.is_absolute() or ".." in path.parts or not path.name or path.name.startswith(".") or str(path) in seen:
-            path = PurePosixPath(f"image_{k}.png")
-        seen.add(str(path))
-        out.append(str(path))
-    return out
-
-
-def compress_source(models: CodecModels, data: str, out: str | Path, unconditional: bool = False,
-                    overwrite: bool = False, batch_size: int = pr.entropy_coding.DEFAULT_BATCH,
-                    rate_weight: float = 0.0) -> CompressStats:
-    """Every image of a data source (any ``--data``) → one archive file at ``out``, written atomically.
-    A class-labelled source's classes must be the prior's (by name); `unconditional` codes every image
-    with the "no class" token instead; ``rate_weight``: see ``compress_grids``."""
-    rate_weight = _check_rate_weight(rate_weight)
-    out = Path(out)
-    if out.is_dir():
-        raise IsADirectoryError(f"{out} is a folder; `out` names the archive file to write")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass `overwrite` to replace it or choose another file")
-    config, spec = models.tokenizer.config, models.spec
-    source = load_images(data, config.image_size, config.channels, split="all")
-    if unconditional or not source.class_names or spec.num_classes == 0:
-        if source.class_names and spec.num_classes == 0 and not unconditional:
-            logger.info("the prior is unconditional: the source's classes are not used")
-        mapping = None
-    else:
-        unknown = [c for c in source.class_names if c not in spec.class_names]
-        if unknown:
-            raise ValueError(f"class {unknown[0]!r} of {data} is not a class of the prior "
-                             f"({', '.join(spec.class_names[:10])}{' …' if spec.num_classes > 10 else ''}); "
-                             "pass `unconditional` to code without classes")
-        mapping = [spec.class_names.index(c) for c in source.class_names]
-    labels = [-1 if mapping is None or source.label_of(i) < 0 else mapping[source.label_of(i)] for i in range(len(source))]
-    names = [source.source_of(i) for i in range(len(source))]
-    # one chunk of images at a time: encoded, range-coded, and only their streams kept
-    writer = _ArchiveWriter(models, batch_size, rate_weight, keep_codes=False)
-    loader = DataLoader(source, batch_size=min(64, CHUNK_IMAGES), shuffle=False)
-    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    with tqdm(total=len(source), desc="compress", unit="img") as bar:
-        for k, batch in enumerate(loader):
-            pending.append(_encode(models, batch["image"], rate_weight))
-            end = min((k + 1) * loader.batch_size, len(source))  # images encoded so far
-            if end - len(writer.records) >= CHUNK_IMAGES or end == len(source):
-                grids = torch.cat([g for g, _ in pending])
-                vectors = torch.cat([v for _, v in pending]) if rate_weight > 0 else None
-                writer.add(grids, labels[len(writer.records): end], vectors, progress=bar)
-                pending.clear()
-    archive, stats = writer.finish(names)
-    write_file(out, lambda tmp: tmp.write_bytes(archive))
-    if source.skipped or source.left_out:
-        logger.warning(source.skip_report())
-    return stats
-
-
-def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str | Path,
-                         overwrite: bool = False, batch_size: int = 64) -> Restored:
-    """An archive → one PNG per image (at its source's relative path) and ``manifest.json`` in ``out``,
-    written as a whole, a chunk of images decoded at a time. Damaged images are left out and listed
-    in the manifest; the caller reports them."""
-    archive_path, out = Path(archive_path), Path(out)
-    if not archive_path.is_file():
-        raise FileNotFoundError(f"archive {archive_path} does not exist")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder; `out` names the folder to write the images into")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass `overwrite` to replace it or choose another folder")
-    where = str(archive_path)
-    archive = _open(archive_path.read_bytes(), models, where)
-    count = len(archive.images)
-    names = [_name_of(archive, i) for i in range(count)]
-    files = output_names(names)
-    errors: dict[int, str] = {}
-    with write_folder(out) as tmp, tqdm(total=count, desc="decompress", unit="img") as bar:
-        for chunk in _batches(count, CHUNK_IMAGES):
-            decoded = _decode(archive, models, list(chunk), bar)
-            errors.update(decoded.errors)
-            good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
-            for rows in _batches(len(good), batch_size):
-                chosen = [good[k] for k in rows]
-                images = to_pil(models.tokenizer.decode(decoded.grids[chosen].to(models.device)).float().cpu())
-                for k, image in zip(chosen, images, strict=True):
-                    path = tmp / files[chunk.start + k]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    image.save(path)
-        entries = []
-        for i, record in enumerate(archive.images):
-            label = record.label
-            entries.append({"index": i, "name": names[i], "file": None if i in errors else files[i],
-                            "class": models.spec.class_names[label] if 0 <= label < models.spec.num_classes else None,
-                            "bytes": len(record.stream), **({"error": errors[i]} if i in errors else {})})
-        manifest = {"archive": str(archive_path), "tokenizer": archive.tokenizer, "prior": archive.prior,
-                    "numerics": archive.numerics, "header_bytes": archive.header_bytes,
-                    "restored": count - len(errors), "failed": len(errors), "images": entries}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return Restored(count, errors, {i: names[i] for i in errors})
