@@ -287,6 +287,36 @@ def test_bad_input_is_one_line(tiny_run, image_folder, tmp_path, capsys):
     assert archive.read_bytes() == kept
 
 
+def test_output_names_and_what_was_left_out(tiny_run, pipe, tmp_path, capsys):
+    """Decoded files sit at the source's relative path (photo crops and tar members in folders, a name
+    another image took kept apart, never outside the folder); files compress could not read are
+    counted in its summary, not lost silently."""
+    from vqgpt.pipeline.codec import output_names
+
+    names = ["index:5", "astronaut.png:0", "astronaut.png:1", "sub/shard-000.tar:7/a.jpg", "train[3]",
+             "7/same.jpg", "7/same.png", "../up.png", ".hidden.png", "image_7.png"]
+    assert output_names(names) == ["5.png", "astronaut/0.png", "astronaut/1.png", "sub/shard-000/7/a.png",
+                                   "train[3].png", "7/same_5.png", "7/same.png", "image_7_1.png", "image_8.png",
+                                   "image_7.png"]
+    data = tmp_path / "mixed"
+    for cls in ("circle", "square"):
+        (data / cls).mkdir(parents=True)
+        Image.new("L", (40, 24), 200).save(data / cls / "a.png")
+        Image.new("RGB", (20, 20), (9, 90, 200)).save(data / cls / "a.jpg")
+    (data / "circle" / "broken.png").write_bytes((data / "circle" / "a.png").read_bytes()[:60])
+    (data / "square" / "notes.txt").write_text("not an image")
+    archive, out = tmp_path / "mixed.vqga", tmp_path / "restored"
+    assert main(["compress", "--run", str(tiny_run), "--data", str(data), "--out", str(archive)]) == 0
+    said = capsys.readouterr().out
+    assert "4 images" in said
+    assert "not in the archive: 1 file that could not be decoded and 1 non-image entry" in said, said
+    assert main(["decompress", str(archive), "--run", str(tiny_run), "--out", str(out)]) == 0
+    written = sorted(str(f.relative_to(out)) for f in out.rglob("*.png"))
+    assert written == ["circle/a.png", "circle/a_0.png", "square/a.png", "square/a_2.png"]
+    manifest = {e["name"]: e["file"] for e in json.loads((out / "manifest.json").read_text())["images"]}
+    assert manifest["circle/a.jpg"] == "circle/a_0.png" and manifest["circle/a.png"] == "circle/a.png"
+
+
 def test_wrong_models_are_refused(tiny_run, pipe, folder_codes, tmp_path, capsys):
     _, labels, codes = folder_codes
     data, _ = compress_grids(pipe.codec_models(), codes[:3], labels[:3])

@@ -263,8 +263,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
            f"{s['model_bits_per_code']:.3f} by the prior's model, {stats.versus_raw()}; "
            f"header and per-image table {s['header_bytes']:,} bytes"
            + (f"; rate weight {args.rate_weight:g}: {s['changed_codes']:.1%} of the codes are not the tokenizer's nearest"
-              if args.rate_weight > 0 else ""))
+              if args.rate_weight > 0 else "")
+           + _not_archived(stats.skipped, stats.left_out))
     return 0
+
+
+def _not_archived(skipped: int, left_out: int) -> str:
+    """The end of compress's summary: what of the source is not in the archive (named in the warning
+    printed when the source was listed, which a long progress bar may have pushed out of sight)."""
+    parts = ([f"{skipped} file{'s' * (skipped != 1)} that could not be decoded"] * bool(skipped)
+             + [f"{left_out} non-image entr{'ies' if left_out != 1 else 'y'}"] * bool(left_out))
+    return f"; not in the archive: {' and '.join(parts)} (named in the warning above)" if parts else ""
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ class CompressStats:
     pixels_per_image: int
     changed_codes: int = 0  # codes coded that are not the tokenizer's nearest (a rate weight > 0 chose them)
     codes: torch.Tensor | None = field(default=None, repr=False)  # LongTensor[N, h·w]: the codes coded
+    skipped: int = 0  # files of the source that could not be decoded (compress_source; listed in its warning)
+    left_out: int = 0  # entries of the source that are not image files
 
     @property
     def raw_bits(self) -> float:
@@ -79,6 +81,7 @@ class CompressStats:
             "saving_vs_raw_indices": 1 - self.stream_bytes * 8 / self.raw_bits if self.raw_bits else 0.0,
             "header_bytes": self.header_bytes,
             "changed_codes": self.changed_codes / max(self.images * self.codes_per_image, 1),
+            "skipped_files": self.skipped, "left_out_entries": self.left_out,
         }
 
 

@@ -5,6 +5,8 @@ archive file, and an archive file back into one PNG per image and a manifest —
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path, PurePosixPath
@@ -43,15 +45,30 @@ MANIFEST = "manifest.json"
 
 
 def output_names(names: Sequence[str]) -> list[str]:
-    """Relative PNG paths for decoded images: the source's path with ``.png`` (``index:N`` → ``N.png``);
-    a name that would leave the output folder or repeat another becomes ``image_N.png``."""
-    out, seen = [], set()
-    for k, name in enumerate(names):
-        path = PurePosixPath(name[len("index:"):] if name.startswith("index:") else name).with_suffix(".png")
-        if path.is_absolute() or ".." in path.parts or not path.name or path.name.startswith(".") or str(path) in seen:
-            path = PurePosixPath(f"image_{k}.png")
-        seen.add(str(path))
-        out.append(str(path))
+    """Relative PNG paths for decoded images: the source's relative path with ``.png``. A bundled set's
+    ``index:N`` → ``N.png``; a photo crop ``photo.jpg:N`` → ``photo/N.png``; a tar shard's member
+    ``shard.tar:dir/a.jpg`` → ``shard/dir/a.png``. A source file already named ``.png`` keeps its name;
+    one whose name another image took (``a.jpg`` beside ``a.png``) becomes ``a_N.png`` in its folder
+    (N its index in the archive), and one that would leave the output folder ``image_N.png``."""
+    paths: list[PurePosixPath | None] = []
+    for name in names:
+        head, sep, tail = name.rpartition(":")
+        if sep and head == "index":
+            name = tail
+        elif sep and (tail.isdigit() or head.endswith(".tar")):  # a photo's crop, a shard's member
+            name = f"{PurePosixPath(head).with_suffix('')}/{tail}"
+        path = PurePosixPath(name)
+        safe = path.parts and not path.is_absolute() and ".." not in path.parts and not path.name.startswith(".")
+        paths.append(path if safe else None)
+    out: list[str | None] = [None] * len(names)
+    seen: set[str] = set()
+    # PNG sources first, so that `a.png` keeps its name when `a.jpg` is beside it
+    for k in sorted(range(len(names)), key=lambda k: paths[k] is None or paths[k].suffix.lower() != ".png"):
+        path = paths[k]
+        candidates = [] if path is None else [path.with_suffix(".png"), path.with_name(f"{path.stem}_{k}.png")]
+        fallbacks = (f"image_{k}{f'_{j}' if j else ''}.png" for j in itertools.count())
+        out[k] = next(c for c in itertools.chain(map(str, candidates), fallbacks) if c not in seen)
+        seen.add(out[k])
     return out
 
 
@@ -97,9 +114,7 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
                 pending.clear()
     archive, stats = writer.finish(names)
     write_file(out, lambda tmp: tmp.write_bytes(archive))
-    if source.skipped or source.left_out:
-        logger.warning(source.skip_report())
-    return stats
+    return dataclasses.replace(stats, skipped=len(source.skipped), left_out=len(source.left_out))
 
 
 def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str | Path,
