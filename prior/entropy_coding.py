@@ -18,17 +18,20 @@ its position. So both directions compute the distributions the same way, the way
 - on the CPU one intra-op thread while the prior runs, whatever the caller's setting (restored
   after); softmax in float64 by numpy.
 
-On the same software and device type the decoder then reproduces the encoder's codes bit for bit
+On the same software, device type and CPU instruction set the decoder then reproduces the encoder's codes bit for bit
 whatever the thread count, the other grids in the batch or which grids are asked for. Across
-devices, torch versions or dtypes it is not promised: `numerics()` names what a stream depends on,
-for the caller to record and compare.
+devices, CPU instruction sets, torch versions or dtypes it is not promised: `numerics()` names what
+a stream depends on, for the caller to record and compare.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
+import os
+import platform
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -45,9 +48,37 @@ DEFAULT_BATCH = 16  # rows per forward pass: throughput against padding waste wh
 TRIM_MAX_BYTES = 256 << 20  # a batch's distributions are kept (to trim each stream's last word) up to this size
 
 
+# environment variables that change which CPU kernels torch, MKL and oneDNN run (so the last bits of a float)
+NUMERICS_ENV = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def numerics(device: torch.device | str) -> str:
-    """What exact decoding depends on besides the weights: device type and torch version."""
-    return f"{torch.device(device).type} torch {torch.__version__.split('+')[0]}"
+    """What exact decoding depends on besides the weights: device type, torch version and which kernels
+    run — on the CPU its architecture, torch's instruction set (AVX512, AVX2, …: ``ATEN_CPU_CAPABILITY``
+    changes it) and vendor (MKL's paths differ) and any of ``NUMERICS_ENV`` that is set; on a GPU its
+    name and CUDA version. Measured here: an archive written with AVX-512 kernels fails every image's
+    CRC32 when decoded with AVX2 kernels on the same machine and torch."""
+    device = torch.device(device)
+    parts = [device.type, "torch", torch.__version__.split("+")[0]]
+    if device.type == "cpu":
+        parts += [platform.machine(), torch.backends.cpu.get_cpu_capability(), _cpu_vendor()]
+        parts += [f"{name}={os.environ[name]}" for name in NUMERICS_ENV if os.environ.get(name)]
+    elif device.type == "cuda":
+        parts += ["cuda", str(torch.version.cuda), torch.cuda.get_device_name(device)]
+    return " ".join(p for p in parts if p)
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    """"GenuineIntel", "AuthenticAMD", … from /proc/cpuinfo (Linux); "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from vqgpt.pipeline.codec import compress_grids, compress_images, decode_archive
 from vqgpt.pipeline.codec.archive import Archive, ImageRecord
 from vqgpt.pipeline.data import load_images
 from vqgpt.pipeline.generation import Pipeline
+from vqgpt.prior.entropy_coding import numerics
 
 STREAM_OVERHEAD_BYTES = 4  # what sealing a range-coded stream may cost beyond the model, per image (stated in the README)
 
@@ -357,6 +358,16 @@ def test_other_numerics_warn_and_crc_still_guards(pipe, folder_codes, caplog):
         decoded = decode_archive(elsewhere, pipe.codec_models())
     assert "compressed on cuda torch 9.9.9" in caplog.text and "CRC32" in caplog.text
     assert not decoded.errors and torch.equal(decoded.grids, codes[:4])
+    here = numerics("cpu")  # the CPU's instruction set is part of it: AVX-512 and AVX2 kernels differ in the last bits
+    assert here.startswith("cpu torch ") and torch.backends.cpu.get_cpu_capability() in here
+    # a CRC failure there names the likelier cause than damage; here it is damage
+    archive = unpack(data)
+    wrong = dataclasses.replace(archive.images[1], crc=archive.images[1].crc ^ 1)
+    for stamp, cause in (("cuda torch 9.9.9", "likely not damage: it was compressed on cuda torch 9.9.9"),
+                         (here, "is damaged: its decoded codes fail their CRC32 check")):
+        images = [archive.images[0], wrong, *archive.images[2:]]
+        decoded = decode_archive(pack(dataclasses.replace(archive, numerics=stamp, images=images)), pipe.codec_models())
+        assert list(decoded.errors) == [1] and cause in decoded.errors[1], decoded.errors
 
 
 def test_untrimmed_streams_when_distributions_are_too_large_to_keep(pipe, folder_codes, monkeypatch):
@@ -408,7 +419,12 @@ def test_version_1_archives_are_still_read(pipe, folder_codes):
     header += archive.numerics.encode() + bytes([6, len(names)]) + names
     for record in archive.images:
         header += bytes([record.label + 1, len(record.stream)]) + struct.pack("<I", record.crc)
-    head = b"VQGA" + bytes([1, len(header)]) + header
+    n, length = len(header), b""
+    while True:  # the header's length, a LEB128 varint
+        length += bytes([n & 0x7F | (0x80 if n >= 0x80 else 0)])
+        if (n := n >> 7) == 0:
+            break
+    head = b"VQGA" + bytes([1]) + length + header
     v1 = head + struct.pack("<I", zlib.crc32(head)) + b"".join(r.stream for r in archive.images)
     decoded = decode_archive(v1, pipe.codec_models())
     assert not decoded.errors and torch.equal(decoded.grids, codes[:6]) and decoded.names == archive.names

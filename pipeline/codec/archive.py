@@ -6,7 +6,7 @@
 The header (integers as LEB128 varints):
 
     tokenizer fingerprint (8 bytes)  prior fingerprint (8 bytes)  grid h, w  codebook size K
-    classes C  coder batch size  numerics (length + UTF-8: device type and torch version)
+    classes C  coder batch size  numerics (length + UTF-8: `entropy_coding.numerics`)
     images N  names (length + zlib of the "\\n"-joined names; length 0: none stored)
     the table of classes and stream lengths (version 2, below)
     per image: the CRC32 of its codes (4 bytes)
@@ -69,7 +69,7 @@ class Archive:
     codebook_size: int
     num_classes: int
     batch_size: int  # the coder's fixed batch shape (part of the streams' definition)
-    numerics: str  # "cpu torch 2.14.1": where the probabilities were computed
+    numerics: str  # "cpu torch 2.14.1 x86_64 AVX512 GenuineIntel": where the probabilities were computed
     images: list[ImageRecord]
     names: list[str] = field(default_factory=list)  # one per image, or none stored
     header_bytes: int = 0  # size of everything before the first stream (filled by `unpack`)

@@ -246,7 +246,8 @@ def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
     here = pr.entropy_coding.numerics(models.device)
     if archive.numerics != here:
         logger.warning("%s was compressed on %s and is decoded on %s: exact decoding is promised only on the same "
-                       "software and device type (each image's CRC32 is checked)", where, archive.numerics, here)
+                       "software, device type and CPU instruction set (each image's CRC32 is checked)",
+                       where, archive.numerics, here)
 
 
 def _open(data: bytes, models: CodecModels, where: str) -> Archive:
@@ -295,11 +296,16 @@ def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None)
                                   [archive.images[i].label for i in todo], progress=bar)
     grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
     position = {i: k for k, i in enumerate(indices)}
+    here = pr.entropy_coding.numerics(models.device)
+    # where the prior computes differently, a wrong decode is far likelier than a damaged file: say so
+    cause = ("is damaged" if archive.numerics == here else
+             f"did not decode (likely not damage: it was compressed on {archive.numerics}, this is {here}; "
+             "decode it on a machine that computes like the one that wrote it)")
     for row, (i, problem) in enumerate(zip(todo, problems, strict=True)):
         if problem is not None:
-            errors[i] = f"is damaged: {problem}"
+            errors[i] = f"{cause}: {problem}"
         elif codes_crc(flat[row].numpy()) != archive.images[i].crc:
-            errors[i] = "is damaged: its decoded codes fail their CRC32 check"
+            errors[i] = f"{cause}: its decoded codes fail their CRC32 check"
         else:
             grids[position[i]] = flat[row]
     return Decoded(indices, grids.reshape(len(indices), *models.spec.grid), [archive.images[i].label for i in indices],
