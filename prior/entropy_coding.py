@@ -18,10 +18,10 @@ its position. So both directions compute the distributions the same way, the way
 - on the CPU one intra-op thread while the prior runs, whatever the caller's setting (restored
   after); softmax in float64 by numpy.
 
-On the same software, device type and CPU instruction set the decoder then reproduces the encoder's codes bit for bit
-whatever the thread count, the other grids in the batch or which grids are asked for. Across
-devices, CPU instruction sets, torch versions or dtypes it is not promised: `numerics()` names what
-a stream depends on, for the caller to record and compare.
+On the same software, device type and CPU instruction set the decoder then reproduces the
+encoder's codes bit for bit whatever the thread count, the other grids in the batch or which grids
+are asked for. Across devices, CPU instruction sets, torch versions or dtypes it is not promised:
+`numerics()` names what a stream depends on, for the caller to record and compare.
 """
 
 from __future__ import annotations
