@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import decimal
 import functools
+import itertools
 import math
 import os
 import platform
@@ -42,10 +44,40 @@ from transformers import PreTrainedModel
 from .kv_decoders import make_decoder
 from .model import PriorSpec
 
-__all__ = ["GridCoder", "EncodedGrids", "numerics", "load_constriction", "shortest_stream", "stream_bytes", "stream_words"]
+__all__ = ["GridCoder", "EncodedGrids", "exp_table", "numerics", "portable_probabilities", "load_constriction", "shortest_stream", "stream_bytes", "stream_words"]
 
 DEFAULT_BATCH = 16  # rows per forward pass: throughput against padding waste when decoding a few grids
 TRIM_MAX_BYTES = 256 << 20  # a batch's distributions are kept (to trim each stream's last word) up to this size
+
+
+LOGIT_STEPS = 64  # portable coding: the prior's float64 logits rounded to 1/64 nat before they become probabilities
+PROB_SCALE_BITS = 32  # … through a table of round(2^32 · e^(−d/64)), exact integers
+
+
+@functools.cache
+def exp_table() -> np.ndarray:
+    """round(2^32 · e^(−d / LOGIT_STEPS)) for d = 0, 1, … up to and including the first 0, as float64
+    (exact integers): decimal arithmetic, correctly rounded, so every platform builds the same table
+    (a float exp may differ in its last bit between libraries and instruction sets)."""
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
+    scale, steps = decimal.Decimal(1 << PROB_SCALE_BITS), decimal.Decimal(LOGIT_STEPS)
+    values = []
+    for d in itertools.count():
+        value = ctx.multiply(scale, ctx.exp(ctx.divide(decimal.Decimal(-d), steps)))
+        values.append(int(value.to_integral_value(context=ctx)))
+        if values[-1] == 0:
+            return np.array(values, dtype=np.float64)
+    raise AssertionError("unreachable")
+
+
+def portable_probabilities(logits: np.ndarray) -> np.ndarray:
+    """float64 logits [B, K] → unnormalised probabilities [B, K] that are the same on every machine as
+    long as no logit moves across half a 1/64 step: rounded to steps, measured from each row's largest,
+    looked up in `exp_table`. What float64 differs by between instruction sets (≤ 2e-14 measured) moves
+    a logit across a rounding boundary with probability about 2e-12, once in ~10^8 images of 64 codes."""
+    steps = np.rint(logits * LOGIT_STEPS)  # × a power of two, rint: exact, the same everywhere
+    table = exp_table()
+    return table[np.minimum(steps.max(axis=1, keepdims=True) - steps, len(table) - 1).astype(np.int64)]
 
 
 # environment variables that change which CPU kernels torch, MKL and oneDNN run (so the last bits of a float)
@@ -173,12 +205,14 @@ class GridCoder:
     with the value the grids were encoded with.
     """
 
-    def __init__(self, model: PreTrainedModel, spec: PriorSpec, batch_size: int = DEFAULT_BATCH):
+    def __init__(self, model: PreTrainedModel, spec: PriorSpec, batch_size: int = DEFAULT_BATCH,
+                 portable: bool = True):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {batch_size}")
-        if next(model.parameters()).dtype != torch.float32:  # a bf16 copy for sampling: code with float32
-            model = copy.deepcopy(model).float()
-        self.model, self.spec, self.batch_size = model.eval(), spec, batch_size
+        dtype = torch.float64 if portable else torch.float32
+        if next(model.parameters()).dtype != dtype:  # the prior is kept in float32 (or bf16 for sampling)
+            model = copy.deepcopy(model).to(dtype)
+        self.model, self.spec, self.batch_size, self.portable = model.eval(), spec, batch_size, portable
         self.device = next(model.parameters()).device
         self.family = load_constriction().stream.model.Categorical(perfect=False)
 
@@ -203,9 +237,12 @@ class GridCoder:
         decoder.begin()
         starts = torch.zeros(B, dtype=torch.long, device=self.device)
         for t in range(n):
-            logits = decoder(tokens, starts + t, 1, t, t + 1)[:, 0]  # (B, K) float32
+            logits = decoder(tokens, starts + t, 1, t, t + 1)[:, 0]  # (B, K) float64 (portable) or float32
             scores = logits.double().cpu().numpy()
-            probs = np.exp(scores - scores.max(axis=1, keepdims=True))  # constriction normalises
+            if self.portable:
+                probs = portable_probabilities(scores)
+            else:  # archives of version 1 and 2: exact on the machine type that wrote them
+                probs = np.exp(scores - scores.max(axis=1, keepdims=True))  # constriction normalises
             codes = step(t, probs)
             tokens[: len(codes), t + 1] = codes.to(self.device)
 

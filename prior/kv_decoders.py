@@ -80,7 +80,8 @@ class TransformersKV:
         else:
             out = self.model(input_ids=tokens[:, :hi], use_cache=False, logits_to_keep=hi - lo)
         self.passes += 1
-        logits = out.logits[..., : self.num_codes_vocab].float()  # (R, hi - lo, K): input columns lo … hi-1
+        logits = out.logits[..., : self.num_codes_vocab]
+        logits = logits if logits.dtype in WIDE else logits.float()  # (R, hi - lo, K): input columns lo … hi-1
         if full:
             return logits
         offsets = (start - lo)[:, None] + torch.arange(width, device=logits.device)  # (R, width)
@@ -102,12 +103,32 @@ def static_kv_unsupported(model: PreTrainedModel) -> str | None:
     return f"model type {cfg.model_type!r} (supported: llama, gpt2)"
 
 
+WIDE = (torch.float32, torch.float64)  # dtypes computed in as they are (narrower ones in float32)
+
+
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Llama's RMSNorm, as its module computes it (in float32; F.rms_norm is slower on a CPU).
     Dtypes are converted only when they differ: every dispatched op counts at batch 1."""
-    h = x if x.dtype == torch.float32 else x.float()
+    h = x if x.dtype in WIDE else x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * (h if x.dtype == torch.float32 else h.to(x.dtype))
+    return norm.weight * (h if h.dtype == x.dtype else h.to(x.dtype))
+
+
+def _rope_tables(model: PreTrainedModel, columns: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the model's RoPE at ``columns``: its own module's tables (computed in float32), or,
+    for float64 weights and the default RoPE, computed in float64 from the config — a float32 table
+    differs in its last bit between CPU instruction sets, which float64 weights are there to avoid."""
+    rotary, cfg = model.model.rotary_emb, model.config
+    parameters = getattr(cfg, "rope_parameters", None) or {}
+    if dtype != torch.float64 or parameters.get("rope_type", "default") != "default" or rotary.attention_scaling != 1:
+        cos, sin = rotary(torch.zeros(1, device=columns.device, dtype=torch.float32), columns[None])
+        return cos[0], sin[0]
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    base = float(parameters.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64, device=columns.device) / dim)
+    angles = columns.to(torch.float64)[:, None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
 
 
 FUSE_MAX_PARAMETERS = 50_000_000  # up to this size per-pass overhead dominates: fuse projections
@@ -135,12 +156,11 @@ class StaticKV:
         self.columns = torch.arange(length, device=self.device)
         if self.llama:
             self.blocks, self.final_norm = model.model.layers, model.model.norm
-            probe = torch.zeros(1, device=self.device, dtype=torch.float32)
-            cos, sin = model.model.rotary_emb(probe, self.columns[None])  # the model's own RoPE tables
+            dtype = next(model.parameters()).dtype  # the tables in the weights' type (bf16 sampling: bf16)
+            cos, sin = _rope_tables(model, self.columns, dtype)  # (L, head_dim)
             half = self.head_dim // 2  # rotate_half(x) = cat(-x2, x1) = roll(x, half) · (-1 … -1, 1 … 1)
             sign = torch.cat([-torch.ones(half), torch.ones(self.head_dim - half)]).to(self.device)
-            dtype = next(model.parameters()).dtype  # the tables in the weights' type (bf16 sampling: bf16)
-            self.cos, self.sin = cos[0].to(dtype), (sin[0] * sign).to(dtype)  # (L, head_dim), computed in fp32
+            self.cos, self.sin = cos.to(dtype), (sin * sign).to(dtype)
             self.scales = [block.self_attn.scaling for block in self.blocks]
             fuse = sum(p.numel() for p in model.parameters()) <= FUSE_MAX_PARAMETERS
             plain_mlp = cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)
@@ -194,7 +214,7 @@ class StaticKV:
             return None
         h = _rms_norm(self.final_norm, h) if self.llama else self.final_norm(h)
         logits = F.linear(h, self.head if self.head.dtype == h.dtype else self.head.to(h.dtype))
-        return logits if logits.dtype == torch.float32 else logits.float()  # (R, W, K)
+        return logits if logits.dtype in WIDE else logits.float()  # (R, W, K)
 
     def _block(self, i, block, h, rope, mask, index, lo, hi) -> torch.Tensor:
         R, W, _ = h.shape

@@ -8,10 +8,10 @@ The header (integers as LEB128 varints):
     tokenizer fingerprint (8 bytes)  prior fingerprint (8 bytes)  grid h, w  codebook size K
     classes C  coder batch size  numerics (length + UTF-8: `entropy_coding.numerics`)
     images N  names (length + zlib of the "\\n"-joined names; length 0: none stored)
-    the table of classes and stream lengths (version 2, below)
+    the table of classes and stream lengths (versions 2 and 3, below)
     per image: the CRC32 of its codes (4 bytes)
 
-The table (version 2) is itself range-coded (constriction), with models that need no floating-point
+The table (versions 2 and 3) is itself range-coded (constriction), with models that need no floating-point
 function beyond division, so every platform reads it alike:
 
     class mode: 0, then class + 1 (every image has that class; 0 = the "no class" token),
@@ -27,6 +27,11 @@ coded bits (and its share of the compressed names). Version 1 stored a class byt
 two-byte length per image instead; it is still read. The table lives in the CRC-checked header: a
 damaged or truncated stream costs that image only, never the ones after it; a damaged header
 refuses the file.
+
+Version 3 has version 2's layout; its streams are coded portably (`GridCoder(portable=True)`: the
+prior in float64, its logits rounded to 1/64 nat and turned into probabilities through an integer
+table), so they decode alike on every CPU and GPU. Versions 1 and 2 were coded from float32 logits:
+exact only where the prior computes like the machine that wrote them (`numerics` says which).
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from vqgpt.prior.entropy_coding import load_constriction, shortest_stream, strea
 __all__ = ["MAGIC", "VERSION", "Archive", "ImageRecord", "codes_crc", "pack", "unpack"]
 
 MAGIC = b"VQGA"
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 3
+READABLE = (1, 2, 3)
+WRITABLE = (2, 3)  # the same layout; version 3 streams are coded portably
 MAX_BUCKETS = 64  # stream-length buckets of the table's model
 MAX_NAMES_BYTES = 1 << 30
 
@@ -73,6 +79,12 @@ class Archive:
     images: list[ImageRecord]
     names: list[str] = field(default_factory=list)  # one per image, or none stored
     header_bytes: int = 0  # size of everything before the first stream (filled by `unpack`)
+    version: int = VERSION  # 3: portable coding (float64 prior, logits in steps); 2, 1: float32, machine-bound
+
+    @property
+    def portable(self) -> bool:
+        """Its streams were coded with `GridCoder(portable=True)`: they decode alike on any machine."""
+        return self.version >= 3
 
 
 def _varint(value: int) -> bytes:
@@ -193,6 +205,8 @@ def _unpack_table(reader: "_Reader", count: int, num_classes: int) -> tuple[list
 
 def pack(archive: Archive) -> bytes:
     """The archive as bytes (see the module's doc)."""
+    if archive.version not in WRITABLE:
+        raise ValueError(f"archives of version {archive.version} are read, not written")
     if archive.names and len(archive.names) != len(archive.images):
         raise ValueError(f"{len(archive.names)} names for {len(archive.images)} images")
     names = zlib.compress("\n".join(archive.names).encode(), 9) if archive.names else b""
@@ -204,7 +218,7 @@ def pack(archive: Archive) -> bytes:
     header += numerics + _varint(len(archive.images)) + _varint(len(names)) + names
     header += _pack_table([r.label for r in archive.images], [len(r.stream) for r in archive.images], archive.num_classes)
     header += b"".join(struct.pack("<I", r.crc) for r in archive.images)
-    head = MAGIC + bytes([VERSION]) + _varint(len(header)) + bytes(header)
+    head = MAGIC + bytes([archive.version]) + _varint(len(header)) + bytes(header)
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(r.stream for r in archive.images)
 
 
@@ -257,4 +271,4 @@ def unpack(data: bytes, where: str = "the archive") -> Archive:
         stream = data[pos: pos + size]
         images.append(ImageRecord(label, crc, stream, complete=len(stream) == size))
         pos += size
-    return Archive(tokenizer, prior, (h, w), codebook, classes, batch, numerics, images, names, head_end + 4)
+    return Archive(tokenizer, prior, (h, w), codebook, classes, batch, numerics, images, names, head_end + 4, version)

@@ -244,7 +244,7 @@ def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
         raise ValueError(f"{where}: grid {archive.grid}, {archive.codebook_size} codes, {archive.num_classes} classes "
                          f"do not match the prior's {spec.grid}, {spec.codebook_size}, {spec.num_classes}")
     here = pr.entropy_coding.numerics(models.device)
-    if archive.numerics != here:
+    if not archive.portable and archive.numerics != here:
         logger.warning("%s was compressed on %s and is decoded on %s: exact decoding is promised only on the same "
                        "software, device type and CPU instruction set (each image's CRC32 is checked)",
                        where, archive.numerics, here)
@@ -291,14 +291,14 @@ def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None)
     todo = [i for i in indices if i not in errors]
     if bar is not None:
         bar.update(len(indices) - len(todo))
-    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size)
+    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size, portable=archive.portable)
     flat, problems = coder.decode([archive.images[i].stream for i in todo],
                                   [archive.images[i].label for i in todo], progress=bar)
     grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
     position = {i: k for k, i in enumerate(indices)}
     here = pr.entropy_coding.numerics(models.device)
-    # where the prior computes differently, a wrong decode is far likelier than a damaged file: say so
-    cause = ("is damaged" if archive.numerics == here else
+    # a machine-bound archive where the prior computes differently: a wrong decode is far likelier than damage
+    cause = ("is damaged" if archive.portable or archive.numerics == here else
              f"did not decode (likely not damage: it was compressed on {archive.numerics}, this is {here}; "
              "decode it on a machine that computes like the one that wrote it)")
     for row, (i, problem) in enumerate(zip(todo, problems, strict=True)):
