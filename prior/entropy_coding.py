@@ -14,14 +14,22 @@ its position. So both directions compute the distributions the same way, the way
   (`kv_decoders.StaticKV`, or transformers' own cache for other models), never one teacher-forced
   pass;
 - a fixed batch shape, `batch_size` rows, recorded by the caller (a short batch is padded);
-- float32 weights and activations, full-precision matmuls (no TF32), deterministic kernels;
+- float64 weights and activations (`portable`, the default), full-precision matmuls (no TF32),
+  deterministic kernels; the logits rounded to 1/64 nat and turned into probabilities through an
+  integer table (`portable_probabilities`) — or, for archives written before, float32 logits and a
+  float64 softmax by numpy;
 - on the CPU one intra-op thread while the prior runs, whatever the caller's setting (restored
-  after); softmax in float64 by numpy.
+  after).
 
 On the same software, device type and CPU instruction set the decoder then reproduces the
 encoder's codes bit for bit whatever the thread count, the other grids in the batch or which grids
-are asked for. Across devices, CPU instruction sets, torch versions or dtypes it is not promised:
-`numerics()` names what a stream depends on, for the caller to record and compare.
+are asked for. Float32 stops there: AVX-512 and AVX2 kernels give logits up to 1e-5 apart (measured;
+every stream then fails). Float64 logits differ by about 2e-14 between them (measured), so once
+rounded to 1/64 nat they agree unless one lies within that distance of a rounding boundary: about
+once in 10^8 grids of 64 codes — portable coding decodes alike on other CPUs (tested: torch, MKL
+and oneDNN held to lower instruction sets) and, by the same argument, on GPUs (not measured here),
+and the caller's checksum catches the rare exception. `numerics()` names the machine, for the
+caller to record.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import contextlib
 import copy
 import decimal
 import functools
-import itertools
 import math
 import os
 import platform
@@ -61,13 +68,11 @@ def exp_table() -> np.ndarray:
     (a float exp may differ in its last bit between libraries and instruction sets)."""
     ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
     scale, steps = decimal.Decimal(1 << PROB_SCALE_BITS), decimal.Decimal(LOGIT_STEPS)
-    values = []
-    for d in itertools.count():
-        value = ctx.multiply(scale, ctx.exp(ctx.divide(decimal.Decimal(-d), steps)))
+    values = [1 << PROB_SCALE_BITS]
+    while values[-1] > 0:
+        value = ctx.multiply(scale, ctx.exp(ctx.divide(decimal.Decimal(-len(values)), steps)))
         values.append(int(value.to_integral_value(context=ctx)))
-        if values[-1] == 0:
-            return np.array(values, dtype=np.float64)
-    raise AssertionError("unreachable")
+    return np.array(values, dtype=np.float64)
 
 
 def portable_probabilities(logits: np.ndarray) -> np.ndarray:
@@ -84,18 +89,19 @@ def portable_probabilities(logits: np.ndarray) -> np.ndarray:
 NUMERICS_ENV = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
-def numerics(device: torch.device | str) -> str:
+def numerics(device: torch.device | str, machine: bool = True) -> str:
     """What exact decoding depends on besides the weights: device type, torch version and which kernels
     run — on the CPU its architecture, torch's instruction set (AVX512, AVX2, …: ``ATEN_CPU_CAPABILITY``
     changes it) and vendor (MKL's paths differ) and any of ``NUMERICS_ENV`` that is set; on a GPU its
     name and CUDA version. Measured here: an archive written with AVX-512 kernels fails every image's
-    CRC32 when decoded with AVX2 kernels on the same machine and torch."""
+    CRC32 when decoded with AVX2 kernels on the same machine and torch. ``machine=False``: device type
+    and torch version only (what a portable stream is worth recording)."""
     device = torch.device(device)
     parts = [device.type, "torch", torch.__version__.split("+")[0]]
-    if device.type == "cpu":
+    if machine and device.type == "cpu":
         parts += [platform.machine(), torch.backends.cpu.get_cpu_capability(), _cpu_vendor()]
         parts += [f"{name}={os.environ[name]}" for name in NUMERICS_ENV if os.environ.get(name)]
-    elif device.type == "cuda":
+    elif machine and device.type == "cuda":
         parts += ["cuda", str(torch.version.cuda), torch.cuda.get_device_name(device)]
     return " ".join(p for p in parts if p)
 
@@ -201,8 +207,10 @@ class GridCoder:
     """Range coding of code grids under a prior's distributions.
 
     grids: LongTensor[N, h·w] (or [N, h, w]) of codes in 0 … K-1, labels: LongTensor[N] of class
-    indices (-1 = the "no class" token). `batch_size` is part of the stream's definition: decode
-    with the value the grids were encoded with.
+    indices (-1 = the "no class" token). `batch_size` and `portable` are part of the stream's
+    definition: decode with the values the grids were encoded with. ``portable``: a float64 copy of
+    the prior and `portable_probabilities` (on Apple's GPUs, without float64, the copy runs on the
+    CPU); otherwise float32 and a float softmax, exact only on the kind of machine that encoded.
     """
 
     def __init__(self, model: PreTrainedModel, spec: PriorSpec, batch_size: int = DEFAULT_BATCH,
@@ -210,7 +218,10 @@ class GridCoder:
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {batch_size}")
         dtype = torch.float64 if portable else torch.float32
-        if next(model.parameters()).dtype != dtype:  # the prior is kept in float32 (or bf16 for sampling)
+        weights = next(model.parameters())
+        if portable and weights.device.type == "mps":  # Apple GPUs have no float64: the CPU computes the distributions
+            model = copy.deepcopy(model).to("cpu", dtype)
+        elif weights.dtype != dtype:  # the prior is kept in float32 (or bf16 for sampling)
             model = copy.deepcopy(model).to(dtype)
         self.model, self.spec, self.batch_size, self.portable = model.eval(), spec, batch_size, portable
         self.device = next(model.parameters()).device

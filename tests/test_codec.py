@@ -407,7 +407,7 @@ def test_archives_decode_alike_on_other_cpus(pipe, folder_codes, tiny_run, tmp_p
         "print(json.dumps(out))\n")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": lower, "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     result = subprocess.run([sys.executable, "-c", script, str(tiny_run), str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     there = json.loads(result.stdout.strip().splitlines()[-1])
     assert there["portable"]["errors"] == [] and torch.equal(torch.load(tmp_path / "portable.pt"), codes)

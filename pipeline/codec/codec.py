@@ -128,7 +128,7 @@ class _ArchiveWriter:
         models = self.models
         archive = Archive(models.tokenizer_fingerprint, models.prior_fingerprint, tuple(models.spec.grid),
                           models.spec.codebook_size, models.spec.num_classes, self.batch_size,
-                          pr.entropy_coding.numerics(models.device), self.records, list(names))
+                          pr.entropy_coding.numerics(models.device, machine=False), self.records, list(names))
         data = pack(archive)
         streams = sum(len(r.stream) for r in self.records)
         size = models.tokenizer.config.image_size
