@@ -271,8 +271,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def _not_archived(skipped: int, left_out: int) -> str:
     """The end of compress's summary: what of the source is not in the archive (named in the warning
     printed when the source was listed, which a long progress bar may have pushed out of sight)."""
-    parts = ([f"{skipped} file{'s' * (skipped != 1)} that could not be decoded"] * bool(skipped)
-             + [f"{left_out} non-image entr{'ies' if left_out != 1 else 'y'}"] * bool(left_out))
+    parts = []
+    if skipped:
+        parts.append(f"{skipped} file{'s' if skipped != 1 else ''} that could not be decoded")
+    if left_out:
+        parts.append(f"{left_out} non-image entr{'ies' if left_out != 1 else 'y'}")
     return f"; not in the archive: {' and '.join(parts)} (named in the warning above)" if parts else ""
 
 

@@ -243,11 +243,23 @@ def _check_models(archive: Archive, models: CodecModels, where: str) -> None:
     if (tuple(archive.grid), archive.codebook_size, archive.num_classes) != (tuple(spec.grid), spec.codebook_size, spec.num_classes):
         raise ValueError(f"{where}: grid {archive.grid}, {archive.codebook_size} codes, {archive.num_classes} classes "
                          f"do not match the prior's {spec.grid}, {spec.codebook_size}, {spec.num_classes}")
-    here = pr.entropy_coding.numerics(models.device)
-    if not archive.portable and archive.numerics != here:
+    here = _elsewhere(archive, models)
+    if here is not None:
         logger.warning("%s was compressed on %s and is decoded on %s: exact decoding is promised only on the same "
                        "software, device type and CPU instruction set (each image's CRC32 is checked)",
                        where, archive.numerics, here)
+
+
+def _elsewhere(archive: Archive, models: CodecModels) -> str | None:
+    """This machine's numerics when a machine-bound archive (version 1–2: float32 coding) is decoded on
+    another kind of machine than the one that wrote it; None when exactness is promised here."""
+    here = pr.entropy_coding.numerics(models.device)
+    return None if archive.portable or archive.numerics == here else here
+
+
+def _coder(archive: Archive, models: CodecModels) -> pr.entropy_coding.GridCoder:
+    """The range coder an archive's streams were written with (its batch shape, portable or not)."""
+    return pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size, portable=archive.portable)
 
 
 def _open(data: bytes, models: CodecModels, where: str) -> Archive:
@@ -279,8 +291,10 @@ def _name_of(archive: Archive, i: int) -> str:
 
 
 @torch.inference_mode()
-def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None) -> Decoded:
-    """The grids of ``indices`` of a checked archive, each checked against its CRC32."""
+def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None,
+            coder: pr.entropy_coding.GridCoder | None = None) -> Decoded:
+    """The grids of ``indices`` of a checked archive, each checked against its CRC32 (``coder``: one
+    from ``_coder`` to reuse across calls — it holds the prior's float64 copy)."""
     errors: dict[int, str] = {}
     for i in indices:
         label = archive.images[i].label
@@ -291,14 +305,14 @@ def _decode(archive: Archive, models: CodecModels, indices: list[int], bar=None)
     todo = [i for i in indices if i not in errors]
     if bar is not None:
         bar.update(len(indices) - len(todo))
-    coder = pr.entropy_coding.GridCoder(models.prior, models.spec, archive.batch_size, portable=archive.portable)
+    coder = coder or _coder(archive, models)
     flat, problems = coder.decode([archive.images[i].stream for i in todo],
                                   [archive.images[i].label for i in todo], progress=bar)
     grids = torch.zeros(len(indices), models.spec.num_codes, dtype=torch.long)
     position = {i: k for k, i in enumerate(indices)}
-    here = pr.entropy_coding.numerics(models.device)
+    here = _elsewhere(archive, models)
     # a machine-bound archive where the prior computes differently: a wrong decode is far likelier than damage
-    cause = ("is damaged" if archive.portable or archive.numerics == here else
+    cause = ("is damaged" if here is None else
              f"did not decode (likely not damage: it was compressed on {archive.numerics}, this is {here}; "
              "decode it on a machine that computes like the one that wrote it)")
     for row, (i, problem) in enumerate(zip(todo, problems, strict=True)):

@@ -28,6 +28,7 @@ from .codec import (
     _ArchiveWriter,
     _batches,
     _check_rate_weight,
+    _coder,
     _decode,
     _encode,
     _name_of,
@@ -134,10 +135,11 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
     count = len(archive.images)
     names = [_name_of(archive, i) for i in range(count)]
     files = output_names(names)
+    coder = _coder(archive, models)  # one for every chunk: it holds the prior's float64 copy
     errors: dict[int, str] = {}
     with write_folder(out) as tmp, tqdm(total=count, desc="decompress", unit="img") as bar:
         for chunk in _batches(count, codec.CHUNK_IMAGES):
-            decoded = _decode(archive, models, list(chunk), bar)
+            decoded = _decode(archive, models, list(chunk), bar, coder)
             errors.update(decoded.errors)
             good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
             for rows in _batches(len(good), batch_size):
