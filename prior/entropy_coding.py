@@ -114,8 +114,8 @@ def _cpu_vendor() -> str:
             for line in f:
                 if line.startswith("vendor_id"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    except OSError:  # not Linux, or /proc not mounted
+        return ""
     return ""
 
 
