@@ -312,7 +312,7 @@ def test_output_names_and_what_was_left_out(tiny_run, pipe, tmp_path, capsys):
     names = ["index:5", "astronaut.png:0", "astronaut.png:1", "sub/shard-000.tar:7/a.jpg", "train[3]",
              "7/same.jpg", "7/same.png", "../up.png", ".hidden.png", "image_7.png"]
     assert output_names(names) == ["5.png", "astronaut/0.png", "astronaut/1.png", "sub/shard-000/7/a.png",
-                                   "train[3].png", "7/same_5.png", "7/same.png", "image_7_1.png", "image_8.png",
+                                   "train/3.png", "7/same_5.png", "7/same.png", "image_7_1.png", "image_8.png",
                                    "image_7.png"]
     data = tmp_path / "mixed"
     for cls in ("circle", "square"):

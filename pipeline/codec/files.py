@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import re
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -48,9 +49,10 @@ MANIFEST = "manifest.json"
 def output_names(names: Sequence[str]) -> list[str]:
     """Relative PNG paths for decoded images: the source's relative path with ``.png``. A bundled set's
     ``index:N`` → ``N.png``; a photo crop ``photo.jpg:N`` → ``photo/N.png``; a tar shard's member
-    ``shard.tar:dir/a.jpg`` → ``shard/dir/a.png``. A source file already named ``.png`` keeps its name;
-    one whose name another image took (``a.jpg`` beside ``a.png``) becomes ``a_N.png`` in its folder
-    (N its index in the archive), and one that would leave the output folder ``image_N.png``."""
+    ``shard.tar:dir/a.jpg`` → ``shard/dir/a.png``; a ``datasets`` row ``train[3]`` → ``train/3.png``.
+    A source file already named ``.png`` keeps its name; one whose name another image took (``a.jpg``
+    beside ``a.png``) becomes ``a_N.png`` in its folder (N its index in the archive), and one that
+    would leave the output folder ``image_N.png``."""
     paths: list[PurePosixPath | None] = []
     for name in names:
         head, sep, tail = name.rpartition(":")
@@ -58,6 +60,8 @@ def output_names(names: Sequence[str]) -> list[str]:
             name = tail
         elif sep and (tail.isdigit() or head.endswith(".tar")):  # a photo's crop, a shard's member
             name = f"{PurePosixPath(head).with_suffix('')}/{tail}"
+        elif row := re.fullmatch(r"(.+)\[(\d+)\]", name):  # a datasets split's row: no brackets (shell globs)
+            name = f"{row[1]}/{row[2]}"
         path = PurePosixPath(name)
         safe = path.parts and not path.is_absolute() and ".." not in path.parts and not path.name.startswith(".")
         paths.append(path if safe else None)
