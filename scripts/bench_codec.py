@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # run from a checkout without installing
 
 from vqgpt import prior as pr  # noqa: E402
-from vqgpt.pipeline.codec import compress_images, decode_archive  # noqa: E402
+from vqgpt.pipeline.codec import compress_images, decode_archive, decode_pixels, pixel_decoder  # noqa: E402
 from vqgpt.pipeline.data import held_out_split, load_images, to_uint8  # noqa: E402
 from vqgpt.pipeline.generation import Pipeline  # noqa: E402
 from vqgpt.tokenizer.metrics import ssim as ssim_metric  # noqa: E402
@@ -168,7 +168,7 @@ def vqgpt_point(pipe: Pipeline, images: torch.Tensor, labels: list[int], names: 
     named, _ = compress_images(models, images, labels, names, rate_weight=rate_weight)  # as `vqgpt compress` writes it
     start = time.perf_counter()
     decoded = decode_archive(archive, models)
-    recon = pipe.decode(decoded.grids)
+    recon = decode_pixels(decoded.grids, pixel_decoder(models))  # as `vqgpt decompress` does
     decode_s = time.perf_counter() - start
     exact = int((decoded.grids.flatten(1) == stats.codes).all(1).sum())  # the codes the encoder coded
     recon_u8 = to_uint8(recon).permute(0, 2, 3, 1).numpy()

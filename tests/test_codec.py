@@ -22,7 +22,7 @@ from PIL import Image
 from vqgpt.pipeline.cli import main
 from vqgpt.pipeline.codec import compress_grids, compress_images, decode_archive, pack, unpack
 from vqgpt.pipeline.codec.archive import Archive, ImageRecord, _varint
-from vqgpt.pipeline.data import load_images
+from vqgpt.pipeline.data import load_images, to_uint8
 from vqgpt.pipeline.generation import Pipeline
 from vqgpt.prior.entropy_coding import numerics, portable_probabilities
 
@@ -100,6 +100,31 @@ def test_decoding_does_not_depend_on_threads_batch_or_subset(pipe, folder_codes)
     assert torch.equal(everything.grids, codes)
     assert torch.equal(subset.grids, codes[[17, 3, 22]])
     assert torch.equal(alone.grids, codes[[23]])
+
+
+def test_pixels_do_not_depend_on_the_subset_and_exact_pixels_are_float64(pipe, folder_codes, tiny_run, tmp_path,
+                                                                          monkeypatch):
+    """An image's pixels come from a pass of the same shape whichever images are asked for with it; with
+    ``exact_pixels`` the tokenizer decodes in float64 (its pixels then the same whatever the pass shape,
+    and within one level of 255 of the float32 ones), in Python and from the command line."""
+    from vqgpt.pipeline.codec import codec
+
+    _, labels, codes = folder_codes
+    data, _ = compress_grids(pipe.codec_models(), codes, labels)
+    whole = to_uint8(pipe.decompress(data, output_type="pt"))
+    for indices in ([23], [17, 3, 22]):
+        assert torch.equal(to_uint8(pipe.decompress(data, indices=indices, output_type="pt")), whole[indices])
+    exact = pipe.decompress(data, output_type="pt", exact_pixels=True)
+    assert exact.dtype == torch.float32 and (to_uint8(exact).int() - whole.int()).abs().max() <= 1
+    exact_u8 = to_uint8(pipe.decompress(data, output_type="pt", exact_pixels=True))
+    pil = pipe.decompress(data, exact_pixels=True)
+    assert all(np.array_equal(np.asarray(p), e[0].numpy()) for p, e in zip(pil, exact_u8, strict=True))
+    monkeypatch.setattr(codec, "PIXEL_BATCH_PIXELS", 5 * pipe.tokenizer.config.image_size ** 2)  # passes of 5 rows
+    assert torch.equal(to_uint8(pipe.decompress(data, output_type="pt", exact_pixels=True)), exact_u8)
+    archive, out = tmp_path / "shapes.vqga", tmp_path / "exact"
+    archive.write_bytes(data)
+    assert main(["decompress", str(archive), "--run", str(tiny_run), "--out", str(out), "--exact-pixels"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out / "07.png")), exact_u8[7, 0].numpy())
 
 
 def test_coded_size_matches_the_models_bits(pipe, folder_codes):
@@ -398,12 +423,15 @@ def test_archives_decode_alike_on_other_cpus(pipe, folder_codes, tiny_run, tmp_p
         "import json, sys, torch\n"
         "from vqgpt.pipeline.generation import Pipeline\n"
         "from vqgpt.pipeline.codec import decode_archive\n"
+        "from vqgpt.pipeline.data import to_uint8\n"
         "pipe = Pipeline.from_pretrained(sys.argv[1])\n"
         "out = {}\n"
         "for name in ('portable', 'bound'):\n"
         "    d = decode_archive(open(f'{sys.argv[2]}/{name}.vqga', 'rb').read(), pipe.codec_models())\n"
         "    torch.save(d.grids, f'{sys.argv[2]}/{name}.pt')\n"
         "    out[name] = {'errors': list(d.errors.values())}\n"
+        "data = open(f'{sys.argv[2]}/portable.vqga', 'rb').read()\n"
+        "torch.save(to_uint8(pipe.decompress(data, output_type='pt', exact_pixels=True)), f'{sys.argv[2]}/pixels.pt')\n"
         "print(json.dumps(out))\n")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": lower, "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     result = subprocess.run([sys.executable, "-c", script, str(tiny_run), str(tmp_path)], env=env,
@@ -411,6 +439,8 @@ def test_archives_decode_alike_on_other_cpus(pipe, folder_codes, tiny_run, tmp_p
     assert result.returncode == 0, result.stderr[-2000:]
     there = json.loads(result.stdout.strip().splitlines()[-1])
     assert there["portable"]["errors"] == [] and torch.equal(torch.load(tmp_path / "portable.pt", weights_only=True), codes)
+    exact = to_uint8(pipe.decompress(portable, output_type="pt", exact_pixels=True))  # float64 pixels: the same PNGs
+    assert torch.equal(torch.load(tmp_path / "pixels.pt", weights_only=True), exact)
     assert "compressed on " + here in result.stderr  # the version-2 archive: decoding elsewhere warns …
     # … and fails CRCs there (22 of 24 measured): the other kernels do change float32 results — what makes
     # the portable archive's exact decode above mean something — and the failures are named as "not damage"

@@ -129,15 +129,18 @@ class VectorQuantizer(nn.Module):
 
     # -- lookups ---------------------------------------------------------------------------
     def normalized_codebook(self) -> torch.Tensor:
-        """(K, D) code vectors as looked up, fp32: unit-norm, or as they are for a Euclidean codebook."""
-        return F.normalize(self.codebook.float(), dim=1) if self.l2_normalized else self.codebook.float()
+        """(K, D) code vectors as looked up, fp32 (fp64 for a float64 copy: ``pixel_decoder``): unit-norm,
+        or as they are for a Euclidean codebook."""
+        codebook = self.codebook if self.codebook.dtype == torch.float64 else self.codebook.float()
+        return F.normalize(codebook, dim=1) if self.l2_normalized else codebook
 
     def _prepare(self, vectors: torch.Tensor, dim: int) -> torch.Tensor:
         """Encoder vectors as compared with the codes: l2-normalised along ``dim`` (or as they are)."""
         return F.normalize(vectors, dim=dim) if self.l2_normalized else vectors
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) long → code vectors (B, D, h, w) fp32 (unit-norm for an l2 codebook)."""
+        """codes (B, h, w) long → code vectors (B, D, h, w) fp32, fp64 for a float64 copy (unit-norm for an l2
+        codebook)."""
         if codes.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16):
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):

@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage_args(p)
     p.add_argument("--out", required=True, help="output folder (PNGs at the images' source paths, manifest.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--exact-pixels", action="store_true",
+                   help="decode pixels in float64: the same PNGs on any machine, not only the same codes "
+                        "(about 7× the tokenizer's decoding time; without it a value may differ by one level "
+                        "of 255 between CPU instruction sets)")
 
     p = verb("evaluate", "tokenizer metrics (PSNR, SSIM, LPIPS, codebook usage, rFID) and prior metrics "
              "(held-out bits per code, gFID, per class) under one printed protocol")

@@ -283,7 +283,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from ..codec import decompress_to_folder
 
     pipe = _load_pipeline(args)
-    written = decompress_to_folder(pipe.codec_models(), args.archive, args.out, overwrite=args.overwrite)
+    written = decompress_to_folder(pipe.codec_models(), args.archive, args.out, overwrite=args.overwrite,
+                                   exact_pixels=args.exact_pixels)
     _print(f"{written.restored} images written to {args.out} (manifest: {Path(args.out) / 'manifest.json'})")
     if written.errors:  # the others are written; the damaged ones are named in the manifest
         raise ValueError(written.first_error(args.archive))

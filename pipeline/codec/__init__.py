@@ -9,8 +9,19 @@ Reads images through ``vqgpt.pipeline.data``.
 """
 
 from .archive import Archive, ImageRecord, pack, unpack
-from .codec import CodecModels, CompressStats, Decoded, Restored, compress_grids, compress_images, decode_archive
+from .codec import (
+    CodecModels,
+    CompressStats,
+    Decoded,
+    Restored,
+    compress_grids,
+    compress_images,
+    decode_archive,
+    decode_pixels,
+    pixel_decoder,
+)
 from .files import compress_source, decompress_to_folder, output_names
 
 __all__ = ["Archive", "ImageRecord", "pack", "unpack", "CodecModels", "CompressStats", "Decoded", "Restored", "compress_grids",
-           "compress_images", "compress_source", "decode_archive", "decompress_to_folder", "output_names"]
+           "compress_images", "compress_source", "decode_archive", "decode_pixels", "decompress_to_folder", "output_names",
+           "pixel_decoder"]

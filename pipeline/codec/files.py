@@ -34,6 +34,8 @@ from .codec import (
     _encode,
     _name_of,
     _open,
+    pixel_batches,
+    pixel_decoder,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,10 +125,11 @@ def compress_source(models: CodecModels, data: str, out: str | Path, uncondition
 
 
 def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str | Path,
-                         overwrite: bool = False, batch_size: int = 64) -> Restored:
+                         overwrite: bool = False, exact_pixels: bool = False) -> Restored:
     """An archive → one PNG per image (at its source's relative path) and ``manifest.json`` in ``out``,
     written as a whole, a chunk of images decoded at a time. Damaged images are left out and listed
-    in the manifest; the caller reports them."""
+    in the manifest; the caller reports them. ``exact_pixels``: the tokenizer decodes in float64, so the
+    PNGs are the same on any machine (``codec.pixel_decoder``), not only the codes."""
     archive_path, out = Path(archive_path), Path(out)
     if not archive_path.is_file():
         raise FileNotFoundError(f"archive {archive_path} does not exist")
@@ -140,16 +143,15 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
     names = [_name_of(archive, i) for i in range(count)]
     files = output_names(names)
     coder = _coder(archive, models)  # one for every chunk: it holds the prior's float64 copy
+    decoder = pixel_decoder(models, exact_pixels)
     errors: dict[int, str] = {}
     with write_folder(out) as tmp, tqdm(total=count, desc="decompress", unit="img") as bar:
         for chunk in _batches(count, codec.CHUNK_IMAGES):
             decoded = _decode(archive, models, list(chunk), bar, coder)
             errors.update(decoded.errors)
             good = [k for k, i in enumerate(decoded.indices) if i not in decoded.errors]
-            for rows in _batches(len(good), batch_size):
-                chosen = [good[k] for k in rows]
-                images = to_pil(models.tokenizer.decode(decoded.grids[chosen].to(models.device)).float().cpu())
-                for k, image in zip(chosen, images, strict=True):
+            for rows, pixels in pixel_batches(decoded.grids[good], decoder):
+                for k, image in zip((good[r] for r in rows), to_pil(pixels), strict=True):
                     path = tmp / files[chunk.start + k]
                     path.parent.mkdir(parents=True, exist_ok=True)
                     image.save(path)

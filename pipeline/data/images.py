@@ -266,8 +266,9 @@ def check_many(items: Sequence[Any], check: Callable[[Any], str | None]) -> list
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """FloatTensor[B, C, H, W] in [-1, 1] → ByteTensor[B, C, H, W] in 0..255 (rounded), the
     8-bit image a PNG would hold. Samples, reconstructions and real images are quantised here
-    alike (saved files and the FID protocol both go through it)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    alike (saved files and the FID protocol both go through it). float64 images are rounded in float64."""
+    images = images if images.dtype == torch.float64 else images.float()
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

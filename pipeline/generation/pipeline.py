@@ -22,7 +22,7 @@ from vqgpt import prior as pr
 from vqgpt import tokenizer as tk
 from vqgpt.resources import require_memory
 
-from ..codec import CodecModels, compress_images, decode_archive
+from ..codec import CodecModels, compress_images, decode_archive, decode_pixels, pixel_decoder
 from ..data import fit_image, from_pil, load_image_file, to_pil
 from ..settings import SampleConfig
 
@@ -237,10 +237,18 @@ class Pipeline:
         return data
 
     def decompress(self, data: bytes, indices: Sequence[int] | None = None,
-                   output_type: Literal["pil", "pt", "codes"] = "pil"):
+                   output_type: Literal["pil", "pt", "codes"] = "pil", exact_pixels: bool = False):
         """An archive from ``compress`` → its images (``indices``: only those), as ``__call__`` returns them.
-        A damaged or truncated image is a ValueError naming the first one (``decode_archive`` gives the rest)."""
-        decoded = decode_archive(data, self.codec_models(), indices)
+        A damaged or truncated image is a ValueError naming the first one (``decode_archive`` gives the rest).
+        An image's pixels do not depend on which others are asked for; ``exact_pixels``: the tokenizer
+        decodes in float64, so they are the same on any machine too (``codec.pixel_decoder``)."""
+        models = self.codec_models()
+        decoded = decode_archive(data, models, indices)
         if decoded.errors:
             raise ValueError(decoded.first_error("the archive"))
-        return self._output(decoded.grids, output_type, 64)
+        if output_type == "codes":
+            return decoded.grids
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
+        images = decode_pixels(decoded.grids, pixel_decoder(models, exact_pixels))
+        return to_pil(images) if output_type == "pil" else images.float()
