@@ -125,6 +125,7 @@ def test_pixels_do_not_depend_on_the_subset_and_exact_pixels_are_float64(pipe, f
     archive.write_bytes(data)
     assert main(["decompress", str(archive), "--run", str(tiny_run), "--out", str(out), "--exact-pixels"]) == 0
     assert np.array_equal(np.asarray(Image.open(out / "07.png")), exact_u8[7, 0].numpy())
+    assert json.loads((out / "manifest.json").read_text())["exact_pixels"] is True
 
 
 def test_coded_size_matches_the_models_bits(pipe, folder_codes):

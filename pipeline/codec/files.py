@@ -162,7 +162,7 @@ def decompress_to_folder(models: CodecModels, archive_path: str | Path, out: str
                             "class": models.spec.class_names[label] if 0 <= label < models.spec.num_classes else None,
                             "bytes": len(record.stream), **({"error": errors[i]} if i in errors else {})})
         manifest = {"archive": str(archive_path), "tokenizer": archive.tokenizer, "prior": archive.prior,
-                    "numerics": archive.numerics, "header_bytes": archive.header_bytes,
+                    "numerics": archive.numerics, "header_bytes": archive.header_bytes, "exact_pixels": exact_pixels,
                     "restored": count - len(errors), "failed": len(errors), "images": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Restored(count, errors, {i: names[i] for i in errors})
