@@ -173,13 +173,15 @@ class Pipeline:
         parts = [self.tokenizer.decode(chunk.to(self.device)).float().cpu() for chunk in codes.split(batch_size)]
         return torch.cat(parts)
 
-    def _output(self, codes: torch.Tensor, output_type: OutputType, batch_size: int):
+    def _output(self, codes: torch.Tensor, output_type: OutputType, batch_size: int = 64,
+                decoder: tuple[tk.VQGAN, torch.device] | None = None):
+        """Codes as asked for; ``decoder``: decode the pixels with ``codec.decode_pixels`` (fixed pass shape)."""
         if output_type == "codes":
             return codes
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
-        images = self.decode(codes, batch_size)
-        return to_pil(images) if output_type == "pil" else images
+        images = self.decode(codes, batch_size) if decoder is None else decode_pixels(codes, decoder)
+        return to_pil(images) if output_type == "pil" else images.float()  # float64 from an exact decoder
 
     def __call__(self, settings: SampleConfig | None = None, *, generator: torch.Generator | None = None,
                  output_type: OutputType = "pil", **fields: Any):
@@ -246,9 +248,5 @@ class Pipeline:
         decoded = decode_archive(data, models, indices)
         if decoded.errors:
             raise ValueError(decoded.first_error("the archive"))
-        if output_type == "codes":
-            return decoded.grids
-        if output_type not in ("pil", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
-        images = decode_pixels(decoded.grids, pixel_decoder(models, exact_pixels))
-        return to_pil(images) if output_type == "pil" else images.float()
+        decoder = None if output_type == "codes" else pixel_decoder(models, exact_pixels)
+        return self._output(decoded.grids, output_type, decoder=decoder)
