@@ -139,6 +139,41 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path: Path, caplog: pytest.Lo
     assert sum(len(b["source"]) for b in loader) == 5
 
 
+def test_check_many_keeps_order_and_queues_a_bounded_number_of_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of a million images must not hold a million Futures: at most 64 per thread wait."""
+    import concurrent.futures
+    import threading
+
+    from vqgpt.pipeline.data import images
+
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 2)
+    live, most, lock = set(), [0], threading.Lock()
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+
+    def counting_submit(pool, fn, *args):
+        future = submit(pool, fn, *args)
+        with lock:
+            live.add(future)
+            most[0] = max(most[0], len(live))
+        future.result = _forget(future, future.result)  # taken: no longer held
+        return future
+
+    def _forget(future, result):
+        def take(*a):
+            with lock:
+                live.discard(future)
+            return result(*a)
+        return take
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", counting_submit)
+    items = list(range(1000))
+    assert images.check_many(items, lambda x: f"odd {x}" if x % 2 else None) == [
+        f"odd {x}" if x % 2 else None for x in items]
+    assert 64 < most[0] <= 128  # threads ahead, but 2 × 64, not 1,000
+    with pytest.raises(ZeroDivisionError):  # a check that fails is not swallowed
+        images.check_many(items, lambda x: 1 // (x - 500))
+
+
 def test_all_corrupt_empty_and_missing_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images(str(tmp_path / "missing"), 8, 3)

@@ -59,7 +59,7 @@ def codes_crc(codes: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(codes, dtype="<i4").tobytes())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: compress keeps one per image until it writes the file
 class ImageRecord:
     label: int  # class index, -1: coded with the "no class" token
     crc: int  # CRC32 of the codes (`codes_crc`)

@@ -34,7 +34,7 @@ class FolderSource(ImageSource):
         require_nonempty(chosen, split, spec, len(files), val_fraction)
         skipped: list[tuple[str, str]] = []
         if check:
-            reasons = check_many([root / f for f in chosen], check_decodes)
+            reasons = check_many([os.path.join(root, f) for f in chosen], check_decodes)
             skipped = [(f, r) for f, r in zip(chosen, reasons) if r is not None]
             chosen = [f for f, r in zip(chosen, reasons) if r is None]
         self.files = chosen  # relative posix paths

@@ -9,6 +9,7 @@ composited on white, ``channels=1`` → "L" and ``channels=3`` → "RGB", the sh
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import os
@@ -255,12 +256,24 @@ def check_decodes(data: str | Path | bytes) -> str | None:
 
 
 def check_many(items: Sequence[Any], check: Callable[[Any], str | None]) -> list[str | None]:
-    """Run ``check`` over ``items`` in a few threads (PIL decodes without the GIL)."""
+    """Run ``check`` over ``items`` in a few threads (PIL decodes without the GIL), in order.
+
+    At most ``64 × threads`` checks are queued at a time: ``Executor.map`` would submit one Future
+    (about 1.8 KB with its lock and condition) per item up front — 37 MiB of peak memory for a
+    folder of 20,000 images, 1.8 GiB for a million."""
     if len(items) < 64:
         return [check(x) for x in items]
     workers = min(8, os.cpu_count() or 1)
+    ahead = 64 * workers
+    reasons: list[str | None] = []
+    pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check, items, chunksize=64))
+        for item in items:
+            if len(pending) >= ahead:
+                reasons.append(pending.popleft().result())
+            pending.append(pool.submit(check, item))
+        reasons += (future.result() for future in pending)
+    return reasons
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
