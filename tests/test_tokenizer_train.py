@@ -59,6 +59,25 @@ def test_two_step_training_writes_everything(tmp_path):
     assert bool(model.quantizer.initialized)
 
 
+def test_adaptive_weight_max_caps_the_gan_weight_the_step_uses(tmp_path):
+    """The first GAN step of two runs identical up to it: the capped run's λ is min(λ, cap), and
+    the `small` preset (every user's default) caps λ at 1 (docs/design-notes.md)."""
+
+    def gan_lambdas(cap: float, tmp: Path) -> list[float]:
+        config = train_cfg(max_steps=3, disc_start=1, adaptive_weight_max=cap, checkpoint_every=0, sample_every=0)
+        train_tokenizer(MODEL, config, TinyImages(24), None, tmp)
+        records = [json.loads(l) for l in (tmp / "metrics.jsonl").read_text().splitlines()]
+        return [r["gan_lambda"] for r in records if "gan_lambda" in r]
+
+    free = gan_lambdas(1e4, tmp_path / "free")
+    cap = free[0] / 2
+    capped = gan_lambdas(cap, tmp_path / "capped")
+    assert len(free) == len(capped) == 2 and free[0] > 0
+    assert capped[0] == pytest.approx(cap, rel=1e-6)
+    assert max(capped) <= cap * (1 + 1e-6)
+    assert PRESETS["small"]["train"]["adaptive_weight_max"] == 1.0
+
+
 def test_existing_output_needs_overwrite_or_resume(tmp_path):
     out = tmp_path / "tok"
     data = TinyImages(16)
