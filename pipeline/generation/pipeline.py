@@ -181,7 +181,11 @@ class Pipeline:
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
         images = self.decode(codes, batch_size) if decoder is None else decode_pixels(codes, decoder)
-        return to_pil(images) if output_type == "pil" else images.float()  # float64 from an exact decoder
+        if output_type == "pil":
+            return to_pil(images)
+        # an exact (float64) decode stays float64: to_uint8 of it is then the PNG to the last level, where a
+        # float32 copy can land on the other side of a rounding boundary (seen on an AMD EPYC machine)
+        return images if images.dtype == torch.float64 else images.float()
 
     def __call__(self, settings: SampleConfig | None = None, *, generator: torch.Generator | None = None,
                  output_type: OutputType = "pil", **fields: Any):
@@ -243,7 +247,8 @@ class Pipeline:
         """An archive from ``compress`` → its images (``indices``: only those), as ``__call__`` returns them.
         A damaged or truncated image is a ValueError naming the first one (``decode_archive`` gives the rest).
         An image's pixels do not depend on which others are asked for; ``exact_pixels``: the tokenizer
-        decodes in float64, so they are the same on any machine too (``codec.pixel_decoder``)."""
+        decodes in float64, so they are the same on any machine too (``codec.pixel_decoder``), and
+        ``output_type="pt"`` returns them as float64 (``to_uint8`` of them gives the PNGs' values)."""
         models = self.codec_models()
         decoded = decode_archive(data, models, indices)
         if decoded.errors:
